@@ -1,0 +1,60 @@
+"""Data for federations: loaders, partitioners and in-memory federated datasets.
+
+Load a dataset (``load_dataset("digits")``, idx files, party ``.npz`` files), split it among
+parties with a seeded partitioner (``federate(train, test, 10, "dirichlet", alpha=0.3)``), and
+inspect who holds what (``format_label_stats``). Nothing here downloads anything.
+"""
+
+from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
+from fedfuse.data._loaders import (
+    DATASETS,
+    DEBIAN_FASHION_MNIST_DIR,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    fashion_mnist_dir,
+    load_dataset,
+    load_federated_npz,
+    load_idx,
+    load_mnist_idx,
+    load_party_npz,
+    load_sklearn,
+)
+from fedfuse.data._partition import (
+    PARTITIONS,
+    by_group,
+    classes_per_party,
+    dirichlet,
+    federate,
+    format_label_stats,
+    iid,
+    partition_indices,
+    quantity_skew,
+    shards,
+)
+
+__all__ = [
+    "DATASETS",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "PARTITIONS",
+    "ArrayDataset",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "FederatedDataset",
+    "PartyData",
+    "by_group",
+    "classes_per_party",
+    "dirichlet",
+    "fashion_mnist_dir",
+    "federate",
+    "format_label_stats",
+    "iid",
+    "load_dataset",
+    "load_federated_npz",
+    "load_idx",
+    "load_mnist_idx",
+    "load_party_npz",
+    "load_sklearn",
+    "partition_indices",
+    "quantity_skew",
+    "shards",
+]

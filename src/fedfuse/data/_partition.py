@@ -1,0 +1,432 @@
+"""Split one dataset among parties: IID, label skew, quantity skew, or by a natural group key.
+
+Every partitioner takes the labels (or group keys) of a dataset and returns one int64 index array
+per party: disjoint, each sorted ascending. They draw randomness only from
+``np.random.default_rng(seed)``, so the same arguments always give the same partition.
+
+``partition_indices(labels, num_parties, scheme, **params)`` picks one by name (``PARTITIONS``),
+and ``federate(train, test, num_parties, scheme)`` turns a partition into a ``FederatedDataset``
+with a local test split per party. ``format_label_stats`` prints who holds which labels.
+
+References:
+    Dirichlet label skew: Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for
+    Federated Visual Classification", 2019. Shards: McMahan et al., "Communication-Efficient
+    Learning of Deep Networks from Decentralized Data", AISTATS 2017. Label/quantity skew variants:
+    Li et al., "Federated Learning on Non-IID Data Silos: An Experimental Study", ICDE 2022.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
+
+__all__ = [
+    "PARTITIONS",
+    "by_group",
+    "classes_per_party",
+    "dirichlet",
+    "federate",
+    "format_label_stats",
+    "iid",
+    "partition_indices",
+    "quantity_skew",
+    "shards",
+]
+
+#: Scheme names accepted by ``partition_indices`` and ``federate``.
+PARTITIONS = ("iid", "dirichlet", "classes", "shards", "group", "quantity")
+
+# Extra keyword parameters each scheme accepts (besides labels, num_parties and seed).
+_SCHEME_PARAMS: dict[str, tuple[str, ...]] = {
+    "iid": (),
+    "dirichlet": ("alpha", "min_size"),
+    "classes": ("k",),
+    "shards": ("shards_per_party",),
+    "group": ("groups",),
+    "quantity": ("alpha", "min_size"),
+}
+
+# How many Dirichlet draws ``dirichlet`` tries before giving up on ``min_size``.
+_MAX_DIRICHLET_TRIES = 1000
+
+
+# --- validation helpers -----------------------------------------------------------------------
+
+
+def _as_labels(labels: Sequence[object] | np.ndarray, name: str = "labels") -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        hint = " (one-hot? pass labels.argmax(axis=1))" if array.ndim == 2 else ""
+        raise ValueError(
+            f"{name} must be one-dimensional, one entry per example; got shape {array.shape}{hint}"
+        )
+    return array
+
+
+def _check_num_parties(num_parties: int, num_samples: int) -> None:
+    if num_parties < 1:
+        raise ValueError(f"num_parties must be at least 1, got num_parties={num_parties}")
+    if num_parties > num_samples:
+        raise ValueError(f"num_parties={num_parties} exceeds the {num_samples} samples available")
+
+
+def _check_min_size(min_size: int, num_parties: int, num_samples: int) -> None:
+    if min_size < 0:
+        raise ValueError(f"min_size must be at least 0, got min_size={min_size}")
+    if min_size * num_parties > num_samples:
+        raise ValueError(
+            f"min_size={min_size} for {num_parties} parties needs {min_size * num_parties} "
+            f"samples, but only {num_samples} are available"
+        )
+
+
+def _check_alpha(alpha: float) -> None:
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got alpha={alpha}")
+
+
+def _class_codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each example's class as ``0 .. num_classes-1`` (in sorted label order), and num_classes."""
+    classes, codes = np.unique(labels, return_inverse=True)
+    return codes.ravel(), len(classes)
+
+
+def _finish(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _cuts(proportions: np.ndarray, total: int) -> np.ndarray:
+    """Where to cut ``total`` items into consecutive pieces of about ``proportions`` each."""
+    return (np.cumsum(proportions)[:-1] * total).astype(np.int64)
+
+
+# --- partitioners -----------------------------------------------------------------------------
+
+
+def iid(
+    labels: Sequence[object] | np.ndarray, num_parties: int, *, seed: int = 0
+) -> list[np.ndarray]:
+    """Shuffle all examples and deal them into ``num_parties`` parts of equal size (±1)."""
+    labels = _as_labels(labels)
+    _check_num_parties(num_parties, len(labels))
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return _finish(np.array_split(order, num_parties))
+
+
+def dirichlet(
+    labels: Sequence[object] | np.ndarray,
+    num_parties: int,
+    *,
+    alpha: float = 0.5,
+    min_size: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Label skew: each class is shared among parties in proportions drawn from Dir(alpha).
+
+    Small ``alpha`` (0.1) gives each party a few dominant classes; large ``alpha`` (100) tends to
+    IID. As in Li et al.'s NIID-Bench, a party that already holds its fair share
+    (``n / num_parties``) gets nothing of the classes still to deal, which keeps party sizes
+    from drifting far apart. A draw where some party gets fewer than ``min_size`` examples is
+    redrawn, up to a bounded number of times, after which a ``ValueError`` says what to change.
+    """
+    labels = _as_labels(labels)
+    _check_num_parties(num_parties, len(labels))
+    _check_alpha(alpha)
+    _check_min_size(min_size, num_parties, len(labels))
+    codes, num_classes = _class_codes(labels)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(codes == c) for c in range(num_classes)]
+    fair_share = len(labels) / num_parties
+    for _ in range(_MAX_DIRICHLET_TRIES):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
+        sizes = np.zeros(num_parties, dtype=np.int64)
+        for c in rng.permutation(num_classes):
+            open_parties = sizes < fair_share
+            proportions = rng.dirichlet(np.full(num_parties, alpha)) * open_parties
+            total = proportions.sum()
+            # With tiny alpha every open party can draw exactly 0.0; share evenly among them then.
+            proportions = proportions / total if total > 0 else open_parties / open_parties.sum()
+            members = rng.permutation(by_class[c])
+            for party, piece in enumerate(np.split(members, _cuts(proportions, len(members)))):
+                parts[party].append(piece)
+                sizes[party] += len(piece)
+        if sizes.min() >= min_size:
+            return _finish([np.concatenate(p) for p in parts])
+    raise ValueError(
+        f"could not draw a Dirichlet(alpha={alpha}) partition giving each of {num_parties} parties "
+        f"at least min_size={min_size} examples in {_MAX_DIRICHLET_TRIES} tries; "
+        "lower min_size, raise alpha or use fewer parties"
+    )
+
+
+def classes_per_party(
+    labels: Sequence[object] | np.ndarray, num_parties: int, *, k: int = 2, seed: int = 0
+) -> list[np.ndarray]:
+    """Pathological label skew: each party holds exactly ``k`` distinct classes.
+
+    Classes are shuffled, then dealt round-robin, ``k`` consecutive ones per party, so every class
+    is held by at least one party when ``num_parties * k >= num_classes`` (otherwise the classes
+    left over are in no party). The examples of a class are split evenly among its holders.
+    """
+    labels = _as_labels(labels)
+    _check_num_parties(num_parties, len(labels))
+    codes, num_classes = _class_codes(labels)
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"k must be between 1 and the {num_classes} classes, got k={k}")
+    rng = np.random.default_rng(seed)
+    class_order = rng.permutation(num_classes)
+    holders: list[list[int]] = [[] for _ in range(num_classes)]
+    for party in range(num_parties):
+        for j in range(k):
+            holders[class_order[(party * k + j) % num_classes]].append(party)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
+    for c, held_by in enumerate(holders):
+        if not held_by:
+            continue
+        members = rng.permutation(np.flatnonzero(codes == c))
+        if len(members) < len(held_by):
+            raise ValueError(
+                f"class {c} has {len(members)} examples but k={k} assigns it to {len(held_by)} "
+                "parties; use fewer parties or a smaller k"
+            )
+        for party, piece in zip(held_by, np.array_split(members, len(held_by)), strict=True):
+            parts[party].append(piece)
+    return _finish([np.concatenate(p) for p in parts])
+
+
+def shards(
+    labels: Sequence[object] | np.ndarray,
+    num_parties: int,
+    *,
+    shards_per_party: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """McMahan et al.'s shards: sort by label, cut into equal shards, deal shards to parties.
+
+    With ``shards_per_party=2`` most parties see only one or two classes.
+    """
+    labels = _as_labels(labels)
+    _check_num_parties(num_parties, len(labels))
+    if shards_per_party < 1:
+        raise ValueError(f"shards_per_party must be at least 1, got {shards_per_party}")
+    num_shards = num_parties * shards_per_party
+    if num_shards > len(labels):
+        raise ValueError(
+            f"num_parties * shards_per_party = {num_shards} shards exceeds the "
+            f"{len(labels)} samples available"
+        )
+    codes, _ = _class_codes(labels)
+    rng = np.random.default_rng(seed)
+    # Shuffle first so that the stable sort leaves examples of one class in random order.
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(codes[order], kind="stable")]
+    pieces = np.array_split(order, num_shards)
+    deal = rng.permutation(num_shards).reshape(num_parties, shards_per_party)
+    return _finish([np.concatenate([pieces[s] for s in row]) for row in deal])
+
+
+def by_group(
+    groups: Sequence[object] | np.ndarray, num_parties: int | None = None
+) -> list[np.ndarray]:
+    """One party per distinct group key (a writer, a hospital, a device), in sorted key order.
+
+    With ``num_parties`` smaller than the number of groups, whole groups are merged: largest group
+    first onto the party with the fewest examples so far, which keeps party sizes balanced. No
+    group is ever split. Deterministic, so it takes no seed.
+    """
+    groups = _as_labels(groups, name="groups")
+    codes, num_groups = _class_codes(groups)
+    if num_parties is None:
+        num_parties = num_groups
+    if num_parties < 1:
+        raise ValueError(f"num_parties must be at least 1, got num_parties={num_parties}")
+    if num_parties > num_groups:
+        raise ValueError(f"num_parties={num_parties} exceeds the {num_groups} distinct groups")
+    members = [np.flatnonzero(codes == g) for g in range(num_groups)]
+    if num_parties == num_groups:
+        return _finish(members)
+    by_size = sorted(range(num_groups), key=lambda g: (-len(members[g]), g))
+    loads = [(0, party) for party in range(num_parties)]
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
+    for g in by_size:
+        size, party = heapq.heappop(loads)
+        parts[party].append(members[g])
+        heapq.heappush(loads, (size + len(members[g]), party))
+    return _finish([np.concatenate(p) for p in parts])
+
+
+def quantity_skew(
+    labels: Sequence[object] | np.ndarray,
+    num_parties: int,
+    *,
+    alpha: float = 1.0,
+    min_size: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Quantity skew: party sizes drawn from Dir(alpha), labels IID within each party.
+
+    Every party first gets ``min_size`` examples; the rest are shared in Dirichlet proportions, so
+    this never needs a redraw. Small ``alpha`` means a few large parties and many small ones.
+    """
+    labels = _as_labels(labels)
+    num_samples = len(labels)
+    _check_num_parties(num_parties, num_samples)
+    _check_alpha(alpha)
+    _check_min_size(min_size, num_parties, num_samples)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_samples)
+    proportions = rng.dirichlet(np.full(num_parties, alpha))
+    rest = num_samples - min_size * num_parties
+    extra = np.diff(np.concatenate([[0], _cuts(proportions, rest), [rest]]))
+    sizes = min_size + extra
+    return _finish(np.split(order, np.cumsum(sizes)[:-1]))
+
+
+# --- dispatch ---------------------------------------------------------------------------------
+
+
+def partition_indices(
+    labels: Sequence[object] | np.ndarray,
+    num_parties: int | None,
+    scheme: str,
+    *,
+    seed: int = 0,
+    **params: object,
+) -> list[np.ndarray]:
+    """Partition by scheme name, one of ``PARTITIONS``, with that scheme's extra parameters.
+
+    - ``"iid"``: no parameters.
+    - ``"dirichlet"``: ``alpha``, ``min_size`` (see ``dirichlet``).
+    - ``"classes"``: ``k`` (see ``classes_per_party``).
+    - ``"shards"``: ``shards_per_party``.
+    - ``"group"``: ``groups`` (required, one key per example); ``num_parties`` may be ``None`` for
+      one party per group. ``seed`` is not used.
+    - ``"quantity"``: ``alpha``, ``min_size`` (see ``quantity_skew``).
+    """
+    if scheme not in _SCHEME_PARAMS:
+        raise ValueError(f"unknown scheme {scheme!r}; choose one of: {', '.join(PARTITIONS)}")
+    allowed = _SCHEME_PARAMS[scheme]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for scheme {scheme!r}; "
+            f"allowed: {', '.join(allowed) or '(none)'}"
+        )
+    if scheme == "group":
+        return _partition_by_group(labels, num_parties, params)
+    if num_parties is None:
+        raise ValueError(f"scheme {scheme!r} needs num_parties (only 'group' can infer it)")
+    functions = {
+        "iid": iid,
+        "dirichlet": dirichlet,
+        "classes": classes_per_party,
+        "shards": shards,
+        "quantity": quantity_skew,
+    }
+    return functions[scheme](labels, num_parties, seed=seed, **params)
+
+
+def _partition_by_group(
+    labels: Sequence[object] | np.ndarray, num_parties: int | None, params: dict[str, object]
+) -> list[np.ndarray]:
+    if "groups" not in params:
+        raise ValueError("scheme 'group' needs groups=<one group key per example>")
+    groups = np.asarray(params["groups"])
+    if len(groups) != len(labels):
+        raise ValueError(
+            f"groups has {len(groups)} entries but there are {len(labels)} examples; "
+            "give one group key per example"
+        )
+    return by_group(groups, num_parties)
+
+
+# --- federated datasets -----------------------------------------------------------------------
+
+
+def _local_split(data: ArrayDataset, fraction: float, rng: np.random.Generator) -> PartyData:
+    """Shuffle one party's examples and hold out ``round(fraction * n)`` as its local test set.
+
+    At least one example stays in training; a hold-out of zero examples means ``test=None``.
+    """
+    n = len(data)
+    n_test = min(round(fraction * n), max(n - 1, 0))
+    order = rng.permutation(n)
+    if n_test == 0:
+        return PartyData(train=data.subset(order), test=None)
+    return PartyData(train=data.subset(order[n_test:]), test=data.subset(order[:n_test]))
+
+
+def federate(
+    train: ArrayDataset,
+    test: ArrayDataset | None,
+    num_parties: int | None,
+    scheme: str = "iid",
+    *,
+    seed: int = 0,
+    local_test_fraction: float = 0.2,
+    party_prefix: str = "party_",
+    **params: object,
+) -> FederatedDataset:
+    """Split ``train`` among parties by ``scheme`` and give each party a local test split.
+
+    Party ids are ``party_0``, ``party_1``, ... in partition order. Each party's examples are
+    shuffled (seeded) and ``round(local_test_fraction * n)`` of them become its local test set
+    (``local_test_fraction=0`` gives ``test=None``). ``test`` becomes the central test set held by
+    the aggregator. ``params`` go to the partitioner (see ``partition_indices``).
+
+    Example:
+        >>> from fedfuse.data import federate, format_label_stats, load_dataset
+        >>> train, test = load_dataset("digits")
+        >>> fed = federate(train, test, 10, "dirichlet", alpha=0.3, seed=1)
+        >>> print(format_label_stats(fed))
+    """
+    if not 0 <= local_test_fraction < 1:
+        raise ValueError(
+            f"local_test_fraction must be in [0, 1), got local_test_fraction={local_test_fraction}"
+        )
+    parts = partition_indices(train.y, num_parties, scheme, seed=seed, **params)
+    parties = {
+        f"{party_prefix}{i}": _local_split(
+            train.subset(idx), local_test_fraction, np.random.default_rng([seed, i])
+        )
+        for i, idx in enumerate(parts)
+    }
+    all_labels = [train.y] if test is None else [train.y, test.y]
+    num_classes = int(max(int(y.max(initial=-1)) for y in all_labels)) + 1
+    return FederatedDataset(parties, test=test, num_classes=num_classes)
+
+
+def format_label_stats(fed: FederatedDataset) -> str:
+    """A text table: one row per party with its train/test sizes and training label counts.
+
+    The last row totals each column. Example::
+
+        party    train  test |   0   1   2
+        party_0     40    10 |  20  20   0
+        party_1     40    10 |   0  20  20
+        total       80    20 |  20  40  20
+    """
+    counts = fed.label_stats()
+    rows = [
+        [pid, str(len(p.train)), str(len(p.test) if p.test is not None else 0)]
+        + [str(int(c)) for c in counts[pid]]
+        for pid, p in fed.items()
+    ]
+    totals = np.sum([[int(cell) for cell in row[1:]] for row in rows], axis=0)
+    rows.append(["total", *(str(int(t)) for t in totals)])
+    header = ["party", "train", "test", *(str(c) for c in range(fed.num_classes))]
+    table = [header, *rows]
+    widths = [max(len(row[col]) for row in table) for col in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [
+            v.ljust(w) if col == 0 else v.rjust(w)
+            for col, (v, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells[:3]) + " | " + "  ".join(cells[3:])
+
+    return "\n".join(line(row) for row in table)
