@@ -1,0 +1,28 @@
+"""Model adapters (PyTorch) and a small model zoo written in plain torch."""
+
+from fedfuse.models._config import TrainConfig
+from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
+from fedfuse.models._torch import LossFn, TorchAdapter
+from fedfuse.models._zoo import (
+    MODELS,
+    build_model,
+    cifar_cnn,
+    logistic_regression,
+    mlp,
+    mnist_cnn,
+)
+
+__all__ = [
+    "MODELS",
+    "OPTIMIZERS",
+    "LossFn",
+    "TorchAdapter",
+    "TrainConfig",
+    "build_model",
+    "cifar_cnn",
+    "logistic_regression",
+    "make_optimizer",
+    "mlp",
+    "mnist_cnn",
+    "resolve_optimizer",
+]

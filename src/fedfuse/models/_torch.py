@@ -1,0 +1,116 @@
+"""The PyTorch model adapter: any ``nn.Module`` behind the ``ModelAdapter`` contract.
+
+Weights are the module's floating-point ``state_dict`` entries (parameters and float buffers
+such as BatchNorm statistics). Integer buffers (``num_batches_tracked``) stay local: averaging
+a counter means nothing.
+
+Training holds the whole local dataset as tensors and walks it in shuffled index batches, so
+the hot path is tensor indexing, forward, backward and step, with no per-sample Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedfuse.data import ArrayDataset
+from fedfuse.models._config import TrainConfig
+from fedfuse.models._optim import make_optimizer, resolve_optimizer
+from fedfuse.weights import Weights, check_compatible
+
+__all__ = ["LossFn", "TorchAdapter"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _as_tensors(data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64))
+    return x, y
+
+
+class TorchAdapter:
+    """Wraps an ``nn.Module`` with get/set weights, local training and evaluation.
+
+    Args:
+        module: any PyTorch module mapping a float batch to class scores (logits or
+            log-probabilities; cross-entropy works with either).
+        loss: ``loss(output, target) -> scalar``; cross-entropy by default.
+    """
+
+    def __init__(self, module: nn.Module, loss: LossFn | None = None) -> None:
+        self.module = module
+        self.loss = loss if loss is not None else nn.CrossEntropyLoss()
+        state = module.state_dict(keep_vars=True)
+        self._float_state = {name: t for name, t in state.items() if t.is_floating_point()}
+
+    def get_weights(self) -> Weights:
+        """A copy of the current weights as named numpy arrays, sorted by name."""
+        return {
+            name: self._float_state[name].detach().numpy().copy()
+            for name in sorted(self._float_state)
+        }
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Load ``weights`` into the module; names, shapes and dtypes must match exactly."""
+        check_compatible({n: t.detach().numpy() for n, t in self._float_state.items()}, weights)
+        with torch.no_grad():
+            for name, tensor in self._float_state.items():
+                tensor.copy_(torch.from_numpy(np.asarray(weights[name])))
+
+    def fit(self, data: ArrayDataset, config: TrainConfig) -> dict[str, float]:
+        """Train for ``config.epochs`` over ``data``; returns mean loss and accuracy seen."""
+        config.validate()
+        resolve_optimizer(config.optimizer)
+        if len(data) == 0:
+            raise ValueError("cannot train on an empty dataset")
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        x, y = _as_tensors(data)
+        optimizer = make_optimizer(config.optimizer, self.module.parameters(), config.learning_rate)
+        self.module.train()
+        n = len(y)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        for _ in range(config.epochs):
+            order = torch.randperm(n)
+            for start in range(0, n, config.batch_size):
+                idx = order[start : start + config.batch_size]
+                xb, yb = x[idx], y[idx]
+                optimizer.zero_grad(set_to_none=True)
+                out = self.module(xb)
+                loss = self.loss(out, yb)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    loss_sum += loss.detach() * len(idx)
+                    correct += (out.argmax(dim=1) == yb).sum()
+        seen = n * config.epochs
+        return {"loss": float(loss_sum) / seen, "accuracy": float(correct) / seen}
+
+    @torch.no_grad()
+    def evaluate(self, data: ArrayDataset, batch_size: int = 1024) -> dict[str, float]:
+        """Mean loss and accuracy of the current weights on ``data``."""
+        if len(data) == 0:
+            raise ValueError("cannot evaluate on an empty dataset")
+        x, y = _as_tensors(data)
+        self.module.eval()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            out = self.module(xb)
+            loss_sum += float(self.loss(out, yb)) * len(yb)
+            correct += int((out.argmax(dim=1) == yb).sum())
+        return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Model outputs for ``x`` as a numpy array."""
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.module.eval()
+        return torch.cat(
+            [self.module(xt[s : s + batch_size]) for s in range(0, len(xt), batch_size)]
+        ).numpy()
