@@ -1,0 +1,24 @@
+"""Parties: sans-I/O data holders that answer train and evaluate tasks."""
+
+from fedfuse.party._party import ModelAdapter, Party
+from fedfuse.party._tasks import (
+    EvaluateTask,
+    Evaluation,
+    Reply,
+    Task,
+    TaskError,
+    TrainTask,
+    Update,
+)
+
+__all__ = [
+    "EvaluateTask",
+    "Evaluation",
+    "ModelAdapter",
+    "Party",
+    "Reply",
+    "Task",
+    "TaskError",
+    "TrainTask",
+    "Update",
+]

@@ -1,0 +1,50 @@
+"""Tasks an aggregator sends and the replies a party gives: plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fedfuse.fusion import Update
+from fedfuse.models import TrainConfig
+from fedfuse.weights import Weights
+
+__all__ = ["Evaluation", "EvaluateTask", "Reply", "Task", "TaskError", "TrainTask", "Update"]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainTask:
+    """Start from ``weights``, train locally with ``config``, reply with an ``Update``."""
+
+    round: int
+    weights: Weights
+    config: TrainConfig = field(default_factory=TrainConfig)
+    send_delta: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluateTask:
+    """Evaluate ``weights`` on the party's ``split`` ("test" or "train"); reply ``Evaluation``."""
+
+    round: int
+    weights: Weights
+    split: Literal["test", "train"] = "test"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one party's evaluation and how many examples they cover."""
+
+    num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """A party could not do a task; ``message`` says why (it never carries a traceback's data)."""
+
+    message: str
+
+
+Task = TrainTask | EvaluateTask
+Reply = Update | Evaluation | TaskError
