@@ -1,0 +1,51 @@
+"""The round loop, the TFF-style process API and one-call ``simulate``."""
+
+from fedfuse.federation._baseline import train_centralized
+from fedfuse.federation._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedfuse.federation._federation import Evaluator, Federation
+from fedfuse.federation._metrics import WeightedMetrics
+from fedfuse.federation._process import (
+    FederatedData,
+    FederatedProcess,
+    ServerState,
+    build_fedavg_process,
+    build_federated_evaluation,
+)
+from fedfuse.federation._report import plot_accuracy, write_history
+from fedfuse.federation._round import RoundResult, evaluate_parties, train_round
+from fedfuse.federation._sampling import check_sampling, derive_seed, sample_parties
+from fedfuse.federation._simulate import (
+    SimulationConfig,
+    SimulationResult,
+    build_federated_dataset,
+    simulate,
+)
+from fedfuse.federation._validate import validate_update
+
+__all__ = [
+    "Checkpoint",
+    "Evaluator",
+    "FederatedData",
+    "FederatedProcess",
+    "Federation",
+    "RoundResult",
+    "ServerState",
+    "SimulationConfig",
+    "SimulationResult",
+    "WeightedMetrics",
+    "build_fedavg_process",
+    "build_federated_dataset",
+    "build_federated_evaluation",
+    "check_sampling",
+    "derive_seed",
+    "evaluate_parties",
+    "load_checkpoint",
+    "plot_accuracy",
+    "sample_parties",
+    "save_checkpoint",
+    "simulate",
+    "train_centralized",
+    "train_round",
+    "validate_update",
+    "write_history",
+]

@@ -1,0 +1,62 @@
+"""Seeded choice of the parties that take part in a round, and per-party training seeds."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["check_sampling", "derive_seed", "sample_parties"]
+
+
+def check_sampling(fraction: float | None, count: int | None) -> None:
+    """Raise ``ValueError`` unless at most one of ``fraction`` in (0, 1], ``count`` >= 1 is set."""
+    if fraction is not None and count is not None:
+        raise ValueError("give either fraction or count per round, not both")
+    if fraction is not None and not (
+        isinstance(fraction, int | float) and not isinstance(fraction, bool) and 0 < fraction <= 1
+    ):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+
+
+def sample_parties(
+    party_ids: Sequence[str],
+    round_num: int,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """The parties of round ``round_num``: a ``fraction`` or a ``count`` of ``party_ids``.
+
+    With neither, every party takes part. The choice depends only on ``seed``, the round and
+    the ids, so a resumed federation samples exactly as an uninterrupted one. The result keeps
+    the order of ``party_ids``.
+    """
+    check_sampling(fraction, count)
+    n = len(party_ids)
+    if n == 0:
+        raise ValueError("there are no parties to sample from")
+    if fraction is not None:
+        k = max(1, math.ceil(fraction * n - 1e-9))
+    elif count is not None:
+        if count > n:
+            raise ValueError(f"count={count} exceeds the {n} parties available")
+        k = count
+    else:
+        return list(party_ids)
+    if k == n:
+        return list(party_ids)
+    rng = np.random.default_rng([seed, round_num])
+    chosen = np.sort(rng.choice(n, size=k, replace=False))
+    return [party_ids[i] for i in chosen]
+
+
+def derive_seed(seed: int, round_num: int, party_id: str) -> int:
+    """A training seed for one party in one round, stable across runs and processes."""
+    state = np.random.SeedSequence([seed, round_num, zlib.crc32(party_id.encode())])
+    return int(state.generate_state(1, dtype=np.uint32)[0])
