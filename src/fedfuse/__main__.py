@@ -1,0 +1,5 @@
+import sys
+
+from fedfuse.cli import main
+
+sys.exit(main())
