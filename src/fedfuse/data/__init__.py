@@ -6,6 +6,12 @@ inspect who holds what (``format_label_stats``). Nothing here downloads anything
 """
 
 from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
+from fedfuse.data._handlers import (
+    DATA_HANDLERS,
+    DataHandler,
+    get_data_handler,
+    register_data_handler,
+)
 from fedfuse.data._loaders import (
     DATASETS,
     DEBIAN_FASHION_MNIST_DIR,
@@ -33,6 +39,10 @@ from fedfuse.data._partition import (
 )
 
 __all__ = [
+    "DATA_HANDLERS",
+    "DataHandler",
+    "get_data_handler",
+    "register_data_handler",
     "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
     "PARTITIONS",

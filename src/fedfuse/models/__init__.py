@@ -1,6 +1,7 @@
 """Model adapters (PyTorch) and a small model zoo written in plain torch."""
 
 from fedfuse.models._config import TrainConfig
+from fedfuse.models._files import ModelFileError, builtin_module_classes, load_torch_model
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
 from fedfuse.models._torch import LossFn, TorchAdapter
 from fedfuse.models._zoo import (
@@ -16,11 +17,14 @@ __all__ = [
     "MODELS",
     "OPTIMIZERS",
     "LossFn",
+    "ModelFileError",
     "TorchAdapter",
     "TrainConfig",
     "build_model",
+    "builtin_module_classes",
     "cifar_cnn",
     "logistic_regression",
+    "load_torch_model",
     "make_optimizer",
     "mlp",
     "mnist_cnn",
