@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fedfuse demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
