@@ -3,6 +3,7 @@
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError, builtin_module_classes, load_torch_model
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
+from fedfuse.models._registry import MODEL_TYPES, ModelType, get_model_type, register_model_type
 from fedfuse.models._torch import LossFn, TorchAdapter
 from fedfuse.models._zoo import (
     MODELS,
@@ -14,6 +15,10 @@ from fedfuse.models._zoo import (
 )
 
 __all__ = [
+    "MODEL_TYPES",
+    "ModelType",
+    "get_model_type",
+    "register_model_type",
     "MODELS",
     "OPTIMIZERS",
     "LossFn",
