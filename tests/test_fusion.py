@@ -82,8 +82,6 @@ def test_errors():
         fuse(passthrough, [_u([1, 1], 1), _u([1, 1], 1)], passthrough.init(GLOBAL), GLOBAL)
     with pytest.raises(FusionError, match="deltas together with full weights"):
         fuse(fedavg(), [_u([1, 1], 1), _u([1, 1], 1, is_delta=False)], None, GLOBAL)
-    with pytest.raises(
-        ValueError, match="unknown fusion 'fedsgd'; choose one of: fedavg, iter_avg"
-    ):
+    with pytest.raises(ValueError, match="unknown fusion 'fedsgd'; choose one of: .*fedavg, "):
         get_fusion("fedsgd")
     assert {"fedavg", "iter_avg"} <= set(FUSIONS)

@@ -1,8 +1,18 @@
-"""Composable fusion transforms (optax style): reducers, and the ``chain`` that composes them."""
+"""Composable fusion transforms (optax style): reducers, robust rules, server optimizers, and
+the ``chain`` that composes them."""
 
 from fedfuse.fusion._base import FusionError, FusionTransform, Update, chain, fuse, stateless
 from fedfuse.fusion._mean import fedavg, iter_avg, weighted_mean
 from fedfuse.fusion._registry import FUSIONS, get_fusion
+from fedfuse.fusion._robust import (
+    clip_by_norm,
+    krum,
+    krum_select,
+    median,
+    multi_krum,
+    trimmed_mean,
+)
+from fedfuse.fusion._server import server_adagrad, server_adam, server_momentum, server_yogi
 
 __all__ = [
     "FUSIONS",
@@ -10,10 +20,20 @@ __all__ = [
     "FusionTransform",
     "Update",
     "chain",
+    "clip_by_norm",
     "fedavg",
     "fuse",
     "get_fusion",
     "iter_avg",
+    "krum",
+    "krum_select",
+    "median",
+    "multi_krum",
+    "server_adagrad",
+    "server_adam",
+    "server_momentum",
+    "server_yogi",
     "stateless",
+    "trimmed_mean",
     "weighted_mean",
 ]

@@ -1,26 +1,110 @@
-"""Fusion algorithms by the names users write (``"fedavg"``, ``"iter_avg"``)."""
+"""Fusion algorithms by the names users write (``"fedavg"``, ``"fedadam"``, ``"krum"``, …).
+
+Each name builds a complete chain from plain parameters, so the CLI, a TOML file and the REST
+service can all name one. Every name also takes ``clip_norm``: clip each update to that L2
+norm before fusing (``chain(clip_by_norm(c), <the algorithm>)``).
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from fedfuse.fusion._base import FusionTransform
+from fedfuse.fusion import _server
+from fedfuse.fusion._base import FusionTransform, chain
 from fedfuse.fusion._mean import fedavg, iter_avg
+from fedfuse.fusion._robust import clip_by_norm, krum, median, multi_krum, trimmed_mean
 
 __all__ = ["FUSIONS", "get_fusion"]
 
-_FACTORIES: dict[str, Callable[..., FusionTransform]] = {"fedavg": fedavg, "iter_avg": iter_avg}
+
+def _fedavgm(server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> FusionTransform:
+    return chain(fedavg(), _server.server_momentum(server_learning_rate, server_momentum))
+
+
+def _fedadagrad(
+    server_learning_rate: float = 0.1, server_momentum: float = 0.9, server_epsilon: float = 1e-3
+) -> FusionTransform:
+    return chain(
+        fedavg(), _server.server_adagrad(server_learning_rate, server_momentum, server_epsilon)
+    )
+
+
+def _fedadam(
+    server_learning_rate: float = 0.01,
+    server_momentum: float = 0.9,
+    server_beta2: float = 0.99,
+    server_epsilon: float = 1e-3,
+) -> FusionTransform:
+    return chain(
+        fedavg(),
+        _server.server_adam(server_learning_rate, server_momentum, server_beta2, server_epsilon),
+    )
+
+
+def _fedyogi(
+    server_learning_rate: float = 0.01,
+    server_momentum: float = 0.9,
+    server_beta2: float = 0.99,
+    server_epsilon: float = 1e-3,
+) -> FusionTransform:
+    return chain(
+        fedavg(),
+        _server.server_yogi(server_learning_rate, server_momentum, server_beta2, server_epsilon),
+    )
+
+
+def _trimmed_mean(trim_fraction: float = 0.1) -> FusionTransform:
+    return trimmed_mean(trim_fraction)
+
+
+def _krum(num_byzantine: int = 1) -> FusionTransform:
+    return krum(num_byzantine)
+
+
+def _multi_krum(num_byzantine: int = 1, num_selected: int | None = None) -> FusionTransform:
+    return multi_krum(num_byzantine, num_selected)
+
+
+_FACTORIES: dict[str, Callable[..., FusionTransform]] = {
+    "fedavg": fedavg,
+    "iter_avg": iter_avg,
+    "fedavgm": _fedavgm,
+    "fedadagrad": _fedadagrad,
+    "fedadam": _fedadam,
+    "fedyogi": _fedyogi,
+    "median": median,
+    "trimmed_mean": _trimmed_mean,
+    "krum": _krum,
+    "multi_krum": _multi_krum,
+}
 FUSIONS: tuple[str, ...] = tuple(sorted(_FACTORIES))
 
 
 def get_fusion(name: str, **params: Any) -> FusionTransform:
-    """Build the fusion transform called ``name`` with ``params``."""
+    """Build the fusion transform called ``name`` with ``params``.
+
+    ``fedavgm``, ``fedadagrad``, ``fedadam`` and ``fedyogi`` are FedAvg followed by a server
+    optimizer (``server_learning_rate``, ``server_momentum`` (β1), ``server_beta2``,
+    ``server_epsilon`` (τ)); ``trimmed_mean`` takes ``trim_fraction``; ``krum`` takes
+    ``num_byzantine``; ``multi_krum`` also ``num_selected``. Any name takes ``clip_norm``.
+    """
     try:
         factory = _FACTORIES[name]
     except KeyError:
         raise ValueError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}") from None
+    params = dict(params)
+    clip_norm = params.pop("clip_norm", None)
+    accepted = list(inspect.signature(factory).parameters)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"bad parameters for fusion {name!r}: unknown {unknown}; "
+            f"it takes: {', '.join([*accepted, 'clip_norm'])}"
+        )
     try:
-        return factory(**params)
+        transform = factory(**params)
     except TypeError as exc:
         raise ValueError(f"bad parameters for fusion {name!r}: {exc}") from None
+    return transform if clip_norm is None else chain(clip_by_norm(clip_norm), transform)
