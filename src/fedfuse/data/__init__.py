@@ -12,6 +12,7 @@ from fedfuse.data._handlers import (
     get_data_handler,
     register_data_handler,
 )
+from fedfuse.data._keras_handlers import cifar10_keras, mnist_keras
 from fedfuse.data._loaders import (
     DATASETS,
     DEBIAN_FASHION_MNIST_DIR,
@@ -39,6 +40,8 @@ from fedfuse.data._partition import (
 )
 
 __all__ = [
+    "cifar10_keras",
+    "mnist_keras",
     "DATA_HANDLERS",
     "DataHandler",
     "get_data_handler",

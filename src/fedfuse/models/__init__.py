@@ -1,7 +1,8 @@
-"""Model adapters (PyTorch) and a small model zoo written in plain torch."""
+"""Model adapters (PyTorch, Keras 3) and a small model zoo written in plain torch."""
 
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError, builtin_module_classes, load_torch_model
+from fedfuse.models._keras import KerasAdapter, keras_optimizer, load_keras_model
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
 from fedfuse.models._registry import MODEL_TYPES, ModelType, get_model_type, register_model_type
 from fedfuse.models._torch import LossFn, TorchAdapter
@@ -15,6 +16,9 @@ from fedfuse.models._zoo import (
 )
 
 __all__ = [
+    "KerasAdapter",
+    "keras_optimizer",
+    "load_keras_model",
     "MODEL_TYPES",
     "ModelType",
     "get_model_type",
