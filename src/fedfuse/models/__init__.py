@@ -1,10 +1,11 @@
-"""Model adapters (PyTorch, Keras 3) and a small model zoo written in plain torch."""
+"""Model adapters (PyTorch, Keras 3, scikit-learn) and a small model zoo written in plain torch."""
 
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError, builtin_module_classes, load_torch_model
 from fedfuse.models._keras import KerasAdapter, keras_optimizer, load_keras_model
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
 from fedfuse.models._registry import MODEL_TYPES, ModelType, get_model_type, register_model_type
+from fedfuse.models._sklearn import SklearnAdapter
 from fedfuse.models._torch import LossFn, TorchAdapter
 from fedfuse.models._zoo import (
     MODELS,
@@ -24,6 +25,7 @@ __all__ = [
     "get_model_type",
     "register_model_type",
     "MODELS",
+    "SklearnAdapter",
     "OPTIMIZERS",
     "LossFn",
     "ModelFileError",
