@@ -31,7 +31,21 @@ DEMO_CONFIG = SimulationConfig(
 )
 DEMO_OUT = "fedfuse-demo-output"
 
-_TYPES = {"data_dir": str, "fraction": float, "count": int}
+_TYPES = {
+    "data_dir": str,
+    "fraction": float,
+    "count": int,
+    "skip_cosine": float,
+    "max_update_norm": float,
+    "server_learning_rate": float,
+    "server_momentum": float,
+    "server_beta2": float,
+    "server_epsilon": float,
+    "trim_fraction": float,
+    "num_byzantine": int,
+    "num_selected": int,
+    "clip_norm": float,
+}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -136,6 +136,9 @@ class Federation:
             "fused": result.fused,
             "train": result.train_metrics,
             "seconds": result.seconds,
+            "skipped": result.skipped,
+            "bytes_up": result.bytes_up,
+            "bytes_dense": result.bytes_dense,
         }
         if self.central_eval is not None:
             record["central"] = self.central_eval(self.weights)

@@ -108,6 +108,8 @@ class FederatedProcess:
         if result.rejected or result.failed:
             metrics["rejected"] = len(result.rejected)
             metrics["failed"] = len(result.failed)
+        if result.skipped:
+            metrics["skipped"] = len(result.skipped)
         return ServerState(result.weights, result.round, result.fusion_state), metrics
 
 

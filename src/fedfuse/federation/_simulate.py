@@ -16,6 +16,7 @@ from fedfuse.data import FederatedDataset, federate, load_dataset
 from fedfuse.federation._baseline import train_centralized
 from fedfuse.federation._federation import Federation
 from fedfuse.federation._report import plot_accuracy, write_history
+from fedfuse.fusion import get_fusion
 from fedfuse.models import TorchAdapter, TrainConfig, build_model
 from fedfuse.runtime import LocalPool
 from fedfuse.weights import Weights
@@ -31,6 +32,18 @@ _PARTITION_PARAMS = {
 }
 
 
+_FUSION_PARAMS = (
+    "server_learning_rate",
+    "server_momentum",
+    "server_beta2",
+    "server_epsilon",
+    "trim_fraction",
+    "num_byzantine",
+    "num_selected",
+    "clip_norm",
+)
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Everything ``simulate`` needs, as plain data (it is what a TOML file holds).
@@ -38,6 +51,13 @@ class SimulationConfig:
     ``partition`` is one of ``iid``, ``dirichlet`` (uses ``alpha``), ``classes`` (uses
     ``classes_per_party``), ``shards`` (uses ``shards_per_party``), ``quantity`` (uses
     ``alpha``). Give ``fraction`` or ``count`` of parties per round, not both.
+
+    ``fusion`` names any algorithm of ``fedfuse.fusion.get_fusion``; its parameters
+    (``server_learning_rate``, ``server_momentum``, ``server_beta2``, ``server_epsilon``,
+    ``trim_fraction``, ``num_byzantine``, ``num_selected``, ``clip_norm``) are passed to it when
+    set. ``proximal_mu``, ``compression``, ``topk_fraction``, ``error_feedback``,
+    ``skip_relative_norm`` and ``skip_cosine`` go to the parties (see ``TrainConfig``);
+    ``max_update_norm`` makes the aggregator reject updates with a larger L2 norm.
     """
 
     model: str = "mlp"
@@ -60,6 +80,21 @@ class SimulationConfig:
     local_test_fraction: float = 0.2
     centralized: bool = True
     federated_eval: bool = True
+    proximal_mu: float = 0.0
+    compression: str = "none"
+    topk_fraction: float = 0.01
+    error_feedback: bool = True
+    skip_relative_norm: float = 0.0
+    skip_cosine: float | None = None
+    max_update_norm: float | None = None
+    server_learning_rate: float | None = None
+    server_momentum: float | None = None
+    server_beta2: float | None = None
+    server_epsilon: float | None = None
+    trim_fraction: float | None = None
+    num_byzantine: int | None = None
+    num_selected: int | None = None
+    clip_norm: float | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
@@ -84,7 +119,23 @@ class SimulationConfig:
         return self.from_dict({**dataclasses.asdict(self), **changes})
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.optimizer, self.learning_rate)
+        return TrainConfig(
+            self.epochs,
+            self.batch_size,
+            self.optimizer,
+            self.learning_rate,
+            proximal_mu=self.proximal_mu,
+            compression=self.compression,
+            topk_fraction=self.topk_fraction,
+            error_feedback=self.error_feedback,
+            skip_relative_norm=self.skip_relative_norm,
+            skip_cosine=self.skip_cosine,
+        )
+
+    def fusion_params(self) -> dict[str, Any]:
+        """The fusion parameters that are set, for ``get_fusion(self.fusion, **params)``."""
+        values = {name: getattr(self, name) for name in _FUSION_PARAMS}
+        return {name: value for name, value in values.items() if value is not None}
 
     def partition_params(self) -> dict[str, Any]:
         try:
@@ -162,13 +213,14 @@ def simulate(
     federation = Federation(
         LocalPool.from_dataset(fed, adapter),
         adapter.get_weights(),
-        fusion=config.fusion,
+        fusion=get_fusion(config.fusion, **config.fusion_params()),
         config=config.train_config(),
         fraction=config.fraction,
         count=config.count,
         seed=config.seed,
         central_eval=central_eval,
         federated_eval=config.federated_eval and bool(fed.test_data()),
+        max_update_norm=config.max_update_norm,
     )
     history = federation.run(config.rounds, on_round=on_round)
     result = SimulationResult(config, history, federation.weights, fed)

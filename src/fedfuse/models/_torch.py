@@ -32,6 +32,19 @@ def _as_tensors(data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@torch.no_grad()
+def _add_proximal_gradient(
+    params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float
+) -> None:
+    """``grad += mu (w - w_global)``: the gradient of FedProx's ``mu/2 ||w - w_global||^2``."""
+    with_grad = [(p, a) for p, a in zip(params, anchor, strict=True) if p.grad is not None]
+    if with_grad:
+        ps, anchors = zip(*with_grad, strict=True)
+        torch._foreach_add_(
+            [p.grad for p in ps], torch._foreach_sub(list(ps), list(anchors)), alpha=mu
+        )
+
+
 class TorchAdapter:
     """Wraps an ``nn.Module`` with get/set weights, local training and evaluation.
 
@@ -62,7 +75,12 @@ class TorchAdapter:
                 tensor.copy_(torch.from_numpy(np.asarray(weights[name])))
 
     def fit(self, data: ArrayDataset, config: TrainConfig) -> dict[str, float]:
-        """Train for ``config.epochs`` over ``data``; returns mean loss and accuracy seen."""
+        """Train for ``config.epochs`` over ``data``; returns mean loss and accuracy seen.
+
+        With ``config.proximal_mu > 0`` (FedProx) every step also pulls the weights towards
+        those the module had when ``fit`` started: ``mu (w - w_start)`` is added to the
+        gradients (the reported loss is the data loss alone).
+        """
         config.validate()
         resolve_optimizer(config.optimizer)
         if len(data) == 0:
@@ -71,6 +89,8 @@ class TorchAdapter:
             torch.manual_seed(config.seed)
         x, y = _as_tensors(data)
         optimizer = make_optimizer(config.optimizer, self.module.parameters(), config.learning_rate)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
         self.module.train()
         n = len(y)
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -84,6 +104,8 @@ class TorchAdapter:
                 out = self.module(xb)
                 loss = self.loss(out, yb)
                 loss.backward()
+                if anchor is not None:
+                    _add_proximal_gradient(params, anchor, config.proximal_mu)
                 optimizer.step()
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(idx)

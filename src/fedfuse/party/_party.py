@@ -9,8 +9,23 @@ import numpy as np
 from fedfuse.data import ArrayDataset, PartyData
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
-from fedfuse.party._tasks import EvaluateTask, Evaluation, Reply, Task, TaskError, TrainTask
-from fedfuse.weights import Weights, WeightsMismatchError, subtract
+from fedfuse.party._tasks import (
+    EvaluateTask,
+    Evaluation,
+    Reply,
+    Skipped,
+    Task,
+    TaskError,
+    TrainTask,
+)
+from fedfuse.weights import (
+    Weights,
+    WeightsMismatchError,
+    encode_with_feedback,
+    get_codec,
+    global_norm,
+    subtract,
+)
 
 __all__ = ["ModelAdapter", "Party"]
 
@@ -30,12 +45,17 @@ class Party:
 
     Several parties may share one adapter (the simulation does): a task always starts by loading
     the task's weights, so nothing leaks from one party's task to the next.
+
+    What a party remembers between rounds lives here, not in the adapter: the residual that
+    compression dropped (error feedback) and the last delta it sent (for ``skip_cosine``).
     """
 
     def __init__(self, adapter: ModelAdapter, data: PartyData, party_id: str = "") -> None:
         self.adapter = adapter
         self.data = data
         self.party_id = party_id
+        self.residual: Weights | None = None
+        self.last_sent: Weights | None = None
 
     def handle(self, task: Task) -> Reply:
         try:
@@ -47,14 +67,40 @@ class Party:
         except (ValueError, WeightsMismatchError, RuntimeError) as exc:
             return TaskError(f"{type(exc).__name__}: {exc}")
 
-    def _train(self, task: TrainTask) -> Update:
+    def _train(self, task: TrainTask) -> Update | Skipped:
+        config = task.config
         self.adapter.set_weights(task.weights)
-        metrics = self.adapter.fit(self.data.train, task.config)
+        metrics = self.adapter.fit(self.data.train, config)
         local = self.adapter.get_weights()
-        weights = subtract(local, task.weights) if task.send_delta else local
-        return Update(
-            weights, len(self.data.train), metrics, is_delta=task.send_delta, party_id=self.party_id
-        )
+        num_examples = len(self.data.train)
+        if not task.send_delta:
+            return Update(local, num_examples, metrics, is_delta=False, party_id=self.party_id)
+        delta = subtract(local, task.weights)
+        reason = self._skip_reason(delta, task.weights, config)
+        if reason is not None:
+            return Skipped(num_examples, metrics, reason)
+        if config.skip_cosine is not None:
+            self.last_sent = delta
+        codec = get_codec(config.compression, topk_fraction=config.topk_fraction)
+        if config.compression != "none" and config.error_feedback:
+            encoded, self.residual = encode_with_feedback(codec, delta, self.residual)
+        else:
+            encoded = codec.encode(delta)
+        return Update(encoded, num_examples, metrics, is_delta=True, party_id=self.party_id)
+
+    def _skip_reason(self, delta: Weights, start: Weights, config: TrainConfig) -> str | None:
+        """Why ``delta`` says too little to be worth sending, or ``None`` to send it."""
+        norm = global_norm(delta)
+        if config.skip_relative_norm > 0:
+            relative = norm / max(global_norm(start), 1e-12)
+            if relative < config.skip_relative_norm:
+                return f"relative update norm {relative:.3g} < {config.skip_relative_norm:g}"
+        if config.skip_cosine is not None and self.last_sent is not None:
+            dot = sum(float(np.vdot(delta[n], self.last_sent[n])) for n in delta)
+            cosine = dot / max(norm * global_norm(self.last_sent), 1e-12)
+            if cosine > config.skip_cosine:
+                return f"cosine to the last update sent {cosine:.3g} > {config.skip_cosine:g}"
+        return None
 
     def _evaluate(self, task: EvaluateTask) -> Reply:
         data = self.data.test if task.split == "test" else self.data.train

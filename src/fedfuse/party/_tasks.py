@@ -9,7 +9,16 @@ from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
 from fedfuse.weights import Weights
 
-__all__ = ["Evaluation", "EvaluateTask", "Reply", "Task", "TaskError", "TrainTask", "Update"]
+__all__ = [
+    "Evaluation",
+    "EvaluateTask",
+    "Reply",
+    "Skipped",
+    "Task",
+    "TaskError",
+    "TrainTask",
+    "Update",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +49,20 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A party trained but its update says little new, so it sends this instead of the delta.
+
+    "Aggregation only when necessary": ``reason`` says which threshold ``TrainConfig`` set
+    (``skip_relative_norm`` or ``skip_cosine``) the update fell under. ``metrics`` are the
+    party's training metrics, as in an ``Update``.
+    """
+
+    num_examples: int
+    metrics: dict[str, float]
+    reason: str
+
+
+@dataclass(frozen=True)
 class TaskError:
     """A party could not do a task; ``message`` says why (it never carries a traceback's data)."""
 
@@ -47,4 +70,4 @@ class TaskError:
 
 
 Task = TrainTask | EvaluateTask
-Reply = Update | Evaluation | TaskError
+Reply = Update | Skipped | Evaluation | TaskError

@@ -1,5 +1,6 @@
-"""Named arrays (``Weights``): arithmetic, deltas and safetensors (de)serialization."""
+"""Named arrays (``Weights``): arithmetic, deltas, safetensors (de)serialization, codecs."""
 
+from fedfuse.weights._codecs import CODECS, Codec, CodecError, encode_with_feedback, get_codec
 from fedfuse.weights._io import (
     WeightsFormatError,
     from_bytes,
@@ -22,6 +23,9 @@ from fedfuse.weights._named import (
 )
 
 __all__ = [
+    "CODECS",
+    "Codec",
+    "CodecError",
     "Weights",
     "WeightsFormatError",
     "WeightsMismatchError",
@@ -29,7 +33,9 @@ __all__ = [
     "add_scaled_",
     "as_weights",
     "check_compatible",
+    "encode_with_feedback",
     "from_bytes",
+    "get_codec",
     "global_norm",
     "load_weights",
     "num_bytes",
