@@ -32,7 +32,7 @@ def _fedadagrad(
 
 
 def _fedadam(
-    server_learning_rate: float = 0.01,
+    server_learning_rate: float = 0.03,
     server_momentum: float = 0.9,
     server_beta2: float = 0.99,
     server_epsilon: float = 1e-3,
@@ -44,7 +44,7 @@ def _fedadam(
 
 
 def _fedyogi(
-    server_learning_rate: float = 0.01,
+    server_learning_rate: float = 0.03,
     server_momentum: float = 0.9,
     server_beta2: float = 0.99,
     server_epsilon: float = 1e-3,
