@@ -56,8 +56,9 @@ class SimulationConfig:
     (``server_learning_rate``, ``server_momentum``, ``server_beta2``, ``server_epsilon``,
     ``trim_fraction``, ``num_byzantine``, ``num_selected``, ``clip_norm``) are passed to it when
     set. ``proximal_mu``, ``compression``, ``topk_fraction``, ``error_feedback``,
-    ``skip_relative_norm`` and ``skip_cosine`` go to the parties (see ``TrainConfig``);
-    ``max_update_norm`` makes the aggregator reject updates with a larger L2 norm.
+    ``skip_relative_norm``, ``skip_cosine`` and ``max_consecutive_skips`` go to the parties
+    (see ``TrainConfig``); ``max_update_norm`` makes the aggregator reject updates with a
+    larger L2 norm.
     """
 
     model: str = "mlp"
@@ -86,6 +87,7 @@ class SimulationConfig:
     error_feedback: bool = True
     skip_relative_norm: float = 0.0
     skip_cosine: float | None = None
+    max_consecutive_skips: int = 3
     max_update_norm: float | None = None
     server_learning_rate: float | None = None
     server_momentum: float | None = None
@@ -130,6 +132,7 @@ class SimulationConfig:
             error_feedback=self.error_feedback,
             skip_relative_norm=self.skip_relative_norm,
             skip_cosine=self.skip_cosine,
+            max_consecutive_skips=self.max_consecutive_skips,
         )
 
     def fusion_params(self) -> dict[str, Any]:

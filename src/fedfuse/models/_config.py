@@ -28,7 +28,9 @@ class TrainConfig:
       ``error_feedback`` a party adds what compression dropped to its next delta.
     - ``skip_relative_norm``: a party whose ``||delta|| / ||w_global||`` is below this sends a
       small "skipped" reply instead of its delta; ``skip_cosine``: likewise when the cosine
-      similarity of its delta to the last delta it sent is above this.
+      similarity of its delta to the last delta it sent is above this. A party never skips
+      more than ``max_consecutive_skips`` rounds in a row: when every party skips, the global
+      model stands still and the same deltas would be skipped forever.
     """
 
     epochs: int = 1
@@ -42,6 +44,7 @@ class TrainConfig:
     error_feedback: bool = True
     skip_relative_norm: float = 0.0
     skip_cosine: float | None = None
+    max_consecutive_skips: int = 3
 
     def with_seed(self, seed: int) -> TrainConfig:
         return replace(self, seed=seed)
@@ -73,3 +76,11 @@ class TrainConfig:
             isinstance(self.skip_cosine, int | float) and -1 <= self.skip_cosine <= 1
         ):
             raise ValueError(f"skip_cosine must be in [-1, 1] or None, got {self.skip_cosine!r}")
+        if (
+            isinstance(self.max_consecutive_skips, bool)
+            or not isinstance(self.max_consecutive_skips, int)
+            or self.max_consecutive_skips < 0
+        ):
+            raise ValueError(
+                f"max_consecutive_skips must be an integer >= 0, got {self.max_consecutive_skips!r}"
+            )

@@ -47,7 +47,10 @@ class Party:
     the task's weights, so nothing leaks from one party's task to the next.
 
     What a party remembers between rounds lives here, not in the adapter: the residual that
-    compression dropped (error feedback) and the last delta it sent (for ``skip_cosine``).
+    compression dropped (error feedback), the last delta it sent (for ``skip_cosine``) and
+    how many rounds in a row it skipped. A skipped delta is dropped, not kept for later: the
+    next round's training starts from a global model that already moved the same way (or,
+    when nothing was fused, from the same model, and would only repeat it).
     """
 
     def __init__(self, adapter: ModelAdapter, data: PartyData, party_id: str = "") -> None:
@@ -56,6 +59,7 @@ class Party:
         self.party_id = party_id
         self.residual: Weights | None = None
         self.last_sent: Weights | None = None
+        self.skips_in_a_row = 0
 
     def handle(self, task: Task) -> Reply:
         try:
@@ -78,7 +82,9 @@ class Party:
         delta = subtract(local, task.weights)
         reason = self._skip_reason(delta, task.weights, config)
         if reason is not None:
+            self.skips_in_a_row += 1
             return Skipped(num_examples, metrics, reason)
+        self.skips_in_a_row = 0
         if config.skip_cosine is not None:
             self.last_sent = delta
         codec = get_codec(config.compression, topk_fraction=config.topk_fraction)
@@ -90,6 +96,8 @@ class Party:
 
     def _skip_reason(self, delta: Weights, start: Weights, config: TrainConfig) -> str | None:
         """Why ``delta`` says too little to be worth sending, or ``None`` to send it."""
+        if self.skips_in_a_row >= config.max_consecutive_skips:
+            return None
         norm = global_norm(delta)
         if config.skip_relative_norm > 0:
             relative = norm / max(global_norm(start), 1e-12)
