@@ -1,5 +1,6 @@
 """The round loop, the TFF-style process API and one-call ``simulate``."""
 
+from fedfuse.federation._async import AsyncFederation, spread_task_seconds
 from fedfuse.federation._baseline import train_centralized
 from fedfuse.federation._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfuse.federation._federation import Evaluator, Federation
@@ -12,7 +13,7 @@ from fedfuse.federation._process import (
     build_federated_evaluation,
 )
 from fedfuse.federation._report import plot_accuracy, write_history
-from fedfuse.federation._round import RoundResult, evaluate_parties, train_round
+from fedfuse.federation._round import RoundResult, evaluate_parties, screen_reply, train_round
 from fedfuse.federation._sampling import check_sampling, derive_seed, sample_parties
 from fedfuse.federation._simulate import (
     SimulationConfig,
@@ -23,6 +24,7 @@ from fedfuse.federation._simulate import (
 from fedfuse.federation._validate import validate_update
 
 __all__ = [
+    "AsyncFederation",
     "Checkpoint",
     "Evaluator",
     "FederatedData",
@@ -43,7 +45,9 @@ __all__ = [
     "plot_accuracy",
     "sample_parties",
     "save_checkpoint",
+    "screen_reply",
     "simulate",
+    "spread_task_seconds",
     "train_centralized",
     "train_round",
     "validate_update",
