@@ -1,11 +1,14 @@
 """Server optimizers (Reddi et al. 2021): arithmetic by hand, checkpointed state, training."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fedfuse import simulate
+from fedfuse.cli import main
 from fedfuse.data import federate
 from fedfuse.federation import Federation, load_checkpoint
 from fedfuse.fusion import (
@@ -166,3 +169,16 @@ def test_server_optimizers_train(digits, fusion, params):
     )
     # FedAvg itself reaches about 0.83 here; the server optimizers 0.88-0.91.
     assert result.history[-1]["central"]["accuracy"] > 0.8
+
+
+def test_the_cli_names_fusions_and_their_parameters(tmp_path, capsys):
+    args = ["simulate", "--fusion", "fedadam", "--server-learning-rate", "0.05"]
+    args += ["--compression", "int8", "--rounds", "2", "--num-parties", "3"]
+    args += ["--no-centralized", "--no-federated-eval", "--out", str(tmp_path)]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "history.json").read_text())
+    assert doc["config"]["fusion"] == "fedadam" and doc["config"]["server_learning_rate"] == 0.05
+    assert 0.25 < doc["rounds"][0]["bytes_up"] / doc["rounds"][0]["bytes_dense"] < 0.26
+    assert main(["simulate", "--fusion", "median", "--server-momentum", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "bad parameters for fusion 'median': unknown ['server_momentum']" in err

@@ -197,6 +197,7 @@ def simulate(
     """
     config = (config or SimulationConfig()).replace(**overrides)
     config.train_config().validate()
+    fusion = get_fusion(config.fusion, **config.fusion_params())
     fed = federated_data if federated_data is not None else build_federated_dataset(config)
     if fed.test is None:
         raise ValueError("the federated dataset needs a central test set (FederatedDataset.test)")
@@ -216,7 +217,7 @@ def simulate(
     federation = Federation(
         LocalPool.from_dataset(fed, adapter),
         adapter.get_weights(),
-        fusion=get_fusion(config.fusion, **config.fusion_params()),
+        fusion=fusion,
         config=config.train_config(),
         fraction=config.fraction,
         count=config.count,
