@@ -53,6 +53,10 @@ def test_stale_updates_are_weighted_down_by_hand():
     assert [r["participants"] for r in history] == [["fast"], ["fast"], ["slow"], ["fast"]]
     assert [r["staleness"] for r in history] == [[0], [0], [2], [1]]
     np.testing.assert_allclose(fed.weights["w"], [2 + 1 / np.sqrt(3) + 1 / np.sqrt(2)], rtol=1e-6)
+    again = AsyncFederation(
+        ConstantPool(["fast", "slow"]), W0, {"fast": 1.0, "slow": 3.0}, buffer_size=1
+    )
+    assert [r["time"] for r in again.run(100, until=2.5)] == [1.0, 2.0]
     # every task starts from the newest model: the round field carries version + 1
     assert sorted(pool.started[:2]) == [("fast", 1), ("slow", 1)]
     assert pool.started[2:5] == [("fast", 2), ("fast", 3), ("slow", 4)]

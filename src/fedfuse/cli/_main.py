@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedfuse.cli import _simulate
+from fedfuse.cli import _service, _simulate
+from fedfuse.runtime import ProtocolError
 
 __all__ = ["main"]
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedfuse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate.add_parsers(sub)
+    _service.add_parsers(sub)
     return parser
 
 
@@ -22,6 +24,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, ProtocolError) as exc:
         print(f"fedfuse {args.command}: error: {exc}", file=sys.stderr)
         return 2

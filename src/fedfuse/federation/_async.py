@@ -161,15 +161,22 @@ class AsyncFederation:
             self._start(party_id)
 
     def run(
-        self, versions: int, on_fuse: Callable[[dict[str, Any]], None] | None = None
+        self,
+        versions: int,
+        on_fuse: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Run until the global model reaches version ``versions`` (that many fusions)."""
+        """Run until the global model reaches version ``versions`` (that many fusions), or
+        until the next arrival would come after simulated time ``until``."""
         if not isinstance(versions, int) or versions < 1:
             raise ValueError(f"versions must be an integer >= 1, got {versions!r}")
         self._start_idle()
         while self.version < versions:
             if not self._in_flight:
                 raise RuntimeError("no party is training; nothing can arrive")
+            if until is not None and self._in_flight[0][0] > until:
+                break
             self.clock, _, party_id, started, reply = heapq.heappop(self._in_flight)
             self._receive(party_id, started, reply)
             if len(self._buffer) >= self.buffer_size:

@@ -1,5 +1,6 @@
 """Parties: sans-I/O data holders that answer train and evaluate tasks."""
 
+from fedfuse.party._client import ClientParty, NumPyClient
 from fedfuse.party._party import ModelAdapter, Party
 from fedfuse.party._tasks import (
     EvaluateTask,
@@ -13,6 +14,8 @@ from fedfuse.party._tasks import (
 )
 
 __all__ = [
+    "ClientParty",
+    "NumPyClient",
     "EvaluateTask",
     "Evaluation",
     "ModelAdapter",

@@ -1,6 +1,17 @@
-"""Transports that carry tasks to parties: local (in-process) now; HTTP with the service."""
+"""Transports that carry tasks to parties: in-process, and mailboxes fed by the service."""
 
 from fedfuse.runtime._base import PartyPool
+from fedfuse.runtime._http_party import PartyClient, PartyRunSummary, ProtocolError
 from fedfuse.runtime._local import LocalPool
+from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
 
-__all__ = ["LocalPool", "PartyPool"]
+__all__ = [
+    "LocalPool",
+    "PartyClient",
+    "PartyPool",
+    "PartyRunSummary",
+    "PendingTask",
+    "ProtocolError",
+    "RemotePool",
+    "UnexpectedReplyError",
+]

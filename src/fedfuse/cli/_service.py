@@ -1,0 +1,162 @@
+"""``fedfuse serve``, ``fedfuse create`` and ``fedfuse party``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fedfuse.service import ServiceSettings, create_app
+
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    settings = ServiceSettings(
+        data_dir=args.data_dir,
+        max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+        allowed_import_paths=tuple(args.allow_import or ()),
+        liveness=args.liveness,
+        api_key=args.api_key,
+    )
+    scheme = "https" if args.ssl_certfile else "http"
+    print(
+        f"fedfuse service on {scheme}://{args.host}:{args.port} (state in {args.data_dir}); "
+        f"API docs at /docs",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )
+    return 0
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    import httpx
+
+    form = {
+        "fusion_algorithm": args.fusion, "model_type": "pytorch", "num_parties": args.num_parties,
+        "rounds": args.rounds, "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "optimizer": args.optimizer, "batch_size": args.batch_size, "quorum": args.quorum,
+        "round_timeout": args.round_timeout, "seed": args.seed, "auto_start": "true",
+    }  # fmt: skip
+    files = {}
+    if args.model_file:
+        files["model_file"] = Path(args.model_file).read_bytes()
+    else:
+        form |= {
+            "model": args.model,
+            "input_shape": args.input_shape,
+            "num_classes": args.num_classes,
+        }
+    if args.fraction is not None:
+        form["fraction"] = args.fraction
+    if args.token:
+        form["join_token"] = args.token
+    response = httpx.post(
+        f"{args.server.rstrip('/')}/start-aggregator",
+        data=form,
+        files=files or None,
+        verify=args.ca_cert or True,
+        timeout=60,
+    )
+    if response.status_code != 200:
+        raise ValueError(f"service refused ({response.status_code}): {response.text}")
+    print(json.dumps(response.json(), indent=1))
+    return 0
+
+
+def _cmd_party(args: argparse.Namespace) -> int:
+    from fedfuse.runtime import PartyClient
+    from fedfuse.runtime._party_builder import party_from_join
+
+    name = args.name or f"{socket.gethostname()}-{Path(args.data).stem}"
+    with PartyClient(
+        args.server,
+        args.token,
+        name=name,
+        verify=args.ca_cert or True,
+        reconnect_timeout=args.reconnect_timeout,
+    ) as client:
+        info = client.join()
+        party = party_from_join(client, info, args.data, args.handler)
+        print(
+            f"joined federation {info['federation_id']} as {info['party_id']} ({name}); "
+            f"{len(party.data.train)} training examples",
+            flush=True,
+        )
+        summary = client.serve(party)
+    print(
+        f"done: answered {summary.tasks} tasks over rounds {summary.rounds}; "
+        f"{summary.final_status}",
+        flush=True,
+    )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the aggregator service (REST API + party protocol)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", default="fedfuse-data", help="SQLite file and checkpoints")
+    serve.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve.add_argument("--max-upload-mb", type=int, default=256, help="request size limit")
+    serve.add_argument(
+        "--liveness",
+        type=float,
+        default=30.0,
+        help="seconds without a poll after which a party is not sampled",
+    )
+    serve.add_argument(
+        "--allow-import",
+        action="append",
+        metavar="MODULE_PREFIX",
+        help="let uploaded model files use classes under this import path",
+    )
+    serve.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' to create and control federations"
+    )
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=_cmd_serve)
+
+    create = sub.add_parser("create", help="create a federation on a running service")
+    create.add_argument("--server", required=True)
+    create.add_argument("--model", default="mlp", help="zoo model (default mlp)")
+    create.add_argument("--model-file", help="or a torch.save(model) file")
+    create.add_argument("--input-shape", default="64", help="e.g. 1,28,28 (default 64: digits)")
+    create.add_argument("--num-classes", type=int, default=10)
+    create.add_argument("--num-parties", type=int, default=2)
+    create.add_argument("--rounds", type=int, default=5)
+    create.add_argument("--epochs", type=int, default=1)
+    create.add_argument("--batch-size", type=int, default=32)
+    create.add_argument("--optimizer", default="sgd")
+    create.add_argument("--learning-rate", type=float, default=0.05)
+    create.add_argument("--fusion", default="fedavg")
+    create.add_argument("--fraction", type=float)
+    create.add_argument("--quorum", type=int, default=1)
+    create.add_argument("--round-timeout", type=float, default=600.0)
+    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--token", help="join token to use (default: the service makes one)")
+    create.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
+    create.set_defaults(func=_cmd_create)
+
+    party = sub.add_parser("party", help="join a federation as a party and train on local data")
+    party.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8080")
+    party.add_argument("--token", required=True, help="the federation's join token")
+    party.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")
+    party.add_argument("--handler", help="data handler name (e.g. mnist_pytorch)")
+    party.add_argument("--name", help="stable name; rejoining with it resumes the same party")
+    party.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
+    party.add_argument("--reconnect-timeout", type=float, default=120.0)
+    party.set_defaults(func=_cmd_party)

@@ -1,0 +1,167 @@
+"""The party side of the HTTP protocol: join, long-poll for tasks, post replies.
+
+Parties always dial out (they may sit behind NAT); the service never connects to a party.
+The protocol logic lives in the sans-I/O ``Party`` and in ``_wire``; this module only moves
+bytes with httpx, and retries while the service is unreachable (e.g. restarting).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from fedfuse.party import Reply, Task
+from fedfuse.runtime._wire import decode_meta, reply_to_wire, task_from_wire
+from fedfuse.weights import to_bytes
+
+__all__ = ["PartyClient", "PartyRunSummary", "ProtocolError", "TaskHandler"]
+
+log = logging.getLogger("fedfuse.party")
+META_HEADER = "X-Fedfuse-Meta"
+
+
+class TaskHandler(Protocol):
+    def handle(self, task: Task) -> Reply: ...
+
+
+class ProtocolError(RuntimeError):
+    """The service refused a request (the message carries its ``detail``)."""
+
+
+@dataclass
+class PartyRunSummary:
+    federation_id: str
+    party_id: str
+    tasks: int = 0
+    final_status: str = ""
+    rounds: list[int] = field(default_factory=list)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except (json.JSONDecodeError, AttributeError):
+        return response.text
+
+
+class PartyClient:
+    """Connects one party to a fedfuse service.
+
+    Args:
+        server: base URL, e.g. ``http://127.0.0.1:8080`` or ``https://...``.
+        token: the federation's join token.
+        name: a stable name; joining again with the same name rejoins as the same party.
+        verify: TLS verification (``True``, or a CA bundle path for a self-signed service).
+        poll_wait: seconds each long poll may wait at the service.
+        reconnect_timeout: how long to keep retrying while the service is unreachable.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        *,
+        name: str | None = None,
+        verify: bool | str = True,
+        poll_wait: float = 20.0,
+        reconnect_timeout: float = 120.0,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.name = name
+        self.poll_wait = poll_wait
+        self.reconnect_timeout = reconnect_timeout
+        self.http = httpx.Client(base_url=self.server, verify=verify, timeout=poll_wait + 30)
+        self.info: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> PartyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.2
+        while True:
+            try:
+                return self.http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                if time.monotonic() >= deadline:
+                    raise ProtocolError(f"service unreachable at {self.server}: {exc}") from exc
+                log.warning("service unreachable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def join(self) -> dict[str, Any]:
+        """Join with the token; returns the federation id, this party's id and token, and how
+        to build the model (``info["model"]``)."""
+        response = self._request("POST", "/v1/join", json={"token": self.token, "name": self.name})
+        if response.status_code != 200:
+            raise ProtocolError(f"join refused ({response.status_code}): {_detail(response)}")
+        self.info = response.json()
+        return self.info
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        assert self.info is not None, "join() first"
+        return {"Authorization": f"Bearer {self.info['party_token']}"}
+
+    def model_file(self) -> bytes:
+        """Download the federation's model file (for ``model.source == "model_file"``)."""
+        fid = self.info["federation_id"]
+        response = self._request("GET", f"/v1/federations/{fid}/model-file", headers=self._auth)
+        if response.status_code != 200:
+            raise ProtocolError(f"model file refused ({response.status_code}): {_detail(response)}")
+        return response.content
+
+    def serve(self, party: TaskHandler, max_tasks: int | None = None) -> PartyRunSummary:
+        """Answer tasks until the federation ends (or ``max_tasks`` have been answered)."""
+        if self.info is None:
+            self.join()
+        fid, party_id = self.info["federation_id"], self.info["party_id"]
+        summary = PartyRunSummary(fid, party_id)
+        while max_tasks is None or summary.tasks < max_tasks:
+            response = self._request(
+                "GET", f"/v1/federations/{fid}/tasks/next",
+                params={"wait": self.poll_wait}, headers=self._auth,
+            )  # fmt: skip
+            if response.status_code == 204:
+                continue
+            if response.status_code == 410:
+                summary.final_status = _detail(response)
+                break
+            if response.status_code != 200:
+                raise ProtocolError(
+                    f"task poll refused ({response.status_code}): {_detail(response)}"
+                )
+            pending = task_from_wire(
+                decode_meta(response.headers.get(META_HEADER)), response.content
+            )
+            reply = party.handle(pending.task)
+            meta, weights = reply_to_wire(reply)
+            response = self._request(
+                "POST",
+                f"/v1/federations/{fid}/tasks/{pending.task_id}/reply",
+                headers={**self._auth, META_HEADER: json.dumps(meta)},
+                content=to_bytes(weights) if weights is not None else b"",
+            )
+            if response.status_code != 200:
+                log.warning(
+                    "reply to task %s refused (%s): %s",
+                    pending.task_id,
+                    response.status_code,
+                    _detail(response),
+                )
+            summary.tasks += 1
+            if pending.task.round not in summary.rounds:
+                summary.rounds.append(pending.task.round)
+        return summary

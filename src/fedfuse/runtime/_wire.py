@@ -1,0 +1,131 @@
+"""Tasks and replies on the wire: JSON metadata plus a safetensors body. No pickle anywhere.
+
+``task_to_wire`` / ``reply_to_wire`` split a task or reply into ``(meta, weights)``; the
+transport sends ``meta`` as JSON (an HTTP header) and ``weights`` as safetensors bytes. The
+``*_from_wire`` functions check every field and raise ``WireFormatError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fedfuse.fusion import Update
+from fedfuse.models import TrainConfig
+from fedfuse.party import EvaluateTask, Evaluation, Reply, Task, TaskError, TrainTask
+from fedfuse.runtime._remote import PendingTask
+from fedfuse.weights import Weights, WeightsFormatError, from_bytes
+
+__all__ = [
+    "WireFormatError",
+    "decode_meta",
+    "reply_from_wire",
+    "reply_to_wire",
+    "task_from_wire",
+    "task_to_wire",
+]
+
+
+class WireFormatError(ValueError):
+    """A message that does not follow the party protocol."""
+
+
+def decode_meta(text: str | None) -> dict[str, Any]:
+    if not text:
+        raise WireFormatError("missing X-Fedfuse-Meta header (JSON metadata)")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WireFormatError(f"X-Fedfuse-Meta is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise WireFormatError("X-Fedfuse-Meta must be a JSON object")
+    return meta
+
+
+def _field(meta: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = meta.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise WireFormatError(f"metadata field {name!r} is missing or not a {kind}")
+    return value
+
+
+def _weights(body: bytes) -> Weights:
+    try:
+        return from_bytes(body)
+    except WeightsFormatError as exc:
+        raise WireFormatError(str(exc)) from None
+
+
+def task_to_wire(pending: PendingTask) -> tuple[dict[str, Any], Weights]:
+    task = pending.task
+    meta: dict[str, Any] = {"task_id": pending.task_id, "round": task.round}
+    if isinstance(task, TrainTask):
+        meta |= {"kind": "train", "config": task.config.to_dict(), "send_delta": task.send_delta}
+    else:
+        meta |= {"kind": "evaluate", "split": task.split}
+    return meta, task.weights
+
+
+def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
+    task_id = _field(meta, "task_id", int)
+    round_num = _field(meta, "round", int)
+    kind = meta.get("kind")
+    weights = _weights(body)
+    task: Task
+    if kind == "train":
+        try:
+            config = TrainConfig(**_field(meta, "config", dict))
+        except TypeError as exc:
+            raise WireFormatError(f"bad train config: {exc}") from None
+        task = TrainTask(round_num, weights, config, bool(meta.get("send_delta", True)))
+    elif kind == "evaluate":
+        task = EvaluateTask(round_num, weights, meta.get("split", "test"))
+    else:
+        raise WireFormatError(f"unknown task kind {kind!r}")
+    return PendingTask(task_id, task)
+
+
+def reply_to_wire(reply: Reply) -> tuple[dict[str, Any], Weights | None]:
+    if isinstance(reply, Update):
+        meta = {
+            "kind": "update",
+            "num_examples": int(reply.num_examples),
+            "metrics": {k: float(v) for k, v in reply.metrics.items()},
+            "is_delta": reply.is_delta,
+        }
+        return meta, reply.weights
+    if isinstance(reply, Evaluation):
+        meta = {
+            "kind": "evaluation",
+            "num_examples": int(reply.num_examples),
+            "metrics": {k: float(v) for k, v in reply.metrics.items()},
+        }
+        return meta, None
+    return {"kind": "error", "message": str(reply.message)[:2000]}, None
+
+
+def _metrics(meta: dict[str, Any]) -> dict[str, float]:
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in metrics.items()
+    ):
+        raise WireFormatError("metadata field 'metrics' must map names to numbers")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def reply_from_wire(meta: dict[str, Any], body: bytes, party_id: str = "") -> Reply:
+    kind = meta.get("kind")
+    if kind == "update":
+        return Update(
+            _weights(body),
+            _field(meta, "num_examples", int),
+            _metrics(meta),
+            bool(meta.get("is_delta", True)),
+            party_id=party_id,
+        )
+    if kind == "evaluation":
+        return Evaluation(_field(meta, "num_examples", int), _metrics(meta))
+    if kind == "error":
+        return TaskError(str(meta.get("message", "party reported an error"))[:2000])
+    raise WireFormatError(f"unknown reply kind {kind!r}; expected update, evaluation or error")

@@ -1,0 +1,204 @@
+"""The service's state in SQLite: federations, parties, rounds, rejected updates.
+
+Round records are written in the same transaction as the federation's round counter, so the
+store never claims a round it has not recorded. Checkpoint files (weights) live next to the
+database; on restart the checkpoint is the source of truth and the store is brought up to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Store", "hash_token"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS federations (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    join_token_hash TEXT NOT NULL UNIQUE,
+    rounds_done INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS parties (
+    federation_id TEXT NOT NULL REFERENCES federations(id),
+    party_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT,
+    token_hash TEXT,
+    handler TEXT,
+    joined REAL NOT NULL,
+    PRIMARY KEY (federation_id, party_id)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    federation_id TEXT NOT NULL REFERENCES federations(id),
+    round INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (federation_id, round)
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    federation_id TEXT NOT NULL REFERENCES federations(id),
+    round INTEGER NOT NULL,
+    party_id TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored hashed: a copy of the database does not let anyone join."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """A thread-safe wrapper over one SQLite file (WAL journal, one connection, one lock)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # federations ------------------------------------------------------------------------------
+    def create_federation(self, fid: str, config: dict[str, Any], join_token: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO federations (id, created, config, status, join_token_hash) "
+                "VALUES (?, ?, ?, 'registering', ?)",
+                (fid, time.time(), json.dumps(config), hash_token(join_token)),
+            )
+
+    def federation(self, fid: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM federations WHERE id = ?", (fid,)).fetchone()
+        return self._federation_row(row) if row else None
+
+    def federation_by_join_token(self, token: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM federations WHERE join_token_hash = ?", (hash_token(token),)
+            ).fetchone()
+        return self._federation_row(row) if row else None
+
+    def federations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM federations ORDER BY created").fetchall()
+        return [self._federation_row(r) for r in rows]
+
+    @staticmethod
+    def _federation_row(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "created": row["created"],
+            "config": json.loads(row["config"]),
+            "status": row["status"],
+            "rounds_done": row["rounds_done"],
+            "error": row["error"],
+        }
+
+    def set_status(self, fid: str, status: str, error: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE federations SET status = ?, error = ? WHERE id = ?", (status, error, fid)
+            )
+
+    # parties ----------------------------------------------------------------------------------
+    def add_party(
+        self,
+        fid: str,
+        party_id: str,
+        kind: str,
+        *,
+        name: str | None = None,
+        token: str | None = None,
+        handler: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO parties "
+                "(federation_id, party_id, kind, name, token_hash, handler, joined) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (fid, party_id, kind, name, token and hash_token(token), handler, time.time()),
+            )
+
+    def parties(self, fid: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT party_id, kind, name, handler, joined, token_hash FROM parties "
+                "WHERE federation_id = ? ORDER BY joined, party_id",
+                (fid,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def party_by_token(self, fid: str, token: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT party_id, kind, name FROM parties "
+                "WHERE federation_id = ? AND token_hash = ?",
+                (fid, hash_token(token)),
+            ).fetchone()
+        return dict(row) if row else None
+
+    # rounds -----------------------------------------------------------------------------------
+    def record_round(self, fid: str, record: dict[str, Any]) -> None:
+        """Store one round's record (idempotent) and advance the round counter."""
+        round_num = int(record["round"])
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rounds (federation_id, round, record) VALUES (?, ?, ?)",
+                (fid, round_num, json.dumps(record)),
+            )
+            db.execute(
+                "DELETE FROM rejected WHERE federation_id = ? AND round = ?", (fid, round_num)
+            )
+            db.executemany(
+                "INSERT INTO rejected (federation_id, round, party_id, reason) VALUES (?,?,?,?)",
+                [(fid, round_num, p, r) for p, r in record.get("rejected", {}).items()],
+            )
+            db.execute(
+                "UPDATE federations SET rounds_done = MAX(rounds_done, ?) WHERE id = ?",
+                (round_num, fid),
+            )
+
+    def rounds(self, fid: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record FROM rounds WHERE federation_id = ? ORDER BY round", (fid,)
+            ).fetchall()
+        return [json.loads(r["record"]) for r in rows]
+
+    def rejected(self, fid: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT round, party_id, reason FROM rejected WHERE federation_id = ? "
+                "ORDER BY round, party_id",
+                (fid,),
+            ).fetchall()
+        return [dict(r) for r in rows]

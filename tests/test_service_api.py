@@ -1,0 +1,318 @@
+"""The service's answers to bad input: a 4xx with a message, never a 500, nothing corrupted."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from torch import nn
+
+import schemathesis
+from fedfuse.service import ServiceSettings, create_app
+from fedfuse.weights import to_bytes
+
+MNIST_CNN = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+
+
+def model_bytes(model: nn.Module = MNIST_CNN) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    return buf.getvalue()
+
+
+def npz_bytes(n=20, shape=(1, 28, 28), **override) -> bytes:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.random((n, *shape), dtype=np.float32),
+        "y_train": rng.integers(0, 10, n),
+        "x_test": rng.random((4, *shape), dtype=np.float32),
+        "y_test": rng.integers(0, 10, 4),
+    } | override
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+FORM = {"fusion_algorithm": "fedavg", "model_type": "pytorch", "num_parties": 2, "rounds": 1,
+        "learning_rate": 0.1, "epochs": 1, "optimizer": "optim.Adadelta"}
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = create_app(ServiceSettings(data_dir=str(tmp_path), max_upload_bytes=2_000_000))
+    with TestClient(app) as c:
+        yield c
+
+
+def start(client, **form):
+    return client.post("/start-aggregator", data=FORM | form,
+                       files={"model_file": ("m.pt", model_bytes())})
+
+
+def party(client, agg_id, data=None, handler="mnist_pytorch"):
+    return client.post("/start-party",
+                       data={"aggregator_id": agg_id, "data_handler_class_name": handler},
+                       files={"data": ("d.npz", npz_bytes() if data is None else data)})
+
+
+@pytest.mark.parametrize(
+    ("form", "detail"),
+    [
+        ({"fusion_algorithm": "doc2vecc"}, "fusion_algorithm: unknown fusion 'doc2vecc'"),
+        ({"model_type": "caffe"}, "model_type: unknown model type 'caffe'"),
+        ({"optimizer": "optim.Adamm"}, "optimizer: unknown optimizer 'optim.Adamm'"),
+        ({"num_parties": 0}, "num_parties must be an integer >= 1"),
+        ({"rounds": -3}, "rounds must be an integer >= 1"),
+        ({"learning_rate": 0}, "learning_rate must be > 0"),
+        ({"fraction": 1.5}, "fraction must be in (0, 1]"),
+        ({"quorum": 5}, "quorum=5 exceeds num_parties=2"),
+    ],
+)
+def test_start_aggregator_rejects_bad_settings(client, form, detail):
+    r = start(client, **form)
+    assert r.status_code == 400 and detail in r.json()["detail"]
+    assert client.get("/v1/federations").json() == []
+
+
+def test_start_aggregator_form_errors(client):
+    r = client.post("/start-aggregator", data={"model_type": "pytorch"},
+                    files={"model_file": ("m.pt", model_bytes())})
+    assert r.status_code == 422 and "fusion_algorithm" in json.dumps(r.json())
+    r = client.post("/start-aggregator", data=FORM | {"num_parties": "two"},
+                    files={"model_file": ("m.pt", model_bytes())})
+    assert r.status_code == 422 and "num_parties" in json.dumps(r.json())
+    r = client.post("/start-aggregator", data=FORM)
+    assert r.status_code == 400 and "exactly one model source" in r.json()["detail"]
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b"definitely not torch", "not a model file written by torch.save"),
+        (model_bytes()[:1000], "not a model file"),
+        (model_bytes(Custom()), "refers to 'test_service_api.Custom', which is not allowed"),
+    ],
+)
+def test_bad_model_files_are_refused(client, payload, detail):
+    r = client.post("/start-aggregator", data=FORM, files={"model_file": ("m.pt", payload)})
+    assert r.status_code == 400 and detail in r.json()["detail"]
+
+
+def test_upload_size_limit(client):
+    r = client.post("/start-aggregator", data=FORM,
+                    files={"model_file": ("m.pt", b"x" * 2_100_000)})
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"not a zip", "not an .npz file"),
+        (npz_bytes()[:300], "npz"),
+        (npz_bytes(y_train=None), "y_train"),
+        (npz_bytes(shape=(5, 5)), "784 values"),
+        (npz_bytes(y_train=np.arange(3)), "rows"),
+    ],
+)
+def test_bad_party_data_is_refused_and_nothing_is_stored(client, data, detail):
+    agg = start(client).json()["aggregator_id"]
+    r = party(client, agg, data)
+    assert r.status_code == 400 and detail in r.json()["detail"], r.json()
+    assert client.get(f"/v1/federations/{agg}").json()["parties"] == []
+
+
+def test_party_data_that_does_not_fit_the_model(client):
+    agg = start(client).json()["aggregator_id"]
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buf, x_train=rng.random((8, 784), dtype=np.float32), y_train=np.zeros(8, int),
+             x_test=np.zeros((0, 784), np.float32), y_test=np.zeros(0, int))
+    r = party(client, agg, buf.getvalue(), handler="mnist_pytorch")
+    assert r.status_code == 200  # 784 values are reshaped to 1x28x28 by the handler
+    small = nn.Sequential(nn.Flatten(), nn.Linear(10, 2))
+    agg2 = client.post("/start-aggregator", data=FORM,
+                       files={"model_file": ("m.pt", model_bytes(small))}).json()["aggregator_id"]
+    r = party(client, agg2)
+    assert r.status_code == 400 and "does not fit the model" in r.json()["detail"]
+
+
+def test_unknown_ids_handlers_and_state_conflicts(client):
+    assert client.post("/start-party", data={"aggregator_id": "nope", "data_handler_class_name":
+                       "mnist_pytorch"}, files={"data": ("d.npz", npz_bytes())}).status_code == 404
+    assert client.post("/train", json={"aggregator_id": "nope"}).status_code == 404
+    assert client.post("/stop", json={"aggregator_id": "nope"}).status_code == 404
+    assert client.post("/train", json={}).status_code == 422
+    agg = start(client, rounds=1).json()["aggregator_id"]
+    r = party(client, agg, handler="cifar_magic")
+    assert r.status_code == 400 and "unknown data handler 'cifar_magic'" in r.json()["detail"]
+    r = client.post("/train", json={"aggregator_id": agg})
+    assert r.status_code == 409 and "waiting for 2 more parties" in r.json()["detail"]
+    assert party(client, agg).json()["parties_remaining"] == 1
+    assert party(client, agg).json()["parties_remaining"] == 0
+    r = party(client, agg)
+    assert r.status_code == 409 and "already registered" in r.json()["detail"]
+    r = client.post("/train", json={"aggregator_id": agg})
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+    r = client.post("/train", json={"aggregator_id": agg})
+    assert r.status_code == 409 and "already completed" in r.json()["detail"]
+    assert client.post("/stop", json={"aggregator_id": agg}).status_code == 200
+    r = client.post("/stop", json={"aggregator_id": agg})
+    assert r.status_code == 409 and "already stopped" in r.json()["detail"]
+    assert client.get(f"/v1/federations/{agg}").json()["rounds_done"] == 1
+
+
+def test_train_returns_at_once_and_is_polled(client):
+    agg = start(client, rounds=2).json()["aggregator_id"]
+    party(client, agg)
+    party(client, agg)
+    r = client.post("/train", json={"aggregator_id": agg, "wait": False})
+    assert r.status_code == 202 and r.json()["status"] == "training"
+    import time
+
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/federations/{agg}").json()["status"] == "training":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status = client.get(f"/v1/federations/{agg}").json()
+    assert status["status"] == "completed" and status["rounds_done"] == 2
+    assert len(client.get(f"/v1/federations/{agg}/history").json()["rounds"]) == 2
+
+
+def _remote(client, **form):
+    r = client.post("/start-aggregator", data=FORM | {"num_parties": 1, "rounds": 2,
+                    "round_timeout": 5} | form, files={"initial_weights": (
+                    "w.safetensors", to_bytes({"w": np.zeros((2, 2), np.float32)}))})
+    assert r.status_code == 200, r.text
+    fed = r.json()
+    joined = client.post("/v1/join", json={"token": fed["join_token"], "name": "site"}).json()
+    return fed, joined, {"Authorization": f"Bearer {joined['party_token']}"}
+
+
+def _reply(client, fid, task_id, headers, meta, body=b""):
+    return client.post(f"/v1/federations/{fid}/tasks/{task_id}/reply", content=body,
+                       headers=headers | {"X-Fedfuse-Meta": json.dumps(meta)})
+
+
+def test_party_protocol_rejects_bad_replies_and_keeps_the_model(client):
+    fed, joined, auth = _remote(client)
+    fid = fed["aggregator_id"]
+    assert client.post("/train", json={"aggregator_id": fid, "wait": False}).status_code == 202
+    task = client.get(f"/v1/federations/{fid}/tasks/next?wait=10", headers=auth)
+    assert task.status_code == 200
+    meta = json.loads(task.headers["X-Fedfuse-Meta"])
+    tid = meta["task_id"]
+    assert meta["kind"] == "train"
+    update = {"kind": "update", "num_examples": 5, "metrics": {"loss": 1.0}}
+    # a task it was not asked
+    r = _reply(client, fid, tid + 100, auth, update, to_bytes({"w": np.ones((2, 2), np.float32)}))
+    assert r.status_code == 409 and "was not asked task" in r.json()["detail"]
+    # malformed metadata and bodies
+    assert _reply(client, fid, tid, auth, {"kind": "gift"}).status_code == 400
+    r = client.post(f"/v1/federations/{fid}/tasks/{tid}/reply", content=b"",
+                    headers=auth | {"X-Fedfuse-Meta": "{not json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    r = _reply(client, fid, tid, auth, update, b"pickle? no")
+    assert r.status_code == 400 and "safetensors" in r.json()["detail"]
+    # a NaN update with the right shape is accepted on the wire, rejected by validation
+    nan = to_bytes({"w": np.full((2, 2), np.nan, np.float32)})
+    assert _reply(client, fid, tid, auth, update, nan).status_code == 200
+    r = _reply(client, fid, tid, auth, update, nan)
+    assert r.status_code == 409 and "already answered" in r.json()["detail"]
+    _drain(client, fid, auth, good=True)
+    history = client.get(f"/v1/federations/{fid}/history").json()
+    assert history["rejected"][0]["reason"] == "parameter 'w' contains NaN or infinite values"
+    from fedfuse.weights import from_bytes
+
+    w = from_bytes(client.get(f"/v1/federations/{fid}/model").content)["w"]
+    np.testing.assert_allclose(w, np.full((2, 2), 0.5))  # only the good round-2 update counted
+
+
+def _drain(client, fid, auth, good):
+    """Answer the remaining tasks: evaluations, and a train task with a wrong shape then a good
+    update of +0.5."""
+    for _ in range(20):
+        task = client.get(f"/v1/federations/{fid}/tasks/next?wait=5", headers=auth)
+        if task.status_code == 410:
+            return
+        if task.status_code == 204:
+            continue
+        meta = json.loads(task.headers["X-Fedfuse-Meta"])
+        if meta["kind"] == "evaluate":
+            _reply(client, fid, meta["task_id"], auth,
+                   {"kind": "evaluation", "num_examples": 3, "metrics": {"accuracy": 0.5}})
+        else:
+            wrong = to_bytes({"w": np.zeros((3, 3), np.float32)})
+            body = to_bytes({"w": np.full((2, 2), 0.5, np.float32)}) if good else wrong
+            _reply(client, fid, meta["task_id"], auth,
+                   {"kind": "update", "num_examples": 5, "metrics": {}}, body)
+
+
+def test_wrong_shape_update_is_rejected_with_reason(client):
+    fed, joined, auth = _remote(client, rounds=1)
+    fid = fed["aggregator_id"]
+    client.post("/train", json={"aggregator_id": fid, "wait": False})
+    _drain(client, fid, auth, good=False)
+    rejected = client.get(f"/v1/federations/{fid}/history").json()["rejected"]
+    assert rejected == [{"round": 1, "party_id": "party_0",
+                         "reason": "parameter 'w' has shape (3, 3), expected (2, 2)"}]
+    assert client.get(f"/v1/federations/{fid}").json()["status"] == "completed"
+
+
+def test_join_errors(client):
+    fed, joined, auth = _remote(client)
+    assert joined["party_id"] == "party_0" and joined["model"] == {"source": "party"}
+    again = client.post("/v1/join", json={"token": fed["join_token"], "name": "site"}).json()
+    assert again["party_id"] == "party_0"  # a rejoin by name is the same party
+    r = client.post("/v1/join", json={"token": fed["join_token"], "name": "other"})
+    assert r.status_code == 409 and "already joined" in r.json()["detail"]
+    assert client.post("/v1/join", json={"token": ""}).status_code == 422
+    r = client.post("/v1/join", json={"token": fed["join_token"], "name": "../../etc"})
+    assert r.status_code == 422
+    # the old token of a rejoined party no longer works
+    r = client.get(f"/v1/federations/{fed['aggregator_id']}/tasks/next?wait=0", headers=auth)
+    assert r.status_code == 401
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/start-aggregator", "/start-party", "/train", "/stop", "/v1/join",
+            "/v1/federations/{fid}/model"} <= set(paths)
+
+
+# ---- property-based fuzz of the whole OpenAPI spec: no input may cause a server error ---------
+_fuzz_dir = tempfile.mkdtemp(prefix="fedfuse-fuzz-")
+_fuzz_app = create_app(ServiceSettings(data_dir=_fuzz_dir, max_upload_bytes=1_000_000))
+schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzz_app)
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_no_server_errors(case):
+    response = case.call()
+    assert response.status_code < 500, (case.method, case.path, response.text[:500])
+
+
+def test_zip_bomb_like_npz_is_bounded(client):
+    """An npz whose member claims a huge array is refused without allocating it."""
+    agg = start(client).json()["aggregator_id"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        header = b"\x93NUMPY\x01\x00" + b"v\x00" + b"{'descr': '<f4', 'fortran_order': False, "
+        z.writestr("x_train.npy", header + b"'shape': (100000000000,), }".ljust(80) + b"\n")
+    r = party(client, agg, buf.getvalue())
+    assert r.status_code == 400
