@@ -30,3 +30,11 @@ def test_federation_loop(tmp_path):
     assert federation.round == 8
     assert federation.history[-1]["central"]["accuracy"] > 0.9
     assert (tmp_path / "checkpoint.json").exists()
+
+
+def test_fusion_and_communication():
+    federation = _load("fusion_and_communication.py")["main"]()
+    history = federation.history
+    assert history[-1]["central"]["accuracy"] > 0.85
+    assert sum(len(r["skipped"]) for r in history) > 0
+    assert all(0.25 < r["bytes_up"] / (len(r["participants"]) * 19240) < 0.26 for r in history)
