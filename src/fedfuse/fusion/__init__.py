@@ -2,6 +2,15 @@
 the ``chain`` that composes them."""
 
 from fedfuse.fusion._base import FusionError, FusionTransform, Update, chain, fuse, stateless
+from fedfuse.fusion._doc2vec import doc2vec_fusion
+from fedfuse.fusion._matching import (
+    Layer,
+    align,
+    average,
+    infer_layers,
+    matched_average,
+    matched_fusion,
+)
 from fedfuse.fusion._mean import fedavg, iter_avg, weighted_mean
 from fedfuse.fusion._registry import FUSIONS, get_fusion
 from fedfuse.fusion._robust import (
@@ -15,6 +24,13 @@ from fedfuse.fusion._robust import (
 from fedfuse.fusion._server import server_adagrad, server_adam, server_momentum, server_yogi
 
 __all__ = [
+    "Layer",
+    "align",
+    "average",
+    "doc2vec_fusion",
+    "infer_layers",
+    "matched_average",
+    "matched_fusion",
     "FUSIONS",
     "FusionError",
     "FusionTransform",

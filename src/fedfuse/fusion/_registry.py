@@ -13,6 +13,8 @@ from typing import Any
 
 from fedfuse.fusion import _server
 from fedfuse.fusion._base import FusionTransform, chain
+from fedfuse.fusion._doc2vec import doc2vec_fusion
+from fedfuse.fusion._matching import matched_fusion
 from fedfuse.fusion._mean import fedavg, iter_avg
 from fedfuse.fusion._robust import clip_by_norm, krum, median, multi_krum, trimmed_mean
 
@@ -78,6 +80,8 @@ _FACTORIES: dict[str, Callable[..., FusionTransform]] = {
     "trimmed_mean": _trimmed_mean,
     "krum": _krum,
     "multi_krum": _multi_krum,
+    "doc2vec": doc2vec_fusion,
+    "matched_avg": matched_fusion,
 }
 FUSIONS: tuple[str, ...] = tuple(sorted(_FACTORIES))
 
@@ -88,7 +92,9 @@ def get_fusion(name: str, **params: Any) -> FusionTransform:
     ``fedavgm``, ``fedadagrad``, ``fedadam`` and ``fedyogi`` are FedAvg followed by a server
     optimizer (``server_learning_rate``, ``server_momentum`` (β1), ``server_beta2``,
     ``server_epsilon`` (τ)); ``trimmed_mean`` takes ``trim_fraction``; ``krum`` takes
-    ``num_byzantine``; ``multi_krum`` also ``num_selected``. Any name takes ``clip_norm``.
+    ``num_byzantine``; ``multi_krum`` also ``num_selected``; ``doc2vec`` averages embedding rows
+    over the parties that trained them; ``matched_avg`` (``passes``, ``seed``) fuses by neuron
+    matching. Any name takes ``clip_norm``.
     """
     try:
         factory = _FACTORIES[name]
