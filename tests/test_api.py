@@ -7,6 +7,7 @@ import pytest
 import fedfuse
 
 LAYERS = ["weights", "data", "models", "fusion", "party", "runtime", "federation", "cli"]
+LAYERS.append("consensus")
 
 
 def test_top_level_public_names():

@@ -53,7 +53,13 @@ def test_public_names() -> None:
     assert sorted(data.__all__) == sorted(
         [
             "DATASETS",
+            "DATA_HANDLERS",
             "DEBIAN_FASHION_MNIST_DIR",
+            "DataHandler",
+            "cifar10_keras",
+            "get_data_handler",
+            "mnist_keras",
+            "register_data_handler",
             "PARTITIONS",
             "ArrayDataset",
             "DatasetFormatError",

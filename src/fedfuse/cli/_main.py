@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedfuse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate.add_parsers(sub)
+    _consensus.add_parsers(sub)
     _service.add_parsers(sub)
     return parser
 

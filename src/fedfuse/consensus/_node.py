@@ -1,0 +1,218 @@
+"""A node (sans-I/O): its model, its local data, its side of the algorithm, its edges.
+
+A ``ConsensusNode`` never opens a socket and never reads a clock. The simulator and the HTTP
+peer drive the same object: ``step()`` trains on one minibatch; after every ``local_steps``
+steps (``round_done``) the driver asks for ``partners()`` and, for each, carries ``message(j)``
+one way and the neighbour's message back into ``receive(j, ...)``. A driver that cannot reach
+a neighbour calls ``exchange_failed(j)``; after ``max_failures`` failures in a row the edge is
+dropped and training goes on with the others. A dropped neighbour that calls again is admitted
+again (its edge restarts from agreement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedfuse.consensus._algorithms import DPSGD, ECL, Gossip
+from fedfuse.data import ArrayDataset
+from fedfuse.models import LossFn, TorchAdapter
+from fedfuse.weights import Weights, num_bytes
+
+__all__ = ["ConsensusNode"]
+
+
+class ConsensusNode:
+    """One peer of a decentralized training run.
+
+    Args:
+        node_id: an integer id; ids order the edge signs of ECL (``A_ij = +I`` if ``i < j``).
+        peers: the neighbours' ids.
+        module: the node's own model (not shared with any other node).
+        data: the node's local training data; it never leaves the node.
+        algorithm: ``ECL(...)``, ``Gossip()`` or ``DPSGD()``.
+        learning_rate: the step size ``s``.
+        batch_size: minibatch size; batches walk a fresh seeded permutation each local epoch
+            and are all full (the remainder of a permutation is skipped: a one-example batch
+            would take a step as large as a full one with far more noise).
+        local_steps: K, the number of minibatch steps per local round (exchanges follow rounds).
+        exchange_prob: the chance that a round ends with an exchange on a given edge (gossip:
+            with its one chosen neighbour).
+        max_failures: consecutive failed exchanges after which an edge is dropped.
+        seed: seeds batch order and partner choice (with ``node_id``).
+        loss: ``loss(output, target)``; cross-entropy by default.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: Sequence[int],
+        module: nn.Module,
+        data: ArrayDataset,
+        algorithm: ECL | Gossip | DPSGD,
+        *,
+        learning_rate: float,
+        batch_size: int = 32,
+        local_steps: int = 1,
+        exchange_prob: float = 1.0,
+        max_failures: int = 3,
+        seed: int = 0,
+        loss: LossFn | None = None,
+    ) -> None:
+        if len(data) == 0:
+            raise ValueError(f"node {node_id} has no training data")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if batch_size < 1 or local_steps < 1 or max_failures < 1:
+            raise ValueError(
+                "batch_size, local_steps and max_failures must be >= 1, got "
+                f"{batch_size}, {local_steps}, {max_failures}"
+            )
+        if not 0 <= exchange_prob <= 1:
+            raise ValueError(f"exchange_prob must be in [0, 1], got {exchange_prob}")
+        self.node_id = int(node_id)
+        self.configured_peers = tuple(sorted(int(p) for p in peers))
+        self.adapter = TorchAdapter(module, loss)
+        self.algorithm = algorithm
+        self.learning_rate = float(learning_rate)
+        self.batch_size = int(batch_size)
+        self.local_steps = int(local_steps)
+        self.exchange_prob = float(exchange_prob)
+        self.max_failures = int(max_failures)
+        self.rng = np.random.default_rng([seed, 7, self.node_id])
+        self._x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+        # Class labels become int64 (what cross-entropy wants); regression targets stay float.
+        target_dtype = np.float32 if np.asarray(data.y).dtype.kind == "f" else np.int64
+        self._y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=target_dtype))
+        self._order = np.empty(0, dtype=np.int64)
+        self._cursor = 0
+        self.steps = 0
+        self.failures: dict[int, int] = {}
+        self.dropped: set[int] = set()
+        self.exchanges = 0
+        self.bytes_sent = 0
+        self.learner = self._new_learner(self.configured_peers)
+
+    def _new_learner(self, peers: Sequence[int]):
+        named = [(n, p) for n, p in self.adapter.module.named_parameters() if p.requires_grad]
+        return self.algorithm.learner(self.node_id, named, peers, self.local_steps)
+
+    # --- training -----------------------------------------------------------------------------
+
+    @property
+    def num_examples(self) -> int:
+        return len(self._y)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full minibatches in one pass over the local data."""
+        return max(self.num_examples // self.batch_size, 1)
+
+    @property
+    def epochs_done(self) -> float:
+        return self.steps / self.steps_per_epoch
+
+    def _next_batch(self) -> torch.Tensor:
+        size = min(self.batch_size, self.num_examples)
+        if self._cursor + size > len(self._order):
+            self._order = self.rng.permutation(self.num_examples)
+            self._cursor = 0
+        idx = self._order[self._cursor : self._cursor + size]
+        self._cursor += size
+        return torch.from_numpy(idx)
+
+    def step(self) -> float:
+        """One minibatch step of the algorithm; returns the minibatch loss."""
+        module = self.adapter.module
+        module.train()
+        idx = self._next_batch()
+        params = self.learner.params
+        for p in params:
+            p.grad = None
+        loss = self.adapter.loss(module(self._x[idx]), self._y[idx])
+        grads = torch.autograd.grad(loss, params)
+        self.learner.step(grads, self.learning_rate)
+        self.steps += 1
+        return float(loss.detach())
+
+    @property
+    def round_done(self) -> bool:
+        """True right after the last step of a local round (every ``local_steps`` steps)."""
+        return self.steps > 0 and self.steps % self.local_steps == 0
+
+    # --- exchanges ----------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[int]:
+        """The neighbours this node currently exchanges with."""
+        return list(self.learner.peers)
+
+    @property
+    def degree(self) -> int:
+        return len(self.learner.peers)
+
+    def partners(self) -> list[int]:
+        """Whom to exchange with at the end of this round (seeded draw)."""
+        return self.learner.partners(self.rng, self.exchange_prob)
+
+    def message_template(self) -> Weights:
+        """Arrays (zero memory) with the names, shapes and dtypes every message has."""
+        return self.learner.message_template()
+
+    def message(self, peer: int) -> Weights:
+        """The variables for neighbour ``peer`` (a fresh copy, safe to send or keep)."""
+        message = self.learner.message(peer)
+        self.bytes_sent += num_bytes(message)
+        return message
+
+    def receive(self, peer: int, message: Mapping[str, np.ndarray], peer_degree: int) -> None:
+        """Apply neighbour ``peer``'s variables. Raises ``WeightsMismatchError`` (a ``ValueError``)
+        for anything but finite arrays shaped like this node's variables, changing nothing."""
+        self.learner.receive(peer, message, peer_degree)
+        self.dropped.discard(peer)
+        self.failures[peer] = 0
+        self.exchanges += 1
+
+    def swap(
+        self, peer: int, message: Mapping[str, np.ndarray], peer_degree: int
+    ) -> tuple[Weights, int]:
+        """Answer an exchange that ``peer`` started: returns ``(reply, degree)``.
+
+        The reply is computed before ``message`` is applied, so both ends exchange the variables
+        they held when the exchange began. A bad message raises and changes nothing.
+        """
+        self.learner.check(message)
+        self.learner.add_peer(peer)
+        self.dropped.discard(peer)
+        reply = self.message(peer)
+        self.receive(peer, message, peer_degree)
+        return reply, self.degree
+
+    def exchange_failed(self, peer: int) -> bool:
+        """Count a failed exchange with ``peer``; returns True if the edge was just dropped."""
+        self.failures[peer] = self.failures.get(peer, 0) + 1
+        if self.failures[peer] >= self.max_failures and peer in self.learner.peers:
+            self.learner.remove_peer(peer)
+            self.dropped.add(peer)
+            return True
+        return False
+
+    def start_from(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Take ``weights`` (a neighbour's model) as this node's model: how a late node joins.
+
+        Every edge's state restarts from agreement with the new model.
+        """
+        self.adapter.set_weights(weights)
+        self.learner = self._new_learner(self.learner.peers or self.configured_peers)
+
+    # --- inspection ---------------------------------------------------------------------------
+
+    def weights(self) -> Weights:
+        """A copy of the node's model weights (name -> array)."""
+        return self.adapter.get_weights()
+
+    def evaluate(self, data: ArrayDataset) -> dict[str, float]:
+        return self.adapter.evaluate(data)
