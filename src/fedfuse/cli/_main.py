@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedfuse.cli import _service, _simulate
+from fedfuse.cli import _consensus, _service, _simulate
 from fedfuse.runtime import ProtocolError
 
 __all__ = ["main"]
