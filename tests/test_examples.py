@@ -38,3 +38,13 @@ def test_fusion_and_communication():
     assert history[-1]["central"]["accuracy"] > 0.85
     assert sum(len(r["skipped"]) for r in history) > 0
     assert all(0.25 < r["bytes_up"] / (len(r["participants"]) * 19240) < 0.26 for r in history)
+
+
+def test_doc2vec_lee():
+    out = _load("doc2vec_lee.py")["main"]()
+    assert out["vocabulary"] > 3000
+    local = [r["local_lee"] for r in out["parties"].values()]
+    # the fused model agrees with human similarity judgements better than any party alone
+    assert out["fused_lee"] > 0.3
+    assert out["fused_lee"] > max(local) - 0.01
+    assert out["fused_lee"] > sum(local) / len(local) + 0.03

@@ -38,8 +38,20 @@ from fedfuse.data._partition import (
     quantity_skew,
     shards,
 )
+from fedfuse.data._text_handlers import (
+    load_lee_corpus,
+    load_lee_similarity,
+    newsgroup_text,
+    tokenize,
+    wikipedia_text,
+)
 
 __all__ = [
+    "load_lee_corpus",
+    "load_lee_similarity",
+    "newsgroup_text",
+    "tokenize",
+    "wikipedia_text",
     "cifar10_keras",
     "mnist_keras",
     "DATA_HANDLERS",

@@ -1,6 +1,12 @@
 """Model adapters (PyTorch, Keras 3, scikit-learn) and a small model zoo written in plain torch."""
 
 from fedfuse.models._config import TrainConfig
+from fedfuse.models._doc2vec import (
+    DOC2VEC_SETTINGS,
+    Doc2VecAdapter,
+    merge_word_counts,
+    prepare_doc2vec,
+)
 from fedfuse.models._files import ModelFileError, builtin_module_classes, load_torch_model
 from fedfuse.models._keras import KerasAdapter, keras_optimizer, load_keras_model
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
@@ -17,6 +23,10 @@ from fedfuse.models._zoo import (
 )
 
 __all__ = [
+    "DOC2VEC_SETTINGS",
+    "Doc2VecAdapter",
+    "merge_word_counts",
+    "prepare_doc2vec",
     "KerasAdapter",
     "keras_optimizer",
     "load_keras_model",
