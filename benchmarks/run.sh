@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up and run every fedfuse benchmark; results land in benchmarks/results/.
+#
+#   bash benchmarks/run.sh            # the full benchmarks (`make bench` runs this)
+#   bash benchmarks/run.sh --quick    # smoke test with tiny sizes (results/quick/)
+#
+# Expects fedfuse installed in .venv (`make` does that). Arguments go to every benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${FEDFUSE_FASHION_MNIST_DIR:-}" ] && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    echo "installing Debian's dataset-fashion-mnist (Fashion-MNIST idx files)"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update && $sudo apt-get install -y dataset-fashion-mnist
+fi
+
+python=.venv/bin/python
+if [ ! -x "$python" ]; then
+    echo "no $python: run 'make test' or 'make demo' first to create it" >&2
+    exit 1
+fi
+
+# Benchmark this checkout's src/, whatever fedfuse install .venv holds.
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+"$python" benchmarks/bench_speed.py "$@"
+"$python" benchmarks/bench_accuracy.py "$@"
