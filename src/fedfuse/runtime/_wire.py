@@ -12,7 +12,7 @@ from typing import Any
 
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
-from fedfuse.party import EvaluateTask, Evaluation, Reply, Task, TaskError, TrainTask
+from fedfuse.party import EvaluateTask, Evaluation, Reply, Skipped, Task, TaskError, TrainTask
 from fedfuse.runtime._remote import PendingTask
 from fedfuse.weights import Weights, WeightsFormatError, from_bytes
 
@@ -94,6 +94,14 @@ def reply_to_wire(reply: Reply) -> tuple[dict[str, Any], Weights | None]:
             "is_delta": reply.is_delta,
         }
         return meta, reply.weights
+    if isinstance(reply, Skipped):
+        meta = {
+            "kind": "skipped",
+            "num_examples": int(reply.num_examples),
+            "metrics": {k: float(v) for k, v in reply.metrics.items()},
+            "reason": str(reply.reason)[:500],
+        }
+        return meta, None
     if isinstance(reply, Evaluation):
         meta = {
             "kind": "evaluation",
@@ -126,6 +134,11 @@ def reply_from_wire(meta: dict[str, Any], body: bytes, party_id: str = "") -> Re
         )
     if kind == "evaluation":
         return Evaluation(_field(meta, "num_examples", int), _metrics(meta))
+    if kind == "skipped":
+        reason = str(meta.get("reason", "update says little new"))[:500]
+        return Skipped(_field(meta, "num_examples", int), _metrics(meta), reason)
     if kind == "error":
         return TaskError(str(meta.get("message", "party reported an error"))[:2000])
-    raise WireFormatError(f"unknown reply kind {kind!r}; expected update, evaluation or error")
+    raise WireFormatError(
+        f"unknown reply kind {kind!r}; expected update, skipped, evaluation or error"
+    )
