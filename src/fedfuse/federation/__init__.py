@@ -3,8 +3,28 @@
 from fedfuse.federation._async import AsyncFederation, spread_task_seconds
 from fedfuse.federation._baseline import train_centralized
 from fedfuse.federation._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedfuse.federation._ensemble import (
+    ENSEMBLE_WEIGHTINGS,
+    Ensemble,
+    compare_ensemble,
+    distill,
+    train_edge_models,
+    validation_weights,
+)
 from fedfuse.federation._federation import Evaluator, Federation
 from fedfuse.federation._metrics import WeightedMetrics
+from fedfuse.federation._oneshot import (
+    OneShotResult,
+    compare_oneshot,
+    hidden_activations,
+    independent_inits,
+    oneshot_fusion,
+)
+from fedfuse.federation._personalize import (
+    PERSONALIZATION_MODELS,
+    compare_personalization,
+    resolve_personal,
+)
 from fedfuse.federation._process import (
     FederatedData,
     FederatedProcess,
@@ -24,6 +44,20 @@ from fedfuse.federation._simulate import (
 from fedfuse.federation._validate import validate_update
 
 __all__ = [
+    "ENSEMBLE_WEIGHTINGS",
+    "Ensemble",
+    "OneShotResult",
+    "PERSONALIZATION_MODELS",
+    "compare_ensemble",
+    "compare_oneshot",
+    "compare_personalization",
+    "distill",
+    "hidden_activations",
+    "independent_inits",
+    "oneshot_fusion",
+    "resolve_personal",
+    "train_edge_models",
+    "validation_weights",
     "AsyncFederation",
     "Checkpoint",
     "Evaluator",

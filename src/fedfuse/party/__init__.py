@@ -2,6 +2,7 @@
 
 from fedfuse.party._client import ClientParty, NumPyClient
 from fedfuse.party._party import ModelAdapter, Party
+from fedfuse.party._personal import PersonalAdapter, head_layer, split_personal
 from fedfuse.party._tasks import (
     EvaluateTask,
     Evaluation,
@@ -14,6 +15,9 @@ from fedfuse.party._tasks import (
 )
 
 __all__ = [
+    "PersonalAdapter",
+    "head_layer",
+    "split_personal",
     "ClientParty",
     "NumPyClient",
     "EvaluateTask",

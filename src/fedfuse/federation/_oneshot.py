@@ -1,0 +1,183 @@
+"""One-shot fusion of edge models trained independently, from different random initializations.
+
+Each party builds the model from its own seed, trains it on its own data once, and sends it.
+The aggregator fuses the models in one step, with no further rounds: by a plain average, or by
+``matched_average`` (neuron matching, then averaging), optionally averaging the classifier's
+rows class by class with the parties' label counts (``label_counts``). Units are matched by
+their activations on unlabeled inputs the aggregator holds (``inputs``), or, without inputs,
+by their weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedfuse.data import ArrayDataset, FederatedDataset
+from fedfuse.federation._ensemble import train_edge_models
+from fedfuse.federation._sampling import derive_seed
+from fedfuse.fusion import Layer, average, infer_layers, matched_average
+from fedfuse.models import TorchAdapter, TrainConfig
+from fedfuse.runtime import LocalPool, PartyPool
+from fedfuse.weights import Weights
+
+__all__ = [
+    "OneShotResult",
+    "compare_oneshot",
+    "hidden_activations",
+    "independent_inits",
+    "oneshot_fusion",
+]
+
+
+@dataclass
+class OneShotResult:
+    """The parties' models and the two fusions of them."""
+
+    edges: dict[str, Weights]
+    num_examples: dict[str, int]
+    plain: Weights
+    matched: Weights
+    label_counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def hidden_activations(
+    module: nn.Module, weights: Weights, x: np.ndarray, layers: Sequence[Layer] | None = None
+) -> list[np.ndarray]:
+    """Activations of every hidden layer's units on inputs ``x``, ``(samples, units)`` each.
+
+    What reaches the next layer is recorded (after the nonlinearity, normalization, pooling and
+    flattening), regrouped per unit: a convolution's every position, or a flattened channel's
+    every entry, counts as a sample.
+    """
+    layers = list(layers) if layers is not None else infer_layers(weights)
+    adapter = TorchAdapter(module)
+    adapter.set_weights(weights)
+    captured: list[torch.Tensor] = []
+    handles = [
+        module.get_submodule(layer.weight.rpartition(".")[0]).register_forward_pre_hook(
+            lambda _, inputs: captured.append(inputs[0].detach())
+        )
+        for layer in layers[1:]
+    ]
+    try:
+        adapter.predict(x, batch_size=len(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = []
+    for layer, act in zip(layers[:-1], captured, strict=True):
+        units = weights[layer.weight].shape[0]
+        per_unit = act.reshape(act.shape[0], units, -1).transpose(1, 2).reshape(-1, units)
+        out.append(per_unit.numpy())
+    return out
+
+
+def independent_inits(
+    model_fn: Callable[[], nn.Module], party_ids: Sequence[str], seed: int = 0
+) -> dict[str, Weights]:
+    """A differently seeded initialization of ``model_fn()`` for every party."""
+    inits = {}
+    for pid in party_ids:
+        torch.manual_seed(derive_seed(seed, 0, f"init:{pid}"))
+        inits[pid] = TorchAdapter(model_fn()).get_weights()
+    return inits
+
+
+def oneshot_fusion(
+    pool: PartyPool,
+    model_fn: Callable[[], nn.Module],
+    config: TrainConfig,
+    *,
+    label_counts: Mapping[str, np.ndarray] | None = None,
+    inputs: np.ndarray | None = None,
+    party_ids: Sequence[str] | None = None,
+    seed: int = 0,
+    passes: int = 2,
+) -> OneShotResult:
+    """Train one model per party from independent inits; fuse them by plain and matched averaging.
+
+    ``label_counts`` (party id -> examples per class, which the parties share) makes both fusions
+    average the output layer class by class; without it they average it by examples. ``inputs``
+    (unlabeled, held by the aggregator) selects activation matching, else weight matching.
+    """
+    party_ids = list(party_ids or pool.party_ids())
+    updates = train_edge_models(
+        pool, independent_inits(model_fn, party_ids, seed), config, party_ids=party_ids, seed=seed
+    )
+    edges = {pid: u.weights for pid, u in updates.items()}
+    counts = {pid: u.num_examples for pid, u in updates.items()}
+    models = [edges[p] for p in party_ids]
+    examples = [counts[p] for p in party_ids]
+    per_class = [np.asarray(label_counts[p]) for p in party_ids] if label_counts else None
+    activations = (
+        [hidden_activations(model_fn(), m, inputs) for m in models] if inputs is not None else None
+    )
+    matched = matched_average(
+        models,
+        examples,
+        output_weights=per_class,
+        activations=activations,
+        passes=passes,
+        seed=seed,
+    )
+    plain = average(models, examples, output_weights=per_class)
+    return OneShotResult(edges, counts, plain, matched, dict(label_counts or {}))
+
+
+def compare_oneshot(
+    fed: FederatedDataset,
+    model_fn: Callable[[], nn.Module],
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    passes: int = 2,
+) -> dict[str, Any]:
+    """Edge models from independent inits against their plain and matched fusions.
+
+    The aggregator's central test set serves as its unlabeled inputs for activation matching;
+    every model is scored on the union of the parties' test splits. Fusions: ``plain``,
+    ``matched`` (activations), ``weight_matched`` (weights, no data), each also with the output
+    layer averaged class by class with the parties' label counts (``*_classwise``).
+    """
+    if fed.test is None:
+        raise ValueError("activation matching needs inputs the aggregator holds (fed.test)")
+    tests = fed.test_data()
+    if not tests:
+        raise ValueError("one-shot fusion is scored on the parties' test splits; there are none")
+    pool = LocalPool.from_dataset(fed, TorchAdapter(model_fn()))
+    party_ids = fed.party_ids
+    updates = train_edge_models(
+        pool, independent_inits(model_fn, party_ids, seed), config, party_ids=party_ids, seed=seed
+    )
+    models = [updates[p].weights for p in party_ids]
+    examples = [updates[p].num_examples for p in party_ids]
+    per_class = [fed[p].train.label_counts(fed.num_classes) for p in party_ids]
+    activations = [hidden_activations(model_fn(), m, fed.test.x) for m in models]
+    fused = {}
+    for suffix, heads in (("", None), ("_classwise", per_class)):
+        fused["plain" + suffix] = average(models, examples, output_weights=heads)
+        fused["matched" + suffix] = matched_average(
+            models, examples, output_weights=heads, activations=activations
+        )
+        fused["weight_matched" + suffix] = matched_average(
+            models, examples, output_weights=heads, passes=passes, seed=seed
+        )
+    union = ArrayDataset(np.concatenate([d.x for d in tests]), np.concatenate([d.y for d in tests]))
+    adapter = TorchAdapter(model_fn())
+
+    def accuracy(weights: Weights) -> float:
+        adapter.set_weights(weights)
+        return adapter.evaluate(union)["accuracy"]
+
+    return {
+        "union_examples": len(union),
+        "matching_inputs": len(fed.test),
+        "edges": {p: accuracy(updates[p].weights) for p in party_ids},
+        **{name: accuracy(weights) for name, weights in fused.items()},
+    }
