@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 
 import httpx
 import numpy as np
@@ -28,7 +29,7 @@ def digits_as_mnist(n_parties: int, per_party: int, seed: int = 0):
         return np.pad(img, ((0, 0), (2, 2), (2, 2))).reshape(-1, 1, 28, 28)
 
     rng = np.random.default_rng(seed)
-    for i in range(n_parties):
+    for _ in range(n_parties):
         tr = rng.choice(len(train), per_party, replace=False)
         te = rng.choice(len(test), len(test) // n_parties, replace=False)
         yield big(train.x[tr]), train.y[tr], big(test.x[te]), test.y[te]
@@ -60,51 +61,66 @@ def test_model_fusion_tutorial_notebook_runs_unchanged(service, tmp_path, monkey
                           nn.Linear(128, 10),
                           nn.LogSoftmax(dim=1))  # fmt: skip
 
-    fname = 'torch_mnist_cnn.pt'
+    fname = "torch_mnist_cnn.pt"
     torch.save(model, fname)
 
-    fusion = 'fedavg'
-    model_type = 'pytorch'
-    model_file = 'torch_mnist_cnn.pt'
+    fusion = "fedavg"
+    model_type = "pytorch"
+    model_file = "torch_mnist_cnn.pt"
     num_parties = 2
     rounds = 3
     epochs = 1
     lr = 1
-    optimizer = 'optim.Adadelta'
+    optimizer = "optim.Adadelta"
 
-    url = base + '/start-aggregator'
-    payload = {'fusion_algorithm': fusion, 'model_type': model_type, 'num_parties': num_parties, 'rounds': rounds, 'learning_rate': lr, 'epochs': epochs, 'optimizer': optimizer}  # noqa: E501
-    files = {'model_file': open(model_file, 'rb'), }  # noqa: SIM115
-    r = requests.post(url,  data=payload, files=files, verify=False)
+    url = base + "/start-aggregator"
+    payload = {
+        "fusion_algorithm": fusion,
+        "model_type": model_type,
+        "num_parties": num_parties,
+        "rounds": rounds,
+        "learning_rate": lr,
+        "epochs": epochs,
+        "optimizer": optimizer,
+    }  # noqa: E501
+    files = {
+        "model_file": open(model_file, "rb"),
+    }  # noqa: SIM115
+    r = requests.post(url, data=payload, files=files, verify=False)
     r.text
-    agg_id = r.json()['aggregator_id']
+    agg_id = r.json()["aggregator_id"]
 
     for idx, (x_train_pi, y_train_pi, x_test_pi, y_test_pi) in enumerate(digits_as_mnist(2, 300)):
-        name_file = 'data_party' + str(idx) + '.npz'
-        np.savez(name_file, x_train=x_train_pi, y_train=y_train_pi,
-                 x_test=x_test_pi, y_test=y_test_pi)
+        name_file = "data_party" + str(idx) + ".npz"
+        np.savez(
+            name_file, x_train=x_train_pi, y_train=y_train_pi, x_test=x_test_pi, y_test=y_test_pi
+        )
 
-    data_handler = 'mnist_pytorch'
-    url = base + '/start-party'
-    payload = {'aggregator_id': agg_id, 'data_handler_class_name': data_handler}
-    files = {'data': open('data_party0.npz', 'rb'), }  # noqa: SIM115
-    r = requests.post(url,  data=payload, files=files, verify=False)
-    assert r.json()['parties_remaining'] == 1
-    url = base + '/start-party'
-    payload = {'aggregator_id': agg_id, 'data_handler_class_name': 'mnist_pytorch'}
-    files = {'data': open('data_party1.npz', 'rb'), }  # noqa: SIM115
-    r = requests.post(url,  data=payload, files=files, verify=False)
-    assert r.json()['parties_remaining'] == 0
+    data_handler = "mnist_pytorch"
+    url = base + "/start-party"
+    payload = {"aggregator_id": agg_id, "data_handler_class_name": data_handler}
+    files = {
+        "data": open("data_party0.npz", "rb"),
+    }  # noqa: SIM115
+    r = requests.post(url, data=payload, files=files, verify=False)
+    assert r.json()["parties_remaining"] == 1
+    url = base + "/start-party"
+    payload = {"aggregator_id": agg_id, "data_handler_class_name": "mnist_pytorch"}
+    files = {
+        "data": open("data_party1.npz", "rb"),
+    }  # noqa: SIM115
+    r = requests.post(url, data=payload, files=files, verify=False)
+    assert r.json()["parties_remaining"] == 0
 
-    url = base + '/train'
-    payload = {'aggregator_id': agg_id}
+    url = base + "/train"
+    payload = {"aggregator_id": agg_id}
     r = requests.post(url, json=payload, verify=False)
     assert r.status_code == 200, r.text
-    global_model = r.json()['global_model']
+    global_model = r.json()["global_model"]
 
-    url = base + '/stop'
-    payload = {'aggregator_id': agg_id}
-    r = requests.post(url,  json=payload, verify=False)
+    url = base + "/stop"
+    payload = {"aggregator_id": agg_id}
+    r = requests.post(url, json=payload, verify=False)
     assert r.status_code == 200 and r.json()["status"] == "stopped"
 
     # the global model loads back into the user's model and has learned the digits
@@ -130,8 +146,15 @@ def _partition(tmp_path, n):
 
 
 def _create(service, **form) -> dict:
-    base = {"fusion_algorithm": "fedavg", "model": "mlp", "input_shape": "64", "num_classes": 10,
-            "learning_rate": 0.1, "auto_start": "true", "round_timeout": 30}
+    base = {
+        "fusion_algorithm": "fedavg",
+        "model": "mlp",
+        "input_shape": "64",
+        "num_classes": 10,
+        "learning_rate": 0.1,
+        "auto_start": "true",
+        "round_timeout": 30,
+    }
     r = httpx.post(service.url + "/start-aggregator", data=base | form, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
@@ -158,6 +181,10 @@ def test_separate_party_processes_train_with_fedavg(service, tmp_path):
     assert rounds[-1]["federated"]["num_examples"] == test_sizes  # weighted by examples
     log = (tmp_path / "party0.log").read_text()
     assert "answered 8 tasks over rounds [1, 2, 3, 4]" in log
+    assert "round 4: global model on local test data: loss" in log
+    served = service.log.read_text()
+    assert f"federation {fed['aggregator_id'][:8]} round 4: 2/2 parties" in served
+    assert f"federated loss {rounds[-1]['federated']['loss']:.4f}" in served
     # everything is in the SQLite file
     with sqlite3.connect(service.data_dir / "fedfuse.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0] == 4
@@ -171,11 +198,20 @@ def test_a_party_without_the_token_is_refused(service, tmp_path):
     fid = fed["aggregator_id"]
     r = httpx.get(f"{service.url}/v1/federations/{fid}/tasks/next")
     assert r.status_code == 401 and "Bearer" in r.json()["detail"]
-    r = httpx.get(f"{service.url}/v1/federations/{fid}/tasks/next",
-                  headers={"Authorization": "Bearer forged"})
+    r = httpx.get(
+        f"{service.url}/v1/federations/{fid}/tasks/next", headers={"Authorization": "Bearer forged"}
+    )
     assert r.status_code == 401
-    proc = fedfuse_process("party", "--server", service.url, "--token", "wrong-token-123456",
-                           "--data", str(_partition(tmp_path, 1)[0]), log=tmp_path / "p.log")
+    proc = fedfuse_process(
+        "party",
+        "--server",
+        service.url,
+        "--token",
+        "wrong-token-123456",
+        "--data",
+        str(_partition(tmp_path, 1)[0]),
+        log=tmp_path / "p.log",
+    )
     assert proc.wait(60) == 2
     assert "join refused (401): invalid join token" in (tmp_path / "p.log").read_text()
     # nothing joined
@@ -189,9 +225,18 @@ def test_a_killed_party_does_not_stop_training_and_can_rejoin(tmp_path):
     fid = fed["aggregator_id"]
 
     def party(i):
-        return fedfuse_process("party", "--server", service.url, "--token", fed["join_token"],
-                               "--data", str(paths[i]), "--name", f"site{i}",
-                               log=tmp_path / f"party{i}.log")
+        return fedfuse_process(
+            "party",
+            "--server",
+            service.url,
+            "--token",
+            fed["join_token"],
+            "--data",
+            str(paths[i]),
+            "--name",
+            f"site{i}",
+            log=tmp_path / f"party{i}.log",
+        )
 
     procs = [party(i) for i in range(3)]
     try:
@@ -201,8 +246,9 @@ def test_a_killed_party_does_not_stop_training_and_can_rejoin(tmp_path):
         killed_at = service.get(f"/v1/federations/{fid}").json()["rounds_done"]
         service.wait_for(lambda s: s["rounds_done"] >= killed_at + 2, path=f"/v1/federations/{fid}")
         procs[2] = party(2)  # the same site comes back
-        service.wait_for(lambda s: s["status"] == "completed", path=f"/v1/federations/{fid}",
-                         timeout=200)
+        service.wait_for(
+            lambda s: s["status"] == "completed", path=f"/v1/federations/{fid}", timeout=200
+        )
         assert [p.wait(60) for p in procs] == [0, 0, 0]
     finally:
         stop_all(procs)
@@ -221,8 +267,9 @@ def test_a_killed_party_does_not_stop_training_and_can_rejoin(tmp_path):
 
 def service_rounds(service, fid):
     with sqlite3.connect(service.data_dir / "fedfuse.sqlite3") as db:
-        rows = db.execute("SELECT record FROM rounds WHERE federation_id=? ORDER BY round",
-                          (fid,)).fetchall()
+        rows = db.execute(
+            "SELECT record FROM rounds WHERE federation_id=? ORDER BY round", (fid,)
+        ).fetchall()
     return [json.loads(r[0]) for r in rows]
 
 
@@ -238,12 +285,14 @@ def _run_to_end(tmp_path, name, kill_after=None):
     ]  # fmt: skip
     try:
         if kill_after is not None:
-            service.wait_for(lambda s: s["rounds_done"] >= kill_after,
-                             path=f"/v1/federations/{fid}")
+            service.wait_for(
+                lambda s: s["rounds_done"] >= kill_after, path=f"/v1/federations/{fid}"
+            )
             service.kill()  # SIGKILL mid-training
             service.start()  # same data folder, same port: parties reconnect
-        service.wait_for(lambda s: s["status"] == "completed", path=f"/v1/federations/{fid}",
-                         timeout=200)
+        service.wait_for(
+            lambda s: s["status"] == "completed", path=f"/v1/federations/{fid}", timeout=200
+        )
         assert [p.wait(60) for p in procs] == [0, 0]
         weights = from_bytes(service.get(f"/v1/federations/{fid}/model").content)
     finally:
@@ -259,3 +308,58 @@ def test_service_killed_and_restarted_resumes_without_losing_or_repeating_rounds
     assert all(sorted(r["participants"]) == ["party_0", "party_1"] for r in rounds)
     for name in reference:  # the same rounds, the same seeds: the same model
         np.testing.assert_allclose(weights[name], reference[name], atol=1e-6)
+
+
+def test_tls_service_and_party(tmp_path):
+    """``--ssl-certfile/--ssl-keyfile`` serve HTTPS; a party trusts the service's own CA."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    service = Service(
+        tmp_path / "state",
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+        scheme="https",
+        verify=str(cert),
+    ).start()
+    try:
+        with pytest.raises(httpx.ConnectError):  # an untrusted certificate is refused
+            httpx.get(service.url + "/healthz")
+        r = httpx.post(
+            service.url + "/start-aggregator",
+            verify=str(cert),
+            data={
+                "fusion_algorithm": "fedavg",
+                "model": "logreg",
+                "input_shape": "64",
+                "num_classes": 10,
+                "num_parties": 1,
+                "rounds": 2,
+                "auto_start": "true",
+            },
+        )
+        fed = r.json()
+        path = _partition(tmp_path, 1)[0]
+        proc = fedfuse_process(
+            "party",
+            "--server",
+            service.url,
+            "--token",
+            fed["join_token"],
+            "--data",
+            str(path),
+            "--ca-cert",
+            str(cert),
+            log=tmp_path / "p.log",
+        )
+        assert proc.wait(120) == 0, (tmp_path / "p.log").read_text()
+        status = service.get(f"/v1/federations/{fed['aggregator_id']}").json()
+        assert status["status"] == "completed" and status["rounds_done"] == 2
+    finally:
+        service.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         api_key=args.api_key,
     )
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    logging.getLogger("fedfuse").setLevel(logging.INFO)
     scheme = "https" if args.ssl_certfile else "http"
     print(
         f"fedfuse service on {scheme}://{args.host}:{args.port} (state in {args.data_dir}); "
@@ -80,6 +83,8 @@ def _cmd_party(args: argparse.Namespace) -> int:
     from fedfuse.runtime import PartyClient
     from fedfuse.runtime._party_builder import party_from_join
 
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    logging.getLogger("fedfuse").setLevel(logging.INFO)
     name = args.name or f"{socket.gethostname()}-{Path(args.data).stem}"
     with PartyClient(
         args.server,

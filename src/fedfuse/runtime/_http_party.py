@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from fedfuse.party import Reply, Task
+from fedfuse.party import Evaluation, Reply, Task, TrainTask
 from fedfuse.runtime._wire import decode_meta, reply_to_wire, task_from_wire
 from fedfuse.weights import to_bytes
 
@@ -147,6 +147,12 @@ class PartyClient:
                 decode_meta(response.headers.get(META_HEADER)), response.content
             )
             reply = party.handle(pending.task)
+            if isinstance(pending.task, TrainTask) and hasattr(reply, "metrics"):
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in reply.metrics.items())
+                log.info("round %d: trained locally (%s)", pending.task.round, shown)
+            elif isinstance(reply, Evaluation):
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in reply.metrics.items())
+                log.info("round %d: global model on local test data: %s", pending.task.round, shown)
             meta, weights = reply_to_wire(reply)
             response = self._request(
                 "POST",

@@ -8,6 +8,7 @@ and a checkpoint after every completed round.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import threading
@@ -33,6 +34,24 @@ from fedfuse.weights import Weights, WeightsFormatError, from_bytes, load_weight
 __all__ = ["Conflict", "Manager", "NotFound", "Unauthorized"]
 
 FINISHED = ("completed", "stopped", "failed")
+log = logging.getLogger("fedfuse.service")
+
+
+def _describe(fid: str, record: dict[str, Any]) -> str:
+    """One line per round: who took part and the metrics, weighted by examples."""
+    parts = [f"{len(record['participants'])}/{len(record['sampled'])} parties"]
+    for key in ("train", "federated"):
+        metrics = record.get(key) or {}
+        if "accuracy" in metrics:
+            parts.append(
+                f"{key} loss {metrics.get('loss', float('nan')):.4f} "
+                f"accuracy {metrics['accuracy']:.4f} ({metrics['num_examples']} examples)"
+            )
+    if record.get("rejected"):
+        parts.append(f"rejected {sorted(record['rejected'])}")
+    if record.get("failed"):
+        parts.append(f"failed {sorted(record['failed'])}")
+    return f"federation {fid[:8]} round {record['round']}: " + ", ".join(parts)
 
 
 class NotFound(LookupError):
@@ -337,6 +356,7 @@ class Manager:
 
             def on_round(record: dict[str, Any]) -> None:
                 self.store.record_round(run.fid, record)
+                log.info(_describe(run.fid, record))
                 if run.stop.is_set():
                     raise _Stopped
 
