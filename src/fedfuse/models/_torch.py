@@ -93,10 +93,12 @@ class TorchAdapter:
         anchor = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
         self.module.train()
         n = len(y)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        # Metrics cost no per-batch work beyond keeping references: losses and logits are
+        # summed and compared once per epoch.
+        loss_sum, correct, classified = 0.0, 0, True
         for _ in range(config.epochs):
             order = torch.randperm(n)
+            losses, sizes, logits = [], [], []
             for start in range(0, n, config.batch_size):
                 idx = order[start : start + config.batch_size]
                 xb, yb = x[idx], y[idx]
@@ -107,11 +109,18 @@ class TorchAdapter:
                 if anchor is not None:
                     _add_proximal_gradient(params, anchor, config.proximal_mu)
                 optimizer.step()
-                with torch.no_grad():
-                    loss_sum += loss.detach() * len(idx)
-                    correct += (out.argmax(dim=1) == yb).sum()
+                losses.append(loss.detach())
+                sizes.append(len(idx))
+                logits.append(out.detach())
+            loss_sum += float(torch.stack(losses).double() @ torch.tensor(sizes).double())
+            classified = classified and logits[0].ndim == 2 and y.ndim == 1
+            if classified:
+                correct += int((torch.cat(logits).argmax(dim=1) == y[order]).sum())
         seen = n * config.epochs
-        return {"loss": float(loss_sum) / seen, "accuracy": float(correct) / seen}
+        metrics = {"loss": loss_sum / seen}
+        if classified:
+            metrics["accuracy"] = correct / seen
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, data: ArrayDataset, batch_size: int = 1024) -> dict[str, float]:
