@@ -48,3 +48,10 @@ def test_doc2vec_lee():
     assert out["fused_lee"] > 0.3
     assert out["fused_lee"] > max(local) - 0.01
     assert out["fused_lee"] > sum(local) / len(local) + 0.03
+
+
+def test_remote_parties(tmp_path):
+    rounds = _load("remote_parties.py")["main"](str(tmp_path / "state"))
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert all(len(r["participants"]) == 2 for r in rounds)
+    assert rounds[-1]["federated"]["accuracy"] > 0.85

@@ -1,7 +1,13 @@
 """Transports that carry tasks to parties: in-process, and mailboxes fed by the service."""
 
 from fedfuse.runtime._base import PartyPool
-from fedfuse.runtime._http_party import PartyClient, PartyRunSummary, ProtocolError
+from fedfuse.runtime._http_party import (
+    PartyClient,
+    PartyRunSummary,
+    ProtocolError,
+    create_federation,
+    run_party,
+)
 from fedfuse.runtime._local import LocalPool
 from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
 
@@ -14,4 +20,6 @@ __all__ = [
     "ProtocolError",
     "RemotePool",
     "UnexpectedReplyError",
+    "create_federation",
+    "run_party",
 ]

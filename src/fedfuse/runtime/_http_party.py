@@ -15,11 +15,18 @@ from typing import Any, Protocol
 
 import httpx
 
-from fedfuse.party import Evaluation, Reply, Task, TrainTask
+from fedfuse.party import ClientParty, Evaluation, NumPyClient, Reply, Task, TrainTask
 from fedfuse.runtime._wire import decode_meta, reply_to_wire, task_from_wire
-from fedfuse.weights import to_bytes
+from fedfuse.weights import Weights, to_bytes
 
-__all__ = ["PartyClient", "PartyRunSummary", "ProtocolError", "TaskHandler"]
+__all__ = [
+    "PartyClient",
+    "PartyRunSummary",
+    "ProtocolError",
+    "TaskHandler",
+    "create_federation",
+    "run_party",
+]
 
 log = logging.getLogger("fedfuse.party")
 META_HEADER = "X-Fedfuse-Meta"
@@ -171,3 +178,67 @@ class PartyClient:
             if pending.task.round not in summary.rounds:
                 summary.rounds.append(pending.task.round)
         return summary
+
+
+def run_party(
+    server: str,
+    token: str,
+    party: TaskHandler | NumPyClient,
+    *,
+    name: str | None = None,
+    verify: bool | str = True,
+    **client_options: Any,
+) -> PartyRunSummary:
+    """Join the federation behind ``token`` and answer its tasks until it ends.
+
+    ``party`` is a ``Party`` (or anything with ``handle(task)``), or a Flower-style client
+    with ``fit(parameters, config)`` and ``evaluate(parameters, config)``.
+    """
+    handler = party if hasattr(party, "handle") else ClientParty(party)
+    with PartyClient(server, token, name=name, verify=verify, **client_options) as client:
+        info = client.join()
+        if isinstance(handler, ClientParty):
+            handler.party_id = info["party_id"]
+        return client.serve(handler)
+
+
+def create_federation(
+    server: str,
+    *,
+    initial_weights: Weights | None = None,
+    model_file: bytes | None = None,
+    verify: bool | str = True,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Create a federation on a running service (``POST /start-aggregator``).
+
+    Give the starting model as ``initial_weights`` (parties bring their own model), as
+    ``model_file`` (``torch.save(model)`` bytes), or as ``model="mlp"`` with ``input_shape``
+    and ``num_classes``. ``settings`` are the form fields: ``num_parties``, ``rounds``,
+    ``epochs``, ``learning_rate``, ``optimizer``, ``fusion_algorithm`` (default fedavg),
+    ``quorum``, ``round_timeout``, ``auto_start``... Returns ``aggregator_id`` and
+    ``join_token``.
+    """
+    form = {"fusion_algorithm": "fedavg"} | {
+        k: ",".join(map(str, v))
+        if isinstance(v, tuple | list)
+        else str(v).lower()
+        if isinstance(v, bool)
+        else v
+        for k, v in settings.items()
+    }
+    files = {}
+    if initial_weights is not None:
+        files["initial_weights"] = ("weights.safetensors", to_bytes(initial_weights))
+    if model_file is not None:
+        files["model_file"] = ("model.pt", model_file)
+    response = httpx.post(
+        f"{server.rstrip('/')}/start-aggregator",
+        data=form,
+        files=files or None,
+        verify=verify,
+        timeout=120,
+    )
+    if response.status_code != 200:
+        raise ProtocolError(f"service refused ({response.status_code}): {_detail(response)}")
+    return response.json()
