@@ -6,7 +6,9 @@ import pytest
 
 import fedfuse
 
-LAYERS = ["weights", "data", "models", "fusion", "party", "runtime", "federation", "cli"]
+LAYERS = [
+    "weights", "data", "models", "fusion", "party", "runtime", "federation", "service", "cli",
+]  # fmt: skip
 LAYERS.append("consensus")
 
 
