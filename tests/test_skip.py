@@ -49,6 +49,41 @@ def test_cosine_to_the_last_update_sent():
     )
 
 
+class StepAdapter:
+    """A model whose training always moves the weights by ``step``: the delta is ``step``."""
+
+    def __init__(self, step):
+        self.step, self.w = np.asarray(step, np.float32), None
+
+    def get_weights(self):
+        return {"w": self.w.copy()}
+
+    def set_weights(self, weights):
+        self.w = np.array(weights["w"])
+
+    def fit(self, data, config):
+        self.w = self.w + self.step
+        return {"loss": 0.0}
+
+
+def test_cosine_to_how_the_global_model_moved_by_hand():
+    party = Party(StepAdapter([1.0, 0.0]), PartyData(blobs(10)), "p0")
+    config = TrainConfig(skip_cosine=0.9, skip_cosine_to="global", max_consecutive_skips=5)
+    w0 = {"w": np.zeros(2, np.float32)}
+    assert isinstance(party.handle(TrainTask(1, w0, config)), Update)  # no reference yet
+    # the global model moved by [2, 0]: cosine([1, 0], [2, 0]) = 1 > 0.9
+    w1 = {"w": np.array([2.0, 0.0], np.float32)}
+    reply = party.handle(TrainTask(2, w1, config))
+    assert isinstance(reply, Skipped) and "cosine to how the global model moved 1 > 0.9" in (
+        reply.reason
+    )
+    # nothing fused since: no direction to compare with, so the party sends
+    assert isinstance(party.handle(TrainTask(3, w1, config)), Update)
+    # moved by [1, 1]: cosine 0.707 < 0.9
+    w2 = {"w": np.array([3.0, 1.0], np.float32)}
+    assert isinstance(party.handle(TrainTask(4, w2, config)), Update)
+
+
 def test_a_round_where_everyone_skips_is_not_fused_and_counts_what_was_saved():
     fed = federate(blobs(300), blobs(60, seed=1), num_parties=3, scheme="iid", seed=0)
     torch.manual_seed(0)

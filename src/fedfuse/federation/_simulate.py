@@ -56,7 +56,8 @@ class SimulationConfig:
     (``server_learning_rate``, ``server_momentum``, ``server_beta2``, ``server_epsilon``,
     ``trim_fraction``, ``num_byzantine``, ``num_selected``, ``clip_norm``) are passed to it when
     set. ``proximal_mu``, ``compression``, ``topk_fraction``, ``error_feedback``,
-    ``skip_relative_norm``, ``skip_cosine`` and ``max_consecutive_skips`` go to the parties
+    ``skip_relative_norm``, ``skip_cosine``, ``skip_cosine_to`` and
+    ``max_consecutive_skips`` go to the parties
     (see ``TrainConfig``); ``max_update_norm`` makes the aggregator reject updates with a
     larger L2 norm.
     """
@@ -87,6 +88,7 @@ class SimulationConfig:
     error_feedback: bool = True
     skip_relative_norm: float = 0.0
     skip_cosine: float | None = None
+    skip_cosine_to: str = "last_sent"
     max_consecutive_skips: int = 3
     max_update_norm: float | None = None
     server_learning_rate: float | None = None
@@ -132,6 +134,7 @@ class SimulationConfig:
             error_feedback=self.error_feedback,
             skip_relative_norm=self.skip_relative_norm,
             skip_cosine=self.skip_cosine,
+            skip_cosine_to=self.skip_cosine_to,
             max_consecutive_skips=self.max_consecutive_skips,
         )
 

@@ -28,9 +28,12 @@ class TrainConfig:
       ``error_feedback`` a party adds what compression dropped to its next delta.
     - ``skip_relative_norm``: a party whose ``||delta|| / ||w_global||`` is below this sends a
       small "skipped" reply instead of its delta; ``skip_cosine``: likewise when the cosine
-      similarity of its delta to the last delta it sent is above this. A party never skips
-      more than ``max_consecutive_skips`` rounds in a row: when every party skips, the global
-      model stands still and the same deltas would be skipped forever.
+      similarity of its delta to a reference direction is above this. ``skip_cosine_to``
+      names the reference: ``last_sent``, the last delta the party sent, or ``global``, how
+      the global model moved since the party's previous task (its update then repeats what
+      the federation already does; a party whose data differs keeps sending). A party never
+      skips more than ``max_consecutive_skips`` rounds in a row: when every party skips, the
+      global model stands still and the same deltas would be skipped forever.
     """
 
     epochs: int = 1
@@ -44,6 +47,7 @@ class TrainConfig:
     error_feedback: bool = True
     skip_relative_norm: float = 0.0
     skip_cosine: float | None = None
+    skip_cosine_to: str = "last_sent"
     max_consecutive_skips: int = 3
 
     def with_seed(self, seed: int) -> TrainConfig:
@@ -76,6 +80,10 @@ class TrainConfig:
             isinstance(self.skip_cosine, int | float) and -1 <= self.skip_cosine <= 1
         ):
             raise ValueError(f"skip_cosine must be in [-1, 1] or None, got {self.skip_cosine!r}")
+        if self.skip_cosine_to not in ("last_sent", "global"):
+            raise ValueError(
+                f"skip_cosine_to must be 'last_sent' or 'global', got {self.skip_cosine_to!r}"
+            )
         if (
             isinstance(self.max_consecutive_skips, bool)
             or not isinstance(self.max_consecutive_skips, int)

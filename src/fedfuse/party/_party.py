@@ -47,10 +47,11 @@ class Party:
     the task's weights, so nothing leaks from one party's task to the next.
 
     What a party remembers between rounds lives here, not in the adapter: the residual that
-    compression dropped (error feedback), the last delta it sent (for ``skip_cosine``) and
-    how many rounds in a row it skipped. A skipped delta is dropped, not kept for later: the
-    next round's training starts from a global model that already moved the same way (or,
-    when nothing was fused, from the same model, and would only repeat it).
+    compression dropped (error feedback), the last delta it sent or the global model it last
+    started from (for ``skip_cosine``) and how many rounds in a row it skipped. A skipped
+    delta is dropped, not kept for later: the next round's training starts from a global model
+    that already moved the same way (or, when nothing was fused, from the same model, and
+    would only repeat it).
     """
 
     def __init__(self, adapter: ModelAdapter, data: PartyData, party_id: str = "") -> None:
@@ -59,6 +60,7 @@ class Party:
         self.party_id = party_id
         self.residual: Weights | None = None
         self.last_sent: Weights | None = None
+        self.last_global: Weights | None = None
         self.skips_in_a_row = 0
 
     def handle(self, task: Task) -> Reply:
@@ -81,11 +83,13 @@ class Party:
             return Update(local, num_examples, metrics, is_delta=False, party_id=self.party_id)
         delta = subtract(local, task.weights)
         reason = self._skip_reason(delta, task.weights, config)
+        if config.skip_cosine is not None and config.skip_cosine_to == "global":
+            self.last_global = task.weights
         if reason is not None:
             self.skips_in_a_row += 1
             return Skipped(num_examples, metrics, reason)
         self.skips_in_a_row = 0
-        if config.skip_cosine is not None:
+        if config.skip_cosine is not None and config.skip_cosine_to == "last_sent":
             self.last_sent = delta
         codec = get_codec(config.compression, topk_fraction=config.topk_fraction)
         if config.compression != "none" and config.error_feedback:
@@ -103,11 +107,21 @@ class Party:
             relative = norm / max(global_norm(start), 1e-12)
             if relative < config.skip_relative_norm:
                 return f"relative update norm {relative:.3g} < {config.skip_relative_norm:g}"
-        if config.skip_cosine is not None and self.last_sent is not None:
-            dot = sum(float(np.vdot(delta[n], self.last_sent[n])) for n in delta)
-            cosine = dot / max(norm * global_norm(self.last_sent), 1e-12)
-            if cosine > config.skip_cosine:
-                return f"cosine to the last update sent {cosine:.3g} > {config.skip_cosine:g}"
+        if config.skip_cosine is None:
+            return None
+        if config.skip_cosine_to == "global":
+            if self.last_global is None:
+                return None
+            reference, what = subtract(start, self.last_global), "how the global model moved"
+        else:
+            reference, what = self.last_sent, "the last update sent"
+        reference_norm = global_norm(reference) if reference is not None else 0.0
+        if reference_norm == 0.0:  # nothing to compare with (or nothing was fused since)
+            return None
+        dot = sum(float(np.vdot(delta[n], reference[n])) for n in delta)
+        cosine = dot / max(norm * reference_norm, 1e-12)
+        if cosine > config.skip_cosine:
+            return f"cosine to {what} {cosine:.3g} > {config.skip_cosine:g}"
         return None
 
     def _evaluate(self, task: EvaluateTask) -> Reply:
