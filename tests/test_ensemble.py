@@ -91,3 +91,11 @@ def test_scored_split_is_disjoint_from_the_distillation_inputs(digits):
     fed = federate(train, small, num_parties=2, scheme="iid", seed=0)
     report = compare_ensemble(fed, _mlp, TrainConfig(epochs=1), 1, distill_epochs=1, seed=0)
     assert report["scored_examples"] == 20 and report["distill_examples"] == 20
+
+
+def test_simulate_runs_the_ensemble_use():
+    from fedfuse import simulate
+
+    result = simulate(use="ensemble", num_parties=3, rounds=2, distill_epochs=2)
+    assert {"fedavg", "ensemble", "ensemble_classwise", "distilled"} <= set(result.report)
+    assert len(result.report["edges"]) == 3

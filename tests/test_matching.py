@@ -130,3 +130,11 @@ def test_plain_average_keeps_num_examples_weighting():
     c = {"1.weight": np.ones((1, 2), np.float32), "1.bias": np.zeros(1, np.float32)}
     fused = matched_average([{**a, **c}, {**b, **c}], [3, 1], passes=1)
     assert fused["0.weight"].sum() == pytest.approx(3.0)  # rows matched, then 3:1 average
+
+
+def test_simulate_runs_the_oneshot_use():
+    from fedfuse import simulate
+
+    result = simulate(use="oneshot", num_parties=2, rounds=1, epochs=1, partition="iid")
+    assert {"plain", "matched", "weight_matched_classwise"} <= set(result.report)
+    assert result.report["union_examples"] > 0

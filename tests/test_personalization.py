@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,25 @@ def test_personalized_models_beat_local_and_global_on_label_skewed_parties(digit
     assert mean["personal"] > mean["global"] + 0.02
     assert mean["personal"] > mean["local"] - 0.01
     assert len(report["history"]) == 30
+
+
+def test_cli_simulate_runs_the_personalize_use(tmp_path, capsys):
+    from fedfuse.cli import main
+
+    code = main(
+        ["simulate", "--use", "personalize", "--num-parties", "3", "--rounds", "2",
+         "--finetune-epochs", "1", "--personal-layers", "head", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "finetuned" in out and "personal layers: 5.bias, 5.weight" in out
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["report"]["parties"]) == {"party_0", "party_1", "party_2"}
+    assert len(saved["history"]) == 2
+
+
+def test_unknown_use_is_refused():
+    from fedfuse import simulate
+
+    with pytest.raises(ValueError, match="unknown use 'share'"):
+        simulate(use="share", rounds=1)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedfuse.data import federate, format_label_stats, load_dataset
-from fedfuse.federation import SimulationConfig, SimulationResult, simulate
+from fedfuse.federation import SimulationConfig, SimulationResult, format_use_report, simulate
 
 __all__ = ["add_parsers"]
 
@@ -124,6 +124,11 @@ def _run(config: SimulationConfig, out_dir: str, console: Console) -> Simulation
 
         result = simulate(config, out_dir=out_dir, on_round=on_round)
     console.print(format_label_stats(result.dataset), highlight=False)
+    if result.report:
+        console.print(format_use_report(config.use, result.report), highlight=False)
+        for name, path in result.files.items():
+            console.print(f"{name}: {path}")
+        return result
     console.print(_round_table(result))
     last = result.history[-1]
     console.print(f"federated model: central test accuracy {_pct(last.get('central'))}%")

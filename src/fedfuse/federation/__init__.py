@@ -41,9 +41,13 @@ from fedfuse.federation._simulate import (
     build_federated_dataset,
     simulate,
 )
+from fedfuse.federation._uses import USES, format_use_report, run_use
 from fedfuse.federation._validate import validate_update
 
 __all__ = [
+    "USES",
+    "format_use_report",
+    "run_use",
     "ENSEMBLE_WEIGHTINGS",
     "Ensemble",
     "OneShotResult",

@@ -137,10 +137,12 @@ def compare_oneshot(
     *,
     seed: int = 0,
     passes: int = 2,
+    max_inputs: int = 2000,
 ) -> dict[str, Any]:
     """Edge models from independent inits against their plain and matched fusions.
 
-    The aggregator's central test set serves as its unlabeled inputs for activation matching;
+    The aggregator's central test set (its first ``max_inputs`` examples) serves as its
+    unlabeled inputs for activation matching;
     every model is scored on the union of the parties' test splits. Fusions: ``plain``,
     ``matched`` (activations), ``weight_matched`` (weights, no data), each also with the output
     layer averaged class by class with the parties' label counts (``*_classwise``).
@@ -158,7 +160,8 @@ def compare_oneshot(
     models = [updates[p].weights for p in party_ids]
     examples = [updates[p].num_examples for p in party_ids]
     per_class = [fed[p].train.label_counts(fed.num_classes) for p in party_ids]
-    activations = [hidden_activations(model_fn(), m, fed.test.x) for m in models]
+    inputs = fed.test.x[:max_inputs]
+    activations = [hidden_activations(model_fn(), m, inputs) for m in models]
     fused = {}
     for suffix, heads in (("", None), ("_classwise", per_class)):
         fused["plain" + suffix] = average(models, examples, output_weights=heads)
@@ -177,7 +180,7 @@ def compare_oneshot(
 
     return {
         "union_examples": len(union),
-        "matching_inputs": len(fed.test),
+        "matching_inputs": len(inputs),
         "edges": {p: accuracy(updates[p].weights) for p in party_ids},
         **{name: accuracy(weights) for name, weights in fused.items()},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from fedfuse.data import FederatedDataset, federate, load_dataset
 from fedfuse.federation._baseline import train_centralized
 from fedfuse.federation._federation import Federation
 from fedfuse.federation._report import plot_accuracy, write_history
+from fedfuse.federation._uses import run_use
 from fedfuse.fusion import get_fusion
 from fedfuse.models import TorchAdapter, TrainConfig, build_model
 from fedfuse.runtime import LocalPool
@@ -60,6 +62,14 @@ class SimulationConfig:
     ``max_consecutive_skips`` go to the parties
     (see ``TrainConfig``); ``max_update_norm`` makes the aggregator reject updates with a
     larger L2 norm.
+
+    ``use`` picks one of the Model Fusion API's three uses: ``aggregate`` (the default: one
+    federation), or a comparison on the same parties: ``personalize`` (local-only, global,
+    fine-tuned for ``finetune_epochs``, and ``personal_layers`` kept by each party: ``head`` or
+    parameter names), ``ensemble`` (FedAvg vs an ensemble of edge models, weighted by
+    ``ensemble_weighting``, distilled for ``distill_epochs``), ``oneshot`` (independently
+    initialized edge models fused once by neuron matching). Their report is
+    ``SimulationResult.report`` (and ``report.json``).
     """
 
     model: str = "mlp"
@@ -99,6 +109,11 @@ class SimulationConfig:
     num_byzantine: int | None = None
     num_selected: int | None = None
     clip_norm: float | None = None
+    use: str = "aggregate"
+    personal_layers: str = "head"
+    finetune_epochs: int = 5
+    ensemble_weighting: str = "classwise"
+    distill_epochs: int = 50
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
@@ -167,6 +182,7 @@ class SimulationResult:
     dataset: FederatedDataset
     centralized: list[dict[str, float]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def build_federated_dataset(config: SimulationConfig) -> FederatedDataset:
@@ -181,6 +197,29 @@ def build_federated_dataset(config: SimulationConfig) -> FederatedDataset:
         local_test_fraction=config.local_test_fraction,
         **config.partition_params(),
     )
+
+
+def _simulate_use(
+    config: SimulationConfig,
+    fed: FederatedDataset,
+    model_fn: Callable[[], torch.nn.Module],
+    out_dir: str | os.PathLike | None,
+) -> SimulationResult:
+    report = run_use(config, fed, model_fn)
+    history = report.pop("history", [])
+    result = SimulationResult(config, history, {}, fed, report=report)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "report.json"
+        document = {"config": dataclasses.asdict(config), "report": report, "history": history}
+        path.write_text(json.dumps(document, indent=1, default=_plain))
+        result.files["report"] = path
+    return result
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def simulate(
@@ -209,6 +248,8 @@ def simulate(
     def model_fn() -> torch.nn.Module:
         return build_model(config.model, input_shape, fed.num_classes)
 
+    if config.use != "aggregate":
+        return _simulate_use(config, fed, model_fn, out_dir)
     torch.manual_seed(config.seed)
     adapter = TorchAdapter(model_fn())
     central = TorchAdapter(model_fn())
