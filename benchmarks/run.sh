@@ -25,3 +25,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
 "$python" benchmarks/bench_speed.py "$@"
 "$python" benchmarks/bench_accuracy.py "$@"
+"$python" benchmarks/bench_robust.py "$@"
+"$python" benchmarks/bench_compression.py "$@"
+"$python" benchmarks/bench_skip.py "$@"
+"$python" benchmarks/bench_fedbuff.py "$@"
