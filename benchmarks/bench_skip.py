@@ -3,16 +3,18 @@
 What is measured
     A party skips sending its delta (it replies ``Skipped``) when the delta says little new:
     its relative norm ``||delta|| / ||w_global||`` is below a threshold
-    (``skip_relative_norm``), or its cosine similarity to the last delta it sent is above a
-    threshold (``skip_cosine``); no party skips more than 3 rounds in a row. A round in which
+    (``skip_relative_norm``), or its cosine similarity to a reference is above a threshold
+    (``skip_cosine``): the last delta it sent (``skip_cosine_to="last_sent"``) or how the
+    global model moved since its previous task (``"global"``); no party skips more than 3
+    rounds in a row. A round in which
     nothing arrives is not fused. For each setting: messages (update uploads) saved, update
     bytes saved (``bytes_dense - bytes_up`` in the round history), rounds fused, and central
     test accuracy after the last round (and the mean of the last 3 rounds, less noisy) against
     the same federation without skipping.
 
     Thresholds are calibrated once, on the IID run without skipping: a probe records every
-    party's relative norm and cosine to its previous delta, and the thresholds are the 25th
-    and 50th percentile of the relative norms and the 50th and 75th percentile of the cosines.
+    party's relative norm and both cosines, and the thresholds are the 25th and 50th
+    percentile of the relative norms and the 50th and 75th percentile of each cosine.
     The same thresholds are then used on IID and non-IID (Dirichlet 0.5) data.
 
 Workload (see ``_fl.py``): Fashion-MNIST, 10 parties x 1000 images, MLP 784-128-10, SGD lr
@@ -34,17 +36,24 @@ import torch
 
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
-from fedfuse.weights import global_norm
+from fedfuse.weights import global_norm, subtract
+
+
+def _cosine(a, b) -> float:
+    return sum(float(np.vdot(a[n], b[n])) for n in a) / (global_norm(a) * global_norm(b))
 
 
 class ProbePool:
-    """Wraps a pool and records each delta's relative norm and cosine to the party's last one."""
+    """Wraps a pool and records, for every delta: its relative norm, its cosine to the
+    party's previous delta, and its cosine to how the global model moved since then."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.last: dict[str, dict[str, np.ndarray]] = {}
+        self.last_delta: dict[str, dict[str, np.ndarray]] = {}
+        self.last_global: dict[str, dict[str, np.ndarray]] = {}
         self.relative: list[float] = []
-        self.cosine: list[float] = []
+        self.cosine_last_sent: list[float] = []
+        self.cosine_global: list[float] = []
 
     def party_ids(self) -> list[str]:
         return self.pool.party_ids()
@@ -52,13 +61,13 @@ class ProbePool:
     def dispatch(self, tasks, timeout=None):
         for pid, reply in self.pool.dispatch(tasks, timeout):
             if isinstance(reply, Update):
-                delta, norm = reply.weights, global_norm(reply.weights)
-                self.relative.append(norm / global_norm(tasks[pid].weights))
-                if pid in self.last:
-                    last = self.last[pid]
-                    dot = sum(float(np.vdot(delta[n], last[n])) for n in delta)
-                    self.cosine.append(dot / (norm * global_norm(last)))
-                self.last[pid] = delta
+                start = tasks[pid].weights
+                self.relative.append(global_norm(reply.weights) / global_norm(start))
+                if pid in self.last_delta:
+                    self.cosine_last_sent.append(_cosine(reply.weights, self.last_delta[pid]))
+                    moved = subtract(start, self.last_global[pid])
+                    self.cosine_global.append(_cosine(reply.weights, moved))
+                self.last_delta[pid], self.last_global[pid] = reply.weights, start
             yield pid, reply
 
 
@@ -103,22 +112,20 @@ def main() -> None:
         return probes[-1]
 
     baseline_iid = run(data["IID"], base, args.rounds, wrap_pool=probe)
-    rel, cos = probes[0].relative, probes[0].cosine
-    settings = {
-        "no skipping": {},
-        f"relative norm < {np.percentile(rel, 25):.3g} (p25)": {
-            "skip_relative_norm": float(np.percentile(rel, 25))
-        },
-        f"relative norm < {np.percentile(rel, 50):.3g} (p50)": {
-            "skip_relative_norm": float(np.percentile(rel, 50))
-        },
-        f"cosine > {np.percentile(cos, 50):.3g} (p50)": {
-            "skip_cosine": float(np.percentile(cos, 50))
-        },
-        f"cosine > {np.percentile(cos, 75):.3g} (p75)": {
-            "skip_cosine": float(np.percentile(cos, 75))
-        },
-    }
+    rel, last, moved = probes[0].relative, probes[0].cosine_last_sent, probes[0].cosine_global
+    settings: dict[str, dict[str, Any]] = {"no skipping": {}}
+    for q in (25, 50):
+        t = float(np.percentile(rel, q))
+        settings[f"relative norm < {t:.3g} (p{q})"] = {"skip_relative_norm": t}
+    for q in (50, 75):
+        t = float(np.percentile(last, q))
+        settings[f"cosine to last sent > {t:.3g} (p{q})"] = {"skip_cosine": t}
+    for q in (50, 75):
+        t = float(np.percentile(moved, q))
+        settings[f"cosine to global move > {t:.3g} (p{q})"] = {
+            "skip_cosine": t,
+            "skip_cosine_to": "global",
+        }
     results: dict[str, dict[str, Any]] = {}
     for data_name, fed in data.items():
         results[data_name] = {}
@@ -130,7 +137,7 @@ def main() -> None:
             out["config"] = fields
             results[data_name][label] = out
             print(
-                f"{data_name:15s} {label:34s} acc {100 * out['accuracy']:6.2f}%  "
+                f"{data_name:15s} {label:40s} acc {100 * out['accuracy']:6.2f}%  "
                 f"skipped {out['skipped']:3d}/{out['skipped'] + out['messages']}  "
                 f"fused {out['rounds_fused']}/{args.rounds}  ({out['seconds']:.1f} s)",
                 flush=True,
@@ -145,8 +152,9 @@ def main() -> None:
         f"batch 32, 1 local epoch, FedAvg, {args.rounds} rounds, every party asked every round "
         f"({10 * args.rounds} possible uploads); at most 3 skips in a row per party. "
         "Thresholds calibrated on the IID run without skipping (percentiles of the parties' "
-        "relative update norms and cosines to their previous delta), then used on both data "
-        "splits. Accuracy: central test set after the last round (mean of the last 3 rounds).",
+        "relative update norms, cosines to their previous delta and cosines to how the global "
+        "model moved since their previous task), then used on both data splits. "
+        "Accuracy: central test set after the last round (mean of the last 3 rounds).",
         "",
         "| data | skip when | uploads saved | bytes saved | rounds fused | accuracy % | "
         "vs no skipping (points) |",
@@ -175,7 +183,11 @@ def main() -> None:
             "machine": where,
             "rounds": args.rounds,
             "per_party": args.per_party,
-            "calibration": {"relative_norm": rel, "cosine": cos},
+            "calibration": {
+                "relative_norm": rel,
+                "cosine_to_last_sent": last,
+                "cosine_to_global_move": moved,
+            },
             "results": results,
         },
         markdown,
