@@ -278,11 +278,23 @@ def _run_to_end(tmp_path, name, kill_after=None):
     paths = _partition(tmp_path, 2)
     fed = _create(service, num_parties=2, rounds=6, epochs=10, quorum=2, join_token="t" * 20)
     fid = fed["aggregator_id"]
-    procs = [
-        fedfuse_process("party", "--server", service.url, "--token", "t" * 20, "--data", str(p),
-                        "--name", f"site{i}", log=tmp_path / f"{name}-party{i}.log")
-        for i, p in enumerate(paths)
-    ]  # fmt: skip
+    procs = []
+    for i, path in enumerate(paths):  # one after the other: site i is always party_i
+        procs.append(
+            fedfuse_process(
+                "party",
+                "--server",
+                service.url,
+                "--token",
+                "t" * 20,
+                "--data",
+                str(path),
+                "--name",
+                f"site{i}",
+                log=tmp_path / f"{name}-party{i}.log",
+            )
+        )
+        service.wait_for(lambda s, i=i: len(s["parties"]) == i + 1, path=f"/v1/federations/{fid}")
     try:
         if kill_after is not None:
             service.wait_for(
