@@ -8,11 +8,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from fedfuse.federation._metrics import WeightedMetrics
 from fedfuse.federation._sampling import derive_seed
-from fedfuse.federation._validate import validate_update
+from fedfuse.federation._validate import check_num_examples, validate_update
 from fedfuse.fusion import FusionTransform, Update, fuse
 from fedfuse.models import TrainConfig
 from fedfuse.party import EvaluateTask, Evaluation, Reply, Skipped, TaskError, TrainTask
@@ -113,11 +111,11 @@ def screen_reply(
         result.failed[party_id] = reply.message
         return None
     if isinstance(reply, Skipped):
-        n = reply.num_examples
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-            result.rejected[party_id] = f"num_examples must be a positive integer, got {n!r}"
+        reason = check_num_examples(reply.num_examples)
+        if reason is not None:
+            result.rejected[party_id] = reason
             return None
-        metrics.add(reply.metrics, n)
+        metrics.add(reply.metrics, reply.num_examples)
         result.skipped.append(party_id)
         result.bytes_dense += num_bytes(reference)
         return None

@@ -10,6 +10,13 @@ from fedfuse.weights import Weights, WeightsMismatchError, check_compatible, glo
 __all__ = ["validate_update"]
 
 
+def check_num_examples(n: object) -> str | None:
+    """Why ``n`` is not a valid example count (a positive integer), or ``None``."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+        return f"num_examples must be a positive integer, got {n!r}"
+    return None
+
+
 def validate_update(
     update: Update, reference: Weights, *, max_norm: float | None = None
 ) -> str | None:
@@ -19,9 +26,9 @@ def validate_update(
     the global weights; only finite values; and, if ``max_norm`` is set, an L2 norm of at most
     ``max_norm``.
     """
-    n = update.num_examples
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-        return f"num_examples must be a positive integer, got {n!r}"
+    reason = check_num_examples(update.num_examples)
+    if reason is not None:
+        return reason
     try:
         check_compatible(reference, update.weights)
     except WeightsMismatchError as exc:
