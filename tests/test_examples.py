@@ -50,6 +50,32 @@ def test_doc2vec_lee():
     assert out["fused_lee"] > sum(local) / len(local) + 0.03
 
 
+def test_keras_federation():
+    out = _load("keras_federation.py")["main"]()
+    assert out["weights"] == ["hidden/bias", "hidden/kernel", "logits/bias", "logits/kernel"]
+    assert out["history"][-1]["central"]["accuracy"] > 0.9
+
+
+def test_sklearn_hospitals():
+    out = _load("sklearn_hospitals.py")["main"]()
+    assert out["coef_shape"] == (1, 30)
+    assert out["federated"] > 0.93
+    assert out["federated"] > out["pooled"] - 0.03
+
+
+def test_three_uses():
+    out = _load("three_uses.py")["main"]()
+    assert out["aggregate"]["accuracy"] > 0.8
+    personal = out["personalize"]["mean"]
+    assert personal["finetuned"] > personal["global"] + 0.05
+    ensemble = out["ensemble"]
+    assert ensemble["ensemble_classwise"] > ensemble["fedavg"]
+    assert ensemble["distilled"] > max(ensemble["edges"].values())
+    oneshot = out["oneshot"]
+    assert oneshot["matched"] > oneshot["plain"] + 0.1
+    assert oneshot["matched_classwise"] > max(oneshot["edges"].values())
+
+
 def test_remote_parties(tmp_path):
     rounds = _load("remote_parties.py")["main"](str(tmp_path / "state"))
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
