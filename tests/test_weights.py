@@ -64,3 +64,56 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-50])
     with pytest.raises(W.WeightsFormatError, match=r"w\.safetensors"):
         W.load_weights(path)
+
+
+def test_from_buffer_is_zero_copy_and_agrees_with_safetensors():
+    w = {
+        "a": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "b": np.array([1, -2], dtype=np.int64),
+        "c": np.zeros((0, 3), dtype=np.float16),
+        "d": np.array(2.5, dtype=np.float64),
+    }
+    data = bytearray(W.to_bytes(w, metadata={"round": "1"}))
+    views = W.from_buffer(data)
+    copies = W.from_bytes(bytes(data))
+    assert list(views) == list(copies) == ["a", "b", "c", "d"]
+    for name in w:
+        np.testing.assert_array_equal(views[name], w[name])
+        assert views[name].dtype == w[name].dtype and views[name].shape == w[name].shape
+    assert np.shares_memory(views["a"], np.frombuffer(data, np.uint8))
+
+
+def _st(header: dict, data: bytes = b"") -> bytes:
+    import json
+
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x01\x02", "shorter than"),
+        ((10**12).to_bytes(8, "little") + b"{}", "header size"),
+        (_st([1, 2]), "not a JSON object"),
+        (b"\x04\x00\x00\x00\x00\x00\x00\x00{{{{", "bad header"),
+        (_st({"a": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "'a'"),
+        (_st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "4 bytes"),
+        (_st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 4), "range"),
+        (_st({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}), "range"),
+        (_st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8), "trailing"),
+        (
+            _st(
+                {
+                    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                },
+                b"\0" * 4,
+            ),
+            "overlap",
+        ),
+    ],
+)
+def test_from_buffer_rejects_malformed_data(payload, message):
+    with pytest.raises(W.WeightsFormatError, match=message):
+        W.from_buffer(payload)

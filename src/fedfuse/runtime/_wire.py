@@ -14,7 +14,7 @@ from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
 from fedfuse.party import EvaluateTask, Evaluation, Reply, Skipped, Task, TaskError, TrainTask
 from fedfuse.runtime._remote import PendingTask
-from fedfuse.weights import Weights, WeightsFormatError, from_bytes
+from fedfuse.weights import Weights, WeightsFormatError, from_buffer, from_bytes
 
 __all__ = [
     "WireFormatError",
@@ -49,9 +49,9 @@ def _field(meta: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
-def _weights(body: bytes) -> Weights:
+def _weights(body: bytes | bytearray, *, copy: bool = True) -> Weights:
     try:
-        return from_bytes(body)
+        return from_bytes(bytes(body)) if copy else from_buffer(body)
     except WeightsFormatError as exc:
         raise WireFormatError(str(exc)) from None
 
@@ -122,11 +122,11 @@ def _metrics(meta: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def reply_from_wire(meta: dict[str, Any], body: bytes, party_id: str = "") -> Reply:
+def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str = "") -> Reply:
     kind = meta.get("kind")
     if kind == "update":
         return Update(
-            _weights(body),
+            _weights(body, copy=False),  # views into the request body: folded, then dropped
             _field(meta, "num_examples", int),
             _metrics(meta),
             bool(meta.get("is_delta", True)),

@@ -32,7 +32,7 @@ from fedfuse.weights import Weights, to_bytes
 __all__ = ["ServiceSettings", "create_app"]
 
 META_HEADER = "X-Fedfuse-Meta"
-_CHUNK = 256 * 1024
+_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         allowed_import_paths=settings.allowed_import_paths,
         liveness=settings.liveness,
     )
-    intake = asyncio.Semaphore(2)  # replies being read at once: bounds memory by the model size
+    intake = asyncio.Semaphore(1)  # one reply read at a time: memory O(model), not O(parties)
     body_cache: dict[str, tuple[Weights, bytes]] = {}
 
     @asynccontextmanager
@@ -291,10 +291,10 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
             body_cache[key] = cached
         return cached[1]
 
-    async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    async def _stream(data: bytes) -> AsyncIterator[memoryview]:
         view = memoryview(data)
         for start in range(0, len(view), _CHUNK):
-            yield bytes(view[start : start + _CHUNK])
+            yield view[start : start + _CHUNK]  # no copy: the transport applies back-pressure
 
     @app.get("/v1/federations/{fid}/tasks/next", tags=["party protocol"])
     async def next_task(
@@ -310,7 +310,7 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(wait, settings.max_poll_wait)
         while True:
-            status = manager.store.federation(fid)["status"]
+            status = manager.status_of(fid)
             if status in ("completed", "stopped", "failed"):
                 return JSONResponse({"detail": f"federation is {status}"}, status_code=410)
             pending = pool.next_task(party_id, 0)
@@ -341,17 +341,23 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         meta = decode_meta(x_fedfuse_meta)
         pool = manager._run(fid).pool
         async with intake:
-            chunks, size = [], 0
+            length = request.headers.get("content-length", "")
+            body = bytearray(int(length)) if length.isdigit() else bytearray()
+            size = 0
             async for chunk in request.stream():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
+                if size + len(chunk) > settings.max_upload_bytes:
                     raise RequestTooLarge("reply body exceeds the size limit")
-            body = b"".join(chunks)
-            del chunks
-            reply = reply_from_wire(meta, body, party_id)
-            del body
-            await to_thread.run_sync(pool.submit, party_id, task_id, reply)
+                if size + len(chunk) <= len(body):
+                    body[size : size + len(chunk)] = chunk
+                else:
+                    body[size:] = chunk
+                size += len(chunk)
+            del body[size:]
+
+            def hand_over() -> None:
+                pool.submit(party_id, task_id, reply_from_wire(meta, body, party_id))
+
+            await to_thread.run_sync(hand_over)
         return {"accepted": True}
 
     @app.get("/healthz", tags=["service"])

@@ -79,6 +79,7 @@ class _Run:
     done: threading.Event = field(default_factory=threading.Event)
     federation: Federation | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    status: str | None = None  # mirrors the store, for the long poll
 
 
 class Manager:
@@ -164,6 +165,19 @@ class Manager:
                 fid, spec, folder, RemotePool(self.liveness), weights, model_bytes
             )
         return fid, token
+
+    def status_of(self, fid: str) -> str:
+        """Just the status word, from memory (the long poll asks it many times a second)."""
+        run = self._run(fid)
+        if run.status is None:
+            run.status = self.store.federation(fid)["status"]
+        return run.status
+
+    def _set_status(self, fid: str, status: str, error: str | None = None) -> None:
+        self.store.set_status(fid, status, error)
+        run = self._runs.get(fid)
+        if run is not None:
+            run.status = status
 
     def status(self, fid: str) -> dict[str, Any]:
         fed = self.store.federation(fid)
@@ -305,7 +319,7 @@ class Manager:
 
     def _maybe_ready(self, fid: str, run: _Run, remaining: int, fed: dict[str, Any]) -> None:
         if remaining == 0 and fed["status"] == "registering":
-            self.store.set_status(fid, "ready")
+            self._set_status(fid, "ready")
             if run.spec.auto_start:
                 self.start(fid)
 
@@ -326,7 +340,7 @@ class Manager:
                 raise Conflict("this federation is already training")
             if status in FINISHED:
                 raise Conflict(f"this federation is already {status}")
-            self.store.set_status(fid, "training")
+            self._set_status(fid, "training")
             run.done.clear()
             run.stop.clear()
             run.thread = threading.Thread(
@@ -366,11 +380,11 @@ class Manager:
                 if run.pool.wait_for_parties(spec.quorum, timeout=1.0):
                     on_round(federation.run_round())
             if not run.stop.is_set():
-                self.store.set_status(run.fid, "completed")
+                self._set_status(run.fid, "completed")
         except _Stopped:
             pass
         except Exception as exc:  # a failed federation is recorded, never crashes the service
-            self.store.set_status(run.fid, "failed", f"{type(exc).__name__}: {exc}")
+            self._set_status(run.fid, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             run.done.set()
 
@@ -386,7 +400,7 @@ class Manager:
                 raise Conflict(f"this federation is already {fed['status']}")
             # a completed federation is stopped too (the tutorial calls /stop after /train);
             # its model and history stay available
-            self.store.set_status(fid, "stopped")
+            self._set_status(fid, "stopped")
             run.stop.set()
 
     # restart ----------------------------------------------------------------------------------
@@ -419,7 +433,7 @@ class Manager:
             with self._lock:
                 self._runs[fid] = run
             if fed["status"] == "training":
-                self.store.set_status(fid, "ready")
+                self._set_status(fid, "ready")
                 self.start(fid)
                 resumed.append(fid)
         return resumed

@@ -3,6 +3,7 @@
 from fedfuse.weights._codecs import CODECS, Codec, CodecError, encode_with_feedback, get_codec
 from fedfuse.weights._io import (
     WeightsFormatError,
+    from_buffer,
     from_bytes,
     load_weights,
     save_weights,
@@ -34,6 +35,7 @@ __all__ = [
     "as_weights",
     "check_compatible",
     "encode_with_feedback",
+    "from_buffer",
     "from_bytes",
     "get_codec",
     "global_norm",
