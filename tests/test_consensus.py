@@ -105,7 +105,12 @@ def _least_squares_nodes(algorithm, local_steps, num_nodes=6, dim=4, n=20):
 
 @pytest.mark.parametrize(
     ("algorithm", "local_steps"),
-    [(ECL(eta=1.0), 1), (ECL(exchange="admm", eta=1.0), 1), (ECL(), 4), (ECL(eta=0.5, rho=0.5), 2)],
+    [
+        (ECL(exchange="pdmm", eta=1.0), 1),
+        (ECL(exchange="admm", eta=1.0), 1),
+        (ECL(), 4),
+        (ECL(exchange="pdmm", eta=0.5, rho=0.5), 2),
+    ],
     ids=["pdmm", "admm", "isvr-K4", "rho"],
 )
 def test_ecl_reaches_the_centralized_least_squares_optimum(algorithm, local_steps):
@@ -117,6 +122,33 @@ def test_ecl_reaches_the_centralized_least_squares_optimum(algorithm, local_step
     assert consensus_distance(models) < 1e-3
     for model in models:
         np.testing.assert_allclose(model["w"], optimum, atol=1e-3)
+
+
+def _threadlike_schedule(nodes, rounds):
+    """K = 2 with the message order of threads and processes: every node ends its round, then
+    each in turn sends to its neighbours and at once takes the first step of its next round
+    (before the later senders' messages reach it)."""
+    for node in nodes:
+        node.step()
+    for _ in range(rounds):
+        for node in nodes:
+            node.step()
+        for node in nodes:
+            for j in node.peers:
+                nodes[j].answer(node.node_id, node.message(j), node.degree)
+            node.step()
+
+
+def test_admm_converges_where_pdmm_diverges():
+    """Why ADMM is ECL's default exchange: PDMM's undamped reflection diverges under the
+    message order that real concurrent nodes produce; ADMM's average still reaches the optimum."""
+    nodes, optimum = _least_squares_nodes(ECL(exchange="admm"), local_steps=2)
+    _threadlike_schedule([nodes[i] for i in sorted(nodes)], 150)
+    for node in nodes.values():
+        np.testing.assert_allclose(node.weights()["w"], optimum, atol=1e-2)
+    nodes, _ = _least_squares_nodes(ECL(exchange="pdmm"), local_steps=2)
+    _threadlike_schedule([nodes[i] for i in sorted(nodes)], 150)
+    assert consensus_distance([n.weights() for n in nodes.values()]) > 1e3
 
 
 @pytest.mark.parametrize("algorithm", [Gossip(), DPSGD()], ids=["gossip", "dpsgd"])
@@ -136,7 +168,7 @@ def test_ecl_signs_and_messages():
     layer = nn.Linear(3, 2)
     named = list(layer.named_parameters())
     w = {n: p.detach().numpy().copy() for n, p in named}
-    low = ECL(eta=1.0).learner(1, named, [0, 2])
+    low = ECL(exchange="pdmm", eta=1.0).learner(1, named, [0, 2])
     for name in w:  # z starts at agreement, A_ij w_i, so y_ij = -A_ij w_i
         np.testing.assert_allclose(low.message(2)[name], -w[name])
         np.testing.assert_allclose(low.message(0)[name], w[name])
@@ -155,7 +187,7 @@ def test_ecl_signs_and_messages():
 def test_isvr_step_is_a_convex_mix():
     """ECL-ISVR: w <- (K-1)/K (w - s g) + 1/K mean_j A_ij z_ij."""
     param = nn.Parameter(torch.tensor([1.0, 2.0]))
-    learner = ECL().learner(0, [("p", param)], [1, 2], local_steps=5)
+    learner = ECL(exchange="pdmm").learner(0, [("p", param)], [1, 2], local_steps=5)
     learner.receive(1, {"p": np.array([-3.0, -3.0], np.float32)}, 2)  # A_01 z_01 = +z_01 = -3
     learner.step([torch.tensor([10.0, 0.0])], lr=0.1)
     mean_target = (np.array([-3.0, -3.0]) + np.array([1.0, 2.0])) / 2  # z_02 = A_02 w = w
@@ -244,21 +276,6 @@ def test_late_node_starts_from_a_neighbours_model():
 
 
 # --- the one-call API and the CLI ---------------------------------------------------------------
-
-
-def test_ecl_beats_gossip_on_nonhomogeneous_nodes():
-    """Digits, 8 nodes on a ring holding 5 of the 10 classes each, asynchronous exchanges."""
-    settings = {
-        "epochs": 6,
-        "learning_rate": 0.1,
-        "batch_size": 16,
-        "centralized": False,
-        "local_steps": 4,
-    }
-    ecl = run_consensus(algorithm="ecl", eta=2.0, **settings)
-    gossip = run_consensus(algorithm="gossip", **settings)
-    assert ecl.final["mean_accuracy"] > gossip.final["mean_accuracy"]
-    assert ecl.final["consensus_distance"] < gossip.final["consensus_distance"]
 
 
 def test_cli_consensus_writes_history_and_plot(tmp_path, capsys):

@@ -81,3 +81,13 @@ def test_remote_parties(tmp_path):
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(len(r["participants"]) == 2 for r in rounds)
     assert rounds[-1]["federated"]["accuracy"] > 0.85
+
+
+def test_consensus_ring(tmp_path):
+    out = _load("consensus_ring.py")["main"](str(tmp_path / "out"))
+    ecl, gossip = out["ecl"].final, out["gossip"].final
+    assert ecl["mean_accuracy"] > gossip["mean_accuracy"]
+    assert ecl["consensus_distance"] < gossip["consensus_distance"] / 2
+    assert out["ecl"].centralized_final["accuracy"] > 0.9
+    assert (tmp_path / "out" / "comparison.png").exists()
+    assert (tmp_path / "out" / "history.json").exists()

@@ -1,12 +1,14 @@
 """Decentralized algorithms: a local optimizer step plus a rule for exchanged variables.
 
 Each algorithm is a frozen configuration (``ECL``, ``Gossip``, ``DPSGD``) whose ``learner``
-method binds it to one node's parameters. A learner has five verbs, and nothing else of an
-algorithm exists anywhere: ``step`` (apply a minibatch gradient), ``partners`` (whom to exchange
-with at the end of a local round), ``message`` (the variables sent to a neighbour), ``receive``
+method binds it to one node's parameters. A learner has a handful of verbs, and nothing else of
+an algorithm exists anywhere: ``step`` (apply a minibatch gradient), ``partners`` (whom to send
+to at the end of a local round), ``message`` (the variables for a neighbour), ``receive``
 (apply a neighbour's variables) and ``add_peer``/``remove_peer`` (edges come and go). The
 transport (simulated clock or HTTP) only carries messages: named numpy arrays shaped like the
-parameters.
+parameters. ``replies`` says whether an exchange goes both ways: averaging must move both
+ends of an edge at once (or the network's mean model would drift), while ECL's messages are
+one-way, as in PDMM: each node sends its dual variables when its own round ends.
 
 Edge-consensus Learning solves ``min sum_i f_i(w_i)`` subject to ``A_ij w_i + A_ji w_j = 0`` on
 every edge, with ``A_ij = +I`` if ``i < j`` else ``-I`` (so the constraint says ``w_i = w_j``).
@@ -22,6 +24,12 @@ or ``z_ji <- (z_ji + y_ij) / 2`` (ADMM, Douglas-Rachford). At a fixed point ``w_
 every edge and ``z_ij - A_ij w = z_ji - A_ji w``, so ``sum_i grad f_i(w) = 0``: the network
 reaches the minimiser of the pooled objective, not a compromise between local ones. Duals start
 at ``z_ij = A_ij w_i``, i.e. at agreement, so the first steps are plain SGD.
+
+Why ADMM is the default: PDMM's dual update is a reflection (non-expansive, not averaged). With
+several linearised primal steps between exchanges it converges for many message orders but not
+for all: when every node takes the first step of its next round before its neighbours' messages
+arrive (what threads and processes do naturally), PDMM diverges even on least squares, while the
+ADMM average converges for every order we tried (``tests/test_consensus.py`` shows both).
 
 ECL-ISVR is ECL with ``rho = 0`` and ``eta = 1 / (s |E_i| (K - 1))`` for K local steps between
 exchanges. Then each step is ``w <- (K-1)/K (w - s g) + 1/K mean_j A_ij z_ij``: a convex mix of an
@@ -91,7 +99,10 @@ def _fan_in_scales(named: NamedParams) -> list[float]:
 
 
 class Learner:
-    """One node's side of an algorithm (see the module docstring for the five verbs)."""
+    """One node's side of an algorithm (see the module docstring for its verbs)."""
+
+    #: Whether the receiver of a message answers with its own (a two-way exchange).
+    replies = True
 
     def __init__(self, node_id: int, named: NamedParams, peers: Sequence[int]) -> None:
         self.node_id = node_id
@@ -132,6 +143,8 @@ class Learner:
 
 
 class _ECLLearner(Learner):
+    replies = False  # PDMM: y_ij travels i -> j when i's round ends; j sends its own later
+
     def __init__(
         self, config: ECL, node_id: int, named: NamedParams, peers: Sequence[int], local_steps: int
     ) -> None:
@@ -273,7 +286,8 @@ class ECL:
     """Edge-consensus Learning: the PDMM/ADMM primal-dual update of the module docstring.
 
     Args:
-        exchange: ``"pdmm"`` (``z_ij <- y_ji``) or ``"admm"`` (``z_ij <- (z_ij + y_ji)/2``).
+        exchange: ``"admm"`` (``z_ij <- (z_ij + y_ji)/2``, robust to any message order) or
+            ``"pdmm"`` (``z_ij <- y_ji``, faster when it converges; see the module docstring).
         eta: constraint strength; ``None`` picks ECL-ISVR's ``1 / (s |E_i| (K - 1))``, which
             follows the node's current degree and needs ``local_steps >= 2``.
         rho: strength of the extra pull towards neighbours' last received models (0: none,
@@ -282,7 +296,7 @@ class ECL:
             fan-in, the per-layer scaling the KDD paper suggests for deep networks).
     """
 
-    exchange: str = "pdmm"
+    exchange: str = "admm"
     eta: float | None = None
     rho: float = 0.0
     eta_scaling: str = "none"
@@ -348,7 +362,7 @@ class DPSGD:
 def make_algorithm(
     name: str,
     *,
-    exchange: str = "pdmm",
+    exchange: str = "admm",
     eta: float | None = None,
     rho: float = 0.0,
     eta_scaling: str = "none",

@@ -3,10 +3,11 @@
 A ``ConsensusNode`` never opens a socket and never reads a clock. The simulator and the HTTP
 peer drive the same object: ``step()`` trains on one minibatch; after every ``local_steps``
 steps (``round_done``) the driver asks for ``partners()`` and, for each, carries ``message(j)``
-one way and the neighbour's message back into ``receive(j, ...)``. A driver that cannot reach
-a neighbour calls ``exchange_failed(j)``; after ``max_failures`` failures in a row the edge is
-dropped and training goes on with the others. A dropped neighbour that calls again is admitted
-again (its edge restarts from agreement).
+to neighbour j, whose ``answer(i, ...)`` applies it and, for two-way algorithms (gossip,
+D-PSGD), returns j's own message, which the driver carries back into ``receive(j, ...)``.
+A driver that cannot reach a neighbour calls ``exchange_failed(j)``; after ``max_failures``
+failures in a row the edge is dropped and training goes on with the others. A dropped
+neighbour that calls again is admitted again (its edge restarts from agreement).
 """
 
 from __future__ import annotations
@@ -176,18 +177,19 @@ class ConsensusNode:
         self.failures[peer] = 0
         self.exchanges += 1
 
-    def swap(
+    def answer(
         self, peer: int, message: Mapping[str, np.ndarray], peer_degree: int
-    ) -> tuple[Weights, int]:
-        """Answer an exchange that ``peer`` started: returns ``(reply, degree)``.
+    ) -> tuple[Weights | None, int]:
+        """Take a message that ``peer`` sent; returns ``(reply, degree)``.
 
-        The reply is computed before ``message`` is applied, so both ends exchange the variables
-        they held when the exchange began. A bad message raises and changes nothing.
+        The reply is None for one-way algorithms (ECL). For two-way ones it is computed before
+        ``message`` is applied, so both ends exchange what they held when the exchange began.
+        A bad message raises and changes nothing.
         """
         self.learner.check(message)
         self.learner.add_peer(peer)
         self.dropped.discard(peer)
-        reply = self.message(peer)
+        reply = self.message(peer) if self.learner.replies else None
         self.receive(peer, message, peer_degree)
         return reply, self.degree
 

@@ -5,10 +5,11 @@ ids, degrees and step counts travel in headers; nothing is ever pickled and no d
 ever leaves a node):
 
 - ``POST /exchange`` (headers ``X-Fedfuse-Node``: the sender's id, ``X-Fedfuse-Degree``) with
-  the sender's variables for this node; the reply carries this node's variables for the sender,
-  computed before the sender's were applied. 400 for a body that is not safetensors shaped like
-  the model, 403 for a node that is not a configured neighbour (or a wrong token), 503 while
-  the node has not started training (a late joiner still fetching its model).
+  the sender's variables for this node. For two-way algorithms (gossip, D-PSGD) the reply (200)
+  carries this node's variables for the sender, computed before the sender's were applied; for
+  one-way ones (ECL) the reply is 204 with no body. 400 for a body that is not safetensors
+  shaped like the model, 403 for a node that is not a configured neighbour (or a wrong token),
+  503 while the node has not started training (a late joiner still fetching its model).
 - ``GET /model``: the current model (what a late joiner starts from).
 - ``GET /status``: JSON with the id, steps, epochs, neighbours, dropped edges, done.
 - ``POST /bye``: the sender has finished training.
@@ -185,6 +186,8 @@ class PeerNode:
                 body,
                 **{_DEGREE: str(degree), "Content-Type": _SAFETENSORS},
             )
+            if reply.status == 204:
+                return True
             if reply.status != 200:
                 raise OSError(f"HTTP {reply.status}: {reply.body[:200]!r}")
             variables = from_bytes(reply.body)
@@ -373,10 +376,13 @@ def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
                 variables = from_bytes(body)
                 degree = int(self.headers.get(_DEGREE, 0))
                 with peer_node.lock:
-                    reply, my_degree = peer_node.node.swap(sender, variables, degree)
+                    reply, my_degree = peer_node.node.answer(sender, variables, degree)
             except (WeightsFormatError, ValueError) as exc:
                 self._error(400, str(exc))
                 return
-            self._send(200, to_bytes(reply), _SAFETENSORS, **{_DEGREE: str(my_degree)})
+            if reply is None:
+                self._send(204, b"", _SAFETENSORS, **{_DEGREE: str(my_degree)})
+            else:
+                self._send(200, to_bytes(reply), _SAFETENSORS, **{_DEGREE: str(my_degree)})
 
     return Handler

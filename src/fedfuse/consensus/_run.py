@@ -75,7 +75,7 @@ class ConsensusConfig:
     classes_per_node: int = 5
     alpha: float = 0.5
     algorithm: str = "ecl"
-    exchange: str = "pdmm"
+    exchange: str = "admm"
     eta: float | None = None
     rho: float = 0.0
     eta_scaling: str = "none"
@@ -326,11 +326,13 @@ def run_consensus(
         if on_epoch is not None:
             on_epoch(record)
 
+    sim_started = time.perf_counter()
     simulator.run(
         config.epochs * epoch_time,
         checkpoints=[e * epoch_time for e in range(1, config.epochs + 1)],
         on_checkpoint=checkpoint,
     )
+    simulation_s = time.perf_counter() - sim_started
     running = sorted(simulator.running)
     final = {
         **evaluate_nodes({i: nodes[i].weights() for i in running}, test, scratch),
@@ -341,10 +343,12 @@ def run_consensus(
         "bytes_sent": sum(n.bytes_sent for n in nodes.values()),
         "exchanges": sum(e.ok for e in simulator.log),
         "exchange_order": [[e.time, e.initiator, e.peer, e.ok] for e in simulator.log[:200]],
+        "simulation_wall_time_s": simulation_s,
     }
     centralized: list[dict[str, float]] = []
     centralized_final = None
     if config.centralized:
+        baseline_started = time.perf_counter()
         pooled = ArrayDataset(
             np.concatenate([d.x for d in datasets]), np.concatenate([d.y for d in datasets])
         )
@@ -359,6 +363,7 @@ def run_consensus(
             seed=config.seed,
         )
         centralized_final = TorchAdapter(baseline).evaluate(test)
+        centralized_final["wall_time_s"] = time.perf_counter() - baseline_started
     result = ConsensusResult(
         config=config,
         topology=graph,

@@ -4,8 +4,9 @@ Every node runs at its own seeded pace: node i's rate ``r_i`` is drawn from
 ``U[1 - speed_spread, 1 + speed_spread]`` and each of its minibatch steps takes
 ``U[1 - jitter, 1 + jitter] / r_i`` time units, so the average node does one step per unit.
 When a step closes a local round the node picks its partners (the algorithm's seeded draw) and
-each chosen edge exchanges right then, with whatever the neighbour holds at that moment (its
-state after its own last step): that is the only synchronisation there is. A neighbour that is
+sends each of them its message right then; a two-way algorithm's neighbour answers with what it
+holds at that moment (its state after its own last step). That is the only synchronisation
+there is. A neighbour that is
 not running (dead, or not yet joined) fails the exchange; the node drops the edge after
 ``max_failures`` failures in a row. A node that joins late starts from the model of its
 lowest-numbered running neighbour.
@@ -32,7 +33,7 @@ _FAIL, _JOIN, _STEP, _CHECKPOINT = range(4)
 
 @dataclass(frozen=True)
 class ExchangeEvent:
-    """One attempted exchange on edge ``(initiator, peer)`` at simulated ``time``."""
+    """One attempted exchange (a message from ``initiator`` to ``peer``) at simulated ``time``."""
 
     time: float
     initiator: int
@@ -109,8 +110,9 @@ class AsyncSimulator:
             dropped = node.exchange_failed(j)
             self.log.append(ExchangeEvent(self.time, i, j, ok=False, dropped=dropped))
             return
-        reply, degree_j = self.nodes[j].swap(i, node.message(j), node.degree)
-        node.receive(j, reply, degree_j)
+        reply, degree_j = self.nodes[j].answer(i, node.message(j), node.degree)
+        if reply is not None:
+            node.receive(j, reply, degree_j)
         self.log.append(ExchangeEvent(self.time, i, j, ok=True))
 
     def _step(self, i: int) -> None:
