@@ -26,7 +26,7 @@ __all__ = ["add_parsers"]
 _TYPES = {"data_dir": str, "train_size": int, "test_size": int, "eta": float}
 _CHOICES = {
     "algorithm": ("ecl", "ecl-isvr", "gossip", "dpsgd"),
-    "exchange": ("pdmm", "admm"),
+    "exchange": ("admm", "pdmm"),
     "eta_scaling": ("none", "sqrt_fan_in"),
     "partition": ("classes", "dirichlet", "iid", "shards", "quantity"),
 }
