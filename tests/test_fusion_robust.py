@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedfuse import simulate
 from fedfuse.data import federate
 from fedfuse.federation import Federation
 from fedfuse.fusion import (
@@ -154,3 +155,14 @@ def test_two_sign_flipping_parties_of_ten(digits, fusion, params, robust):
     # Without attackers every rule reaches 0.70-0.78 here; under attack FedAvg falls to chance
     # (0.10) while the robust rules reach 0.68-0.78.
     assert accuracy > 0.6 if robust else accuracy < 0.3
+
+
+def test_simulation_rejects_updates_above_max_update_norm(digits):
+    train, test = digits
+    fed = federate(train, test, num_parties=3, scheme="iid", seed=0)
+    result = simulate(
+        federated_data=fed, rounds=1, max_update_norm=1e-6, centralized=False, federated_eval=False
+    )
+    record = result.history[0]
+    assert not record["fused"] and sorted(record["rejected"]) == fed.party_ids
+    assert all("exceeds the limit 1e-06" in reason for reason in record["rejected"].values())

@@ -25,7 +25,8 @@ class Federation:
     Args:
         pool: the transport to the parties (``LocalPool`` in simulation).
         initial_weights: the global model to start from.
-        fusion: a fusion name (``"fedavg"``, ``"iter_avg"``) or a ``FusionTransform``.
+        fusion: a fusion name (``"fedavg"``, ``"fedadam"``, ``"median"``, any of
+            ``fedfuse.fusion.FUSIONS``) or a ``FusionTransform``.
         config: how parties train locally each round.
         fraction / count: parties sampled per round (all of them by default).
         seed: makes sampling and every party's local training reproducible.
