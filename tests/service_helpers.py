@@ -40,8 +40,14 @@ def fedfuse_process(*args: str, log: Path, cwd: Path | None = None) -> subproces
 class Service:
     """``fedfuse serve`` in a child process; ``kill()`` is SIGKILL, ``start()`` restarts it."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int | None = None, scheme="http",
-                 verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        port: int | None = None,
+        scheme="http",
+        verify: bool | str = True,
+    ) -> None:
         self.data_dir = data_dir
         self.extra = extra
         self.port = port or free_port()
@@ -52,13 +58,19 @@ class Service:
 
     def start(self) -> Service:
         self.proc = fedfuse_process(
-            "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra,
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
             log=self.log,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", verify=self.verify, timeout=1).status_code == 200:
+                health = httpx.get(f"{self.url}/healthz", verify=self.verify, timeout=1)
+                if health.status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

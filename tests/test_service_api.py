@@ -9,12 +9,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import schemathesis
 import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from torch import nn
 
-import schemathesis
 from fedfuse.service import ServiceSettings, create_app
 from fedfuse.weights import to_bytes
 
@@ -41,8 +41,15 @@ def npz_bytes(n=20, shape=(1, 28, 28), **override) -> bytes:
     return buf.getvalue()
 
 
-FORM = {"fusion_algorithm": "fedavg", "model_type": "pytorch", "num_parties": 2, "rounds": 1,
-        "learning_rate": 0.1, "epochs": 1, "optimizer": "optim.Adadelta"}
+FORM = {
+    "fusion_algorithm": "fedavg",
+    "model_type": "pytorch",
+    "num_parties": 2,
+    "rounds": 1,
+    "learning_rate": 0.1,
+    "epochs": 1,
+    "optimizer": "optim.Adadelta",
+}
 
 
 @pytest.fixture
@@ -53,14 +60,17 @@ def client(tmp_path):
 
 
 def start(client, **form):
-    return client.post("/start-aggregator", data=FORM | form,
-                       files={"model_file": ("m.pt", model_bytes())})
+    return client.post(
+        "/start-aggregator", data=FORM | form, files={"model_file": ("m.pt", model_bytes())}
+    )
 
 
 def party(client, agg_id, data=None, handler="mnist_pytorch"):
-    return client.post("/start-party",
-                       data={"aggregator_id": agg_id, "data_handler_class_name": handler},
-                       files={"data": ("d.npz", npz_bytes() if data is None else data)})
+    return client.post(
+        "/start-party",
+        data={"aggregator_id": agg_id, "data_handler_class_name": handler},
+        files={"data": ("d.npz", npz_bytes() if data is None else data)},
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,11 +93,17 @@ def test_start_aggregator_rejects_bad_settings(client, form, detail):
 
 
 def test_start_aggregator_form_errors(client):
-    r = client.post("/start-aggregator", data={"model_type": "pytorch"},
-                    files={"model_file": ("m.pt", model_bytes())})
+    r = client.post(
+        "/start-aggregator",
+        data={"model_type": "pytorch"},
+        files={"model_file": ("m.pt", model_bytes())},
+    )
     assert r.status_code == 422 and "fusion_algorithm" in json.dumps(r.json())
-    r = client.post("/start-aggregator", data=FORM | {"num_parties": "two"},
-                    files={"model_file": ("m.pt", model_bytes())})
+    r = client.post(
+        "/start-aggregator",
+        data=FORM | {"num_parties": "two"},
+        files={"model_file": ("m.pt", model_bytes())},
+    )
     assert r.status_code == 422 and "num_parties" in json.dumps(r.json())
     r = client.post("/start-aggregator", data=FORM)
     assert r.status_code == 400 and "exactly one model source" in r.json()["detail"]
@@ -113,8 +129,9 @@ def test_bad_model_files_are_refused(client, payload, detail):
 
 
 def test_upload_size_limit(client):
-    r = client.post("/start-aggregator", data=FORM,
-                    files={"model_file": ("m.pt", b"x" * 2_100_000)})
+    r = client.post(
+        "/start-aggregator", data=FORM, files={"model_file": ("m.pt", b"x" * 2_100_000)}
+    )
     assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
 
 
@@ -139,20 +156,32 @@ def test_party_data_that_does_not_fit_the_model(client):
     agg = start(client).json()["aggregator_id"]
     buf = io.BytesIO()
     rng = np.random.default_rng(0)
-    np.savez(buf, x_train=rng.random((8, 784), dtype=np.float32), y_train=np.zeros(8, int),
-             x_test=np.zeros((0, 784), np.float32), y_test=np.zeros(0, int))
+    np.savez(
+        buf,
+        x_train=rng.random((8, 784), dtype=np.float32),
+        y_train=np.zeros(8, int),
+        x_test=np.zeros((0, 784), np.float32),
+        y_test=np.zeros(0, int),
+    )
     r = party(client, agg, buf.getvalue(), handler="mnist_pytorch")
     assert r.status_code == 200  # 784 values are reshaped to 1x28x28 by the handler
     small = nn.Sequential(nn.Flatten(), nn.Linear(10, 2))
-    agg2 = client.post("/start-aggregator", data=FORM,
-                       files={"model_file": ("m.pt", model_bytes(small))}).json()["aggregator_id"]
+    agg2 = client.post(
+        "/start-aggregator", data=FORM, files={"model_file": ("m.pt", model_bytes(small))}
+    ).json()["aggregator_id"]
     r = party(client, agg2)
     assert r.status_code == 400 and "does not fit the model" in r.json()["detail"]
 
 
 def test_unknown_ids_handlers_and_state_conflicts(client):
-    assert client.post("/start-party", data={"aggregator_id": "nope", "data_handler_class_name":
-                       "mnist_pytorch"}, files={"data": ("d.npz", npz_bytes())}).status_code == 404
+    assert (
+        client.post(
+            "/start-party",
+            data={"aggregator_id": "nope", "data_handler_class_name": "mnist_pytorch"},
+            files={"data": ("d.npz", npz_bytes())},
+        ).status_code
+        == 404
+    )
     assert client.post("/train", json={"aggregator_id": "nope"}).status_code == 404
     assert client.post("/stop", json={"aggregator_id": "nope"}).status_code == 404
     assert client.post("/train", json={}).status_code == 422
@@ -193,9 +222,11 @@ def test_train_returns_at_once_and_is_polled(client):
 
 
 def _remote(client, **form):
-    r = client.post("/start-aggregator", data=FORM | {"num_parties": 1, "rounds": 2,
-                    "round_timeout": 5} | form, files={"initial_weights": (
-                    "w.safetensors", to_bytes({"w": np.zeros((2, 2), np.float32)}))})
+    r = client.post(
+        "/start-aggregator",
+        data=FORM | {"num_parties": 1, "rounds": 2, "round_timeout": 5} | form,
+        files={"initial_weights": ("w.safetensors", to_bytes({"w": np.zeros((2, 2), np.float32)}))},
+    )
     assert r.status_code == 200, r.text
     fed = r.json()
     joined = client.post("/v1/join", json={"token": fed["join_token"], "name": "site"}).json()
@@ -203,12 +234,15 @@ def _remote(client, **form):
 
 
 def _reply(client, fid, task_id, headers, meta, body=b""):
-    return client.post(f"/v1/federations/{fid}/tasks/{task_id}/reply", content=body,
-                       headers=headers | {"X-Fedfuse-Meta": json.dumps(meta)})
+    return client.post(
+        f"/v1/federations/{fid}/tasks/{task_id}/reply",
+        content=body,
+        headers=headers | {"X-Fedfuse-Meta": json.dumps(meta)},
+    )
 
 
 def test_party_protocol_rejects_bad_replies_and_keeps_the_model(client):
-    fed, joined, auth = _remote(client)
+    fed, _joined, auth = _remote(client)
     fid = fed["aggregator_id"]
     assert client.post("/train", json={"aggregator_id": fid, "wait": False}).status_code == 202
     task = client.get(f"/v1/federations/{fid}/tasks/next?wait=10", headers=auth)
@@ -222,8 +256,11 @@ def test_party_protocol_rejects_bad_replies_and_keeps_the_model(client):
     assert r.status_code == 409 and "was not asked task" in r.json()["detail"]
     # malformed metadata and bodies
     assert _reply(client, fid, tid, auth, {"kind": "gift"}).status_code == 400
-    r = client.post(f"/v1/federations/{fid}/tasks/{tid}/reply", content=b"",
-                    headers=auth | {"X-Fedfuse-Meta": "{not json"})
+    r = client.post(
+        f"/v1/federations/{fid}/tasks/{tid}/reply",
+        content=b"",
+        headers=auth | {"X-Fedfuse-Meta": "{not json"},
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
     r = _reply(client, fid, tid, auth, update, b"pickle? no")
     assert r.status_code == 400 and "safetensors" in r.json()["detail"]
@@ -252,23 +289,39 @@ def _drain(client, fid, auth, good):
             continue
         meta = json.loads(task.headers["X-Fedfuse-Meta"])
         if meta["kind"] == "evaluate":
-            _reply(client, fid, meta["task_id"], auth,
-                   {"kind": "evaluation", "num_examples": 3, "metrics": {"accuracy": 0.5}})
+            _reply(
+                client,
+                fid,
+                meta["task_id"],
+                auth,
+                {"kind": "evaluation", "num_examples": 3, "metrics": {"accuracy": 0.5}},
+            )
         else:
             wrong = to_bytes({"w": np.zeros((3, 3), np.float32)})
             body = to_bytes({"w": np.full((2, 2), 0.5, np.float32)}) if good else wrong
-            _reply(client, fid, meta["task_id"], auth,
-                   {"kind": "update", "num_examples": 5, "metrics": {}}, body)
+            _reply(
+                client,
+                fid,
+                meta["task_id"],
+                auth,
+                {"kind": "update", "num_examples": 5, "metrics": {}},
+                body,
+            )
 
 
 def test_wrong_shape_update_is_rejected_with_reason(client):
-    fed, joined, auth = _remote(client, rounds=1)
+    fed, _joined, auth = _remote(client, rounds=1)
     fid = fed["aggregator_id"]
     client.post("/train", json={"aggregator_id": fid, "wait": False})
     _drain(client, fid, auth, good=False)
     rejected = client.get(f"/v1/federations/{fid}/history").json()["rejected"]
-    assert rejected == [{"round": 1, "party_id": "party_0",
-                         "reason": "parameter 'w' has shape (3, 3), expected (2, 2)"}]
+    assert rejected == [
+        {
+            "round": 1,
+            "party_id": "party_0",
+            "reason": "parameter 'w' has shape (3, 3), expected (2, 2)",
+        }
+    ]
     assert client.get(f"/v1/federations/{fid}").json()["status"] == "completed"
 
 
@@ -290,8 +343,14 @@ def test_join_errors(client):
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/start-aggregator", "/start-party", "/train", "/stop", "/v1/join",
-            "/v1/federations/{fid}/model"} <= set(paths)
+    assert {
+        "/start-aggregator",
+        "/start-party",
+        "/train",
+        "/stop",
+        "/v1/join",
+        "/v1/federations/{fid}/model",
+    } <= set(paths)
 
 
 # ---- property-based fuzz of the whole OpenAPI spec: no input may cause a server error ---------
@@ -316,3 +375,41 @@ def test_zip_bomb_like_npz_is_bounded(client):
         z.writestr("x_train.npy", header + b"'shape': (100000000000,), }".ljust(80) + b"\n")
     r = party(client, agg, buf.getvalue())
     assert r.status_code == 400
+
+
+def test_fusion_names_and_training_options_through_rest(client):
+    """Every fusion name is accepted by the service, with its parameters, and so are the
+    parties' local-training options (compression here)."""
+    r = start(
+        client,
+        rounds=2,
+        fusion_algorithm="fedadam",
+        fusion_params='{"server_learning_rate": 0.01}',
+        train_options='{"compression": "int8"}',
+    )
+    assert r.status_code == 200, r.text
+    agg = r.json()["aggregator_id"]
+    party(client, agg)
+    party(client, agg)
+    r = client.post("/train", json={"aggregator_id": agg})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.json()
+    last = r.json()["metrics"][-1]
+    assert last["fused"] and last["bytes_up"] < 0.3 * last["bytes_dense"]
+    config = client.get(f"/v1/federations/{agg}").json()["config"]
+    assert config["fusion_params"] == {"server_learning_rate": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("form", "detail"),
+    [
+        ({"fusion_params": "{oops"}, "fusion_params must be a JSON object"),
+        ({"fusion_params": "[1]"}, "fusion_params must be a JSON object, got list"),
+        ({"fusion_algorithm": "krum", "fusion_params": '{"f": 1}'}, "unknown ['f']"),
+        ({"train_options": '{"compresion": "int8"}'}, "train_options: unknown ['compresion']"),
+        ({"train_options": '{"compression": "zip"}'}, "train_options:"),
+        ({"train_options": '{"seed": 3}'}, "train_options: unknown ['seed']"),
+    ],
+)
+def test_bad_fusion_params_and_train_options(client, form, detail):
+    r = start(client, **form)
+    assert r.status_code == 400 and detail in r.json()["detail"], r.json()

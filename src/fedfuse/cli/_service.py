@@ -77,6 +77,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
         form["fraction"] = args.fraction
     if args.token:
         form["join_token"] = args.token
+    for name in ("fusion_params", "train_options"):
+        if getattr(args, name):
+            form[name] = getattr(args, name)
     response = httpx.post(
         f"{args.server.rstrip('/')}/start-aggregator",
         data=form,
@@ -159,6 +162,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--optimizer", default="sgd")
     create.add_argument("--learning-rate", type=float, default=0.05)
     create.add_argument("--fusion", default="fedavg")
+    create.add_argument("--fusion-params", help="JSON, e.g. '{\"server_learning_rate\": 0.01}'")
+    create.add_argument("--train-options", help='JSON, e.g. \'{"compression": "int8"}\'')
     create.add_argument("--fraction", type=float)
     create.add_argument("--quorum", type=int, default=1)
     create.add_argument("--round-timeout", type=float, default=600.0)

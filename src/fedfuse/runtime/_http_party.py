@@ -202,6 +202,16 @@ def run_party(
         return client.serve(handler)
 
 
+def _form_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return value
+
+
 def create_federation(
     server: str,
     *,
@@ -216,17 +226,11 @@ def create_federation(
     ``model_file`` (``torch.save(model)`` bytes), or as ``model="mlp"`` with ``input_shape``
     and ``num_classes``. ``settings`` are the form fields: ``num_parties``, ``rounds``,
     ``epochs``, ``learning_rate``, ``optimizer``, ``fusion_algorithm`` (default fedavg),
-    ``quorum``, ``round_timeout``, ``auto_start``... Returns ``aggregator_id`` and
+    ``quorum``, ``round_timeout``, ``auto_start``, ``fusion_params`` and ``train_options``
+    (dicts)... Returns ``aggregator_id`` and
     ``join_token``.
     """
-    form = {"fusion_algorithm": "fedavg"} | {
-        k: ",".join(map(str, v))
-        if isinstance(v, tuple | list)
-        else str(v).lower()
-        if isinstance(v, bool)
-        else v
-        for k, v in settings.items()
-    }
+    form = {"fusion_algorithm": "fedavg"} | {k: _form_value(v) for k, v in settings.items()}
     files = {}
     if initial_weights is not None:
         files["initial_weights"] = ("weights.safetensors", to_bytes(initial_weights))

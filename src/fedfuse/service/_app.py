@@ -26,7 +26,7 @@ from fedfuse.runtime._wire import (
     task_to_wire,
 )
 from fedfuse.service._manager import Conflict, Manager, NotFound, Unauthorized
-from fedfuse.service._spec import FederationSpec
+from fedfuse.service._spec import FederationSpec, SpecError
 from fedfuse.weights import Weights, to_bytes
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -88,6 +88,18 @@ async def _read_upload(upload: UploadFile | None, name: str, limit: int) -> byte
     if len(data) > limit:
         raise RequestTooLarge(f"file {name!r} exceeds the limit of {limit} bytes")
     return data
+
+
+def _json_object(text: str | None, name: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{name} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise SpecError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _json_weights(weights: Weights) -> dict[str, Any]:
@@ -161,13 +173,18 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         num_classes: Annotated[int | None, Form()] = None,
         auto_start: Annotated[bool, Form()] = False,
         join_token: Annotated[str | None, Form(max_length=256)] = None,
+        fusion_params: Annotated[str | None, Form(max_length=4096)] = None,
+        train_options: Annotated[str | None, Form(max_length=4096)] = None,
         model_file: Annotated[UploadFile | None, File()] = None,
         initial_weights: Annotated[UploadFile | None, File()] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
         """Create a federation (an aggregator). Upload ``model_file`` written by
         ``torch.save(model)``, or name a zoo ``model``, or upload ``initial_weights``
-        (safetensors). Returns ``aggregator_id`` and the ``join_token`` remote parties use."""
+        (safetensors). ``fusion_params`` (JSON, e.g. ``{"server_learning_rate": 0.01}`` for
+        ``fedadam``) parametrize the fusion; ``train_options`` (JSON, e.g.
+        ``{"compression": "int8"}`` or ``{"proximal_mu": 0.1}``) the parties' local training.
+        Returns ``aggregator_id`` and the ``join_token`` remote parties use."""
         require_api_key(authorization)
         spec = FederationSpec(
             fusion_algorithm=fusion_algorithm, model_type=model_type, num_parties=num_parties,
@@ -176,6 +193,8 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
             round_timeout=round_timeout, seed=seed, model=model,
             input_shape=tuple(int(d) for d in input_shape.split(",")) if input_shape else None,
             num_classes=num_classes, auto_start=auto_start,
+            fusion_params=_json_object(fusion_params, "fusion_params"),
+            train_options=_json_object(train_options, "train_options"),
         )  # fmt: skip
         limit = settings.max_upload_bytes
         model_bytes = await _read_upload(model_file, "model_file", limit)

@@ -354,7 +354,7 @@ class Manager:
             federation = Federation(
                 run.pool,
                 run.initial,
-                fusion=get_fusion(spec.fusion_algorithm),
+                fusion=get_fusion(spec.fusion_algorithm, **spec.fusion_params),
                 config=spec.train_config(),
                 fraction=spec.fraction,
                 count=spec.count,

@@ -43,6 +43,8 @@ class FederationSpec:
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     auto_start: bool = False
+    fusion_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -61,14 +63,29 @@ class FederationSpec:
         return cls(**values)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.optimizer, self.learning_rate)
+        """How parties train: the tutorial's fields plus ``train_options`` (FedProx's
+        ``proximal_mu``, ``compression``, the skip thresholds... any ``TrainConfig`` field)."""
+        return TrainConfig(
+            self.epochs, self.batch_size, self.optimizer, self.learning_rate, **self.train_options
+        )
 
     def validate(self) -> None:
         """Raise ``SpecError`` naming the first bad setting."""
         try:
-            get_fusion(self.fusion_algorithm)
+            get_fusion(self.fusion_algorithm, **self.fusion_params)
         except ValueError as exc:
             raise SpecError(f"fusion_algorithm: {exc}") from None
+        fixed = {"epochs", "batch_size", "optimizer", "learning_rate", "seed"}
+        allowed = {f.name for f in dataclasses.fields(TrainConfig)} - fixed
+        unknown = sorted(set(self.train_options) - allowed)
+        if unknown:
+            raise SpecError(
+                f"train_options: unknown {unknown}; allowed: {', '.join(sorted(allowed))}"
+            )
+        try:
+            self.train_config().validate()
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"train_options: {exc}") from None
         try:
             get_model_type(self.model_type)
         except ValueError as exc:
