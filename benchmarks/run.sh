@@ -30,3 +30,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$python" benchmarks/bench_skip.py "$@"
 "$python" benchmarks/bench_fedbuff.py "$@"
 "$python" benchmarks/bench_service.py "$@"
+# The model-type and three-uses benchmarks have no quick mode: skipped with --quick.
+if [[ " $* " != *" --quick "* ]]; then
+    for name in doc2vec personalization ensemble oneshot; do
+        "$python" "benchmarks/bench_$name.py"
+    done
+fi
