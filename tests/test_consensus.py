@@ -328,3 +328,5 @@ def test_config_from_toml_and_errors(tmp_path, capsys):
         == 2
     )
     assert "K >= 2" in capsys.readouterr().err
+    assert main(["node", "--id", "0", "--peer", "1:http://x", "--out", str(tmp_path)]) == 2
+    assert "--peer wants ID=URL" in capsys.readouterr().err

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import fedfuse
 from fedfuse.consensus._models import make_model
 from fedfuse.consensus._node import ConsensusNode
 from fedfuse.consensus._peer import PeerNode
@@ -153,7 +152,7 @@ def _free_port(host: str) -> int:
 
 def _src_path() -> str:
     """The folder holding the ``fedfuse`` package, so children import this very copy."""
-    return str(Path(fedfuse.__file__).resolve().parents[1])
+    return str(Path(__file__).resolve().parents[2])
 
 
 @dataclass

@@ -79,9 +79,9 @@ class ConsensusConfig:
     eta: float | None = None
     rho: float = 0.0
     eta_scaling: str = "none"
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    epochs: int = 20
+    batch_size: int = 16
+    learning_rate: float = 0.1
     local_steps: int = 4
     exchange_prob: float = 1.0
     speed_spread: float = 0.5
