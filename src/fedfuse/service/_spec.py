@@ -83,10 +83,6 @@ class FederationSpec:
                 f"train_options: unknown {unknown}; allowed: {', '.join(sorted(allowed))}"
             )
         try:
-            self.train_config().validate()
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"train_options: {exc}") from None
-        try:
             get_model_type(self.model_type)
         except ValueError as exc:
             raise SpecError(f"model_type: {exc}") from None
@@ -119,3 +115,7 @@ class FederationSpec:
                 raise SpecError("input_shape is required with a zoo model, e.g. 1,28,28")
             if not self.num_classes or self.num_classes < 2:
                 raise SpecError("num_classes must be an integer >= 2 with a zoo model")
+        try:
+            self.train_config().validate()
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"train_options: {exc}") from None
