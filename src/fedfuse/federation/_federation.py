@@ -10,7 +10,7 @@ from fedfuse.federation._checkpoint import load_checkpoint, save_checkpoint
 from fedfuse.federation._round import RoundResult, evaluate_parties, train_round
 from fedfuse.federation._sampling import check_sampling, sample_parties
 from fedfuse.fusion import FusionTransform, get_fusion
-from fedfuse.models import TrainConfig, resolve_optimizer
+from fedfuse.models import TrainConfig
 from fedfuse.runtime import PartyPool
 from fedfuse.weights import Weights, check_compatible
 
@@ -78,7 +78,6 @@ class Federation:
 
     def _validate(self) -> None:
         self.config.validate()
-        resolve_optimizer(self.config.optimizer)
         check_sampling(self.fraction, self.count)
         if not isinstance(self.quorum, int) or self.quorum < 1:
             raise ValueError(f"quorum must be an integer >= 1, got {self.quorum!r}")

@@ -19,7 +19,7 @@ from fedfuse.federation._federation import Federation
 from fedfuse.federation._report import plot_accuracy, write_history
 from fedfuse.federation._uses import run_use
 from fedfuse.fusion import get_fusion
-from fedfuse.models import TorchAdapter, TrainConfig, build_model
+from fedfuse.models import TorchAdapter, TrainConfig, build_model, resolve_optimizer
 from fedfuse.runtime import LocalPool
 from fedfuse.weights import Weights
 
@@ -239,6 +239,7 @@ def simulate(
     """
     config = (config or SimulationConfig()).replace(**overrides)
     config.train_config().validate()
+    resolve_optimizer(config.optimizer)  # simulations train torch models
     fusion = get_fusion(config.fusion, **config.fusion_params())
     fed = federated_data if federated_data is not None else build_federated_dataset(config)
     if fed.test is None:

@@ -70,6 +70,11 @@ class RemotePool:
         with self._lock:
             self._hosted[party_id] = party
 
+    def hosted(self) -> list[Party]:
+        """The parties this pool runs itself, in the order they were added."""
+        with self._lock:
+            return list(self._hosted.values())
+
     def remove(self, party_id: str) -> None:
         with self._lock:
             self._remote.pop(party_id, None)

@@ -115,6 +115,10 @@ class Manager:
             return TorchAdapter(build_model(spec.model, spec.input_shape, spec.num_classes))
         return None
 
+    def _prepared_later(self, spec: FederationSpec, model_bytes: bytes | None) -> bool:
+        """Model types such as doc2vec fix their weights only once all parties are known."""
+        return model_bytes is not None and get_model_type(spec.model_type).prepare is not None
+
     def _run(self, fid: str) -> _Run:
         with self._lock:
             run = self._runs.get(fid)
@@ -144,7 +148,7 @@ class Manager:
             raise Conflict("this join token is already used by another federation")
         adapter = self._adapter(spec, model_bytes)
         if adapter is not None:
-            weights = adapter.get_weights()
+            weights = {} if self._prepared_later(spec, model_bytes) else adapter.get_weights()
         else:
             try:
                 weights = from_bytes(initial_weights or b"")
@@ -232,6 +236,8 @@ class Manager:
             )
         data = get_data_handler(handler)(load_party_npz(npz))
         adapter = self._adapter(run.spec, run.model_bytes)
+        if self._prepared_later(run.spec, run.model_bytes):
+            return Party(adapter, data, party_id)  # its weights exist after the prepare step
         adapter.set_weights(run.initial)
         try:
             adapter.evaluate(data.train.subset(np.arange(min(2, len(data.train)))))
@@ -268,6 +274,11 @@ class Manager:
         fid = fed["id"]
         self._check_open(fid)
         run = self._run(fid)
+        if self._prepared_later(run.spec, run.model_bytes):
+            raise Conflict(
+                f"model_type {run.spec.model_type!r} agrees on its vocabulary among the parties "
+                "the service hosts (POST /start-party); remote parties cannot join it"
+            )
         with run.lock:
             parties = self.store.parties(fid)
             same = [p for p in parties if name and p["name"] == name and p["kind"] == "remote"]
@@ -351,6 +362,13 @@ class Manager:
     def _train(self, run: _Run) -> None:
         spec = run.spec
         try:
+            if self._prepared_later(spec, run.model_bytes):
+                hosted = run.pool.hosted()
+                get_model_type(spec.model_type).prepare(
+                    [p.adapter for p in hosted], [p.data.train for p in hosted]
+                )
+                run.initial = hosted[0].adapter.get_weights()
+                save_weights(run.folder / "initial.safetensors", run.initial)
             federation = Federation(
                 run.pool,
                 run.initial,

@@ -8,7 +8,7 @@ from typing import Any
 
 from fedfuse.federation import check_sampling
 from fedfuse.fusion import get_fusion
-from fedfuse.models import MODELS, TrainConfig, get_model_type, resolve_optimizer
+from fedfuse.models import MODELS, TrainConfig, get_model_type, keras_optimizer, resolve_optimizer
 
 __all__ = ["FederationSpec", "SpecError"]
 
@@ -87,7 +87,10 @@ class FederationSpec:
         except ValueError as exc:
             raise SpecError(f"model_type: {exc}") from None
         try:
-            resolve_optimizer(self.optimizer)
+            if self.model_type == "keras":
+                keras_optimizer(self.optimizer, 0.01)
+            elif self.model_type != "doc2vec":  # gensim trains with its own rule
+                resolve_optimizer(self.optimizer)
         except ValueError as exc:
             raise SpecError(f"optimizer: {exc}") from None
         for name in ("num_parties", "rounds", "epochs", "batch_size", "quorum"):
