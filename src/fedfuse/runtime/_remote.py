@@ -17,7 +17,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from fedfuse.party import Party, Reply, Task, TaskError
@@ -60,6 +60,8 @@ class RemotePool:
         self._busy: set[str] = set()  # fetched a task of the open dispatch, not answered yet
         self._dispatch: _Dispatch | None = None
         self._ids = itertools.count(1)
+        # called with the ids of remote parties that have a new task (e.g. to wake long polls)
+        self.on_post: Callable[[list[str]], None] | None = None
 
     # membership -----------------------------------------------------------------------------
     def add_remote(self, party_id: str) -> None:
@@ -122,6 +124,8 @@ class RemotePool:
             self._lock.notify_all()
         if hosted:
             threading.Thread(target=self._run_hosted, args=(hosted,), daemon=True).start()
+        if self.on_post is not None:
+            self.on_post([pid for pid in tasks if pid in self._remote])
         missing = set(tasks)
         unknown = [pid for pid in tasks if pid not in self._hosted and pid not in self._remote]
         try:

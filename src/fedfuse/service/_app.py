@@ -8,6 +8,7 @@ Tutorial endpoints (unchanged from IBM's Model Fusion API): ``POST /start-aggreg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,6 +117,13 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
     )
     intake = asyncio.Semaphore(1)  # one reply read at a time: memory O(model), not O(parties)
     body_cache: dict[str, tuple[Weights, bytes]] = {}
+    wakers: dict[tuple[str, str], asyncio.Event] = {}
+
+    def _wake(fid: str, party_ids: list[str]) -> None:
+        for pid in party_ids:
+            event = wakers.get((fid, pid))
+            if event is not None:
+                event.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -324,20 +332,27 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         """Long-poll for this party's next task: 200 with the task (metadata in the
         ``X-Fedfuse-Meta`` header, weights as a safetensors body), 204 if none came within
         ``wait`` seconds, 410 once the federation has ended."""
-        party_id = await to_thread.run_sync(manager.authenticate, fid, _bearer(authorization))
+        party_id = manager.authenticate(fid, _bearer(authorization))
         pool = manager._run(fid).pool
         loop = asyncio.get_running_loop()
+        if pool.on_post is None:
+            pool.on_post = lambda ids, fid=fid: loop.call_soon_threadsafe(_wake, fid, ids)
+        event = wakers.setdefault((fid, party_id), asyncio.Event())
         deadline = loop.time() + min(wait, settings.max_poll_wait)
         while True:
             status = manager.status_of(fid)
             if status in ("completed", "stopped", "failed"):
                 return JSONResponse({"detail": f"federation is {status}"}, status_code=410)
+            event.clear()
             pending = pool.next_task(party_id, 0)
             if pending is not None:
                 break
-            if loop.time() >= deadline:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return Response(status_code=204)
-            await asyncio.sleep(0.05)
+            # woken when a task is posted; every second at most, to notice the federation end
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
         meta, weights = task_to_wire(pending)
         body = await to_thread.run_sync(_body, weights)
         return StreamingResponse(
@@ -356,7 +371,7 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
     ) -> dict[str, Any]:
         """Post the reply to a task: ``X-Fedfuse-Meta`` JSON (``kind`` update | evaluation |
         error, ``num_examples``, ``metrics``) and, for an update, a safetensors body."""
-        party_id = await to_thread.run_sync(manager.authenticate, fid, _bearer(authorization))
+        party_id = manager.authenticate(fid, _bearer(authorization))
         meta = decode_meta(x_fedfuse_meta)
         pool = manager._run(fid).pool
         async with intake:

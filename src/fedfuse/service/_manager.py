@@ -28,7 +28,7 @@ from fedfuse.models import TorchAdapter, build_model, get_model_type
 from fedfuse.party import Party
 from fedfuse.runtime import RemotePool
 from fedfuse.service._spec import FederationSpec, SpecError
-from fedfuse.service._store import Store
+from fedfuse.service._store import Store, hash_token
 from fedfuse.weights import Weights, WeightsFormatError, from_bytes, load_weights, save_weights
 
 __all__ = ["Conflict", "Manager", "NotFound", "Unauthorized"]
@@ -80,6 +80,7 @@ class _Run:
     federation: Federation | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: str | None = None  # mirrors the store, for the long poll
+    tokens: dict[str, str] = field(default_factory=dict)  # token hash -> party id
 
 
 class Manager:
@@ -293,6 +294,7 @@ class Manager:
                 party_id = f"party_{len(parties)}"
             party_token = secrets.token_urlsafe(24)
             self.store.add_party(fid, party_id, "remote", name=name, token=party_token)
+            run.tokens = {k: v for k, v in run.tokens.items() if v != party_id}
             run.pool.add_remote(party_id)
             remaining = max(0, run.spec.num_parties - len(self.store.parties(fid)))
         self._maybe_ready(fid, run, remaining, fed)
@@ -317,16 +319,20 @@ class Manager:
         return {"source": "party"}
 
     def authenticate(self, fid: str, party_token: str) -> str:
-        """The party id that ``party_token`` belongs to in federation ``fid``."""
-        if self.store.federation(fid) is None:
-            raise NotFound(f"unknown aggregator id {fid!r}")
-        party = self.store.party_by_token(fid, party_token) if party_token else None
-        if party is None:
-            raise Unauthorized("invalid party token")
+        """The party id that ``party_token`` belongs to in federation ``fid``.
+
+        Valid tokens are remembered (by hash) so that polls do not query the database."""
         run = self._run(fid)
-        if party["party_id"] not in run.pool.party_ids():
-            run.pool.add_remote(party["party_id"])
-        return party["party_id"]
+        key = hash_token(party_token) if party_token else ""
+        party_id = run.tokens.get(key)
+        if party_id is None:
+            party = self.store.party_by_token(fid, party_token) if party_token else None
+            if party is None:
+                raise Unauthorized("invalid party token")
+            party_id = party["party_id"]
+            run.tokens[key] = party_id
+            run.pool.add_remote(party_id)
+        return party_id
 
     def _maybe_ready(self, fid: str, run: _Run, remaining: int, fed: dict[str, Any]) -> None:
         if remaining == 0 and fed["status"] == "registering":

@@ -80,13 +80,24 @@ def zeros_like(w: Mapping[str, np.ndarray], dtype: np.dtype | None = None) -> We
     return {name: np.zeros_like(arr, dtype=dtype) for name, arr in w.items()}
 
 
+_CHUNK = 16384  # elements: the scaled temporary stays small, in cache and off the mmap path
+
+
 def add_scaled_(acc: Weights, w: Mapping[str, np.ndarray], factor: float) -> Weights:
-    """``acc += factor * w`` in place (the fold step of every mean); returns ``acc``."""
+    """``acc += factor * w`` in place (the fold step of every mean); returns ``acc``.
+
+    Large arrays are folded in chunks, so no model-sized temporary is ever allocated.
+    """
     for name, arr in acc.items():
+        src = w[name]
         if factor == 1.0:
-            arr += w[name]
+            arr += src
+        elif arr.size <= _CHUNK or not (arr.flags.c_contiguous and src.flags.c_contiguous):
+            arr += factor * src
         else:
-            arr += factor * w[name]
+            out, inp = arr.reshape(-1), src.reshape(-1)
+            for start in range(0, out.size, _CHUNK):
+                out[start : start + _CHUNK] += factor * inp[start : start + _CHUNK]
     return acc
 
 
