@@ -161,7 +161,9 @@ class ConsensusResult:
 
     ``history`` has one record per epoch (per-node and mean test accuracy on the evaluation
     subset, consensus distance, the averaged model's accuracy, exchanges so far); ``final`` the
-    same measures on the whole test set at the end; ``centralized`` the baseline's curve.
+    same measures on the whole test set at the end, plus dropped edges, late joins, bytes sent
+    and the first 200 exchanges as ``[time, sender, receiver, ok]``; ``centralized`` the
+    baseline's curve.
     """
 
     config: ConsensusConfig
