@@ -30,9 +30,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$python" benchmarks/bench_skip.py "$@"
 "$python" benchmarks/bench_fedbuff.py "$@"
 "$python" benchmarks/bench_service.py "$@"
-# The model-type and three-uses benchmarks have no quick mode: skipped with --quick.
+# The model-type, three-uses and consensus benchmarks have no quick mode: skipped with --quick.
 if [[ " $* " != *" --quick "* ]]; then
-    for name in doc2vec personalization ensemble oneshot; do
+    for name in doc2vec personalization ensemble oneshot consensus; do
         "$python" "benchmarks/bench_$name.py"
     done
 fi
