@@ -52,6 +52,7 @@ References:
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -101,8 +102,9 @@ def _fan_in_scales(named: NamedParams) -> list[float]:
     return [math.sqrt(fan_in.get(name.rsplit(".", 1)[0], 1)) for name, _ in named]
 
 
-class Learner:
-    """One node's side of an algorithm (see the module docstring for its verbs)."""
+class Learner(abc.ABC):
+    """One node's side of an algorithm (see the module docstring for its verbs); ECL and the
+    averaging baselines implement ``step``, ``message`` and ``receive``."""
 
     #: Whether the receiver of a message answers with its own (a two-way exchange).
     replies = True
@@ -131,18 +133,21 @@ class Learner:
         """Raise ``WeightsMismatchError`` unless ``message`` fits this learner's variables."""
         _check_message(self._template, message)
 
+    @abc.abstractmethod
     def step(self, grads: Sequence[torch.Tensor], lr: float) -> None:
-        raise NotImplementedError
+        """Apply one local optimizer step from minibatch gradients ``grads``."""
 
     def partners(self, rng: np.random.Generator, exchange_prob: float) -> list[int]:
         """Each neighbour independently with probability ``exchange_prob``."""
         return [p for p in self.peers if rng.random() < exchange_prob]
 
+    @abc.abstractmethod
     def message(self, peer: int) -> Weights:
-        raise NotImplementedError
+        """The variables this node sends to ``peer`` now."""
 
+    @abc.abstractmethod
     def receive(self, peer: int, message: Mapping[str, np.ndarray], peer_degree: int) -> None:
-        raise NotImplementedError
+        """Apply a message from ``peer`` (whose degree is ``peer_degree``)."""
 
 
 class _ECLLearner(Learner):
