@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import threading
 import uuid
 from collections.abc import Sequence
@@ -466,9 +465,6 @@ class Manager:
         """Ask training threads to end after their current round (the store stays usable)."""
         for run in list(self._runs.values()):
             run.stop.set()
-
-    def delete_files(self, fid: str) -> None:
-        shutil.rmtree(self.data_dir / "federations" / fid, ignore_errors=True)
 
 
 class _Stopped(Exception):
