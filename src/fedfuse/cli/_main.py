@@ -13,7 +13,10 @@ __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedfuse", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedfuse",
+        description="Federated and decentralized learning. Start with `fedfuse demo`.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate.add_parsers(sub)
     _consensus.add_parsers(sub)
