@@ -12,8 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedfuse.data import federate, format_label_stats, load_dataset
-from fedfuse.federation import SimulationConfig, SimulationResult, format_use_report, simulate
+from fedfuse.data import format_label_stats
+from fedfuse.federation import (
+    SimulationConfig,
+    SimulationResult,
+    build_federated_dataset,
+    format_use_report,
+    simulate,
+)
 
 __all__ = ["add_parsers"]
 
@@ -171,17 +177,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
-    config = _config_from_args(args, SimulationConfig())
-    train, test = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
-    fed = federate(
-        train,
-        test,
-        config.num_parties,
-        config.partition,
-        seed=config.seed,
-        local_test_fraction=config.local_test_fraction,
-        **config.partition_params(),
-    )
+    fed = build_federated_dataset(_config_from_args(args, SimulationConfig()))
     paths = fed.save_npz(args.out)
     print(format_label_stats(fed))
     print(f"wrote {len(paths)} party files to {Path(args.out).resolve()}")
