@@ -6,16 +6,16 @@ import copy
 import dataclasses
 import os
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedfuse._settings import Settings
 from fedfuse.consensus._algorithms import DPSGD, ECL, Gossip, make_algorithm
 from fedfuse.consensus._models import make_model
 from fedfuse.consensus._node import ConsensusNode
@@ -44,7 +44,7 @@ _PARTITION_PARAMS = {
 
 
 @dataclass(frozen=True)
-class ConsensusConfig:
+class ConsensusConfig(Settings):
     """Everything ``run_consensus`` needs, as plain data (what a TOML file holds).
 
     Graph: ``topology`` is ``ring``, ``double_ring``, ``torus``, ``complete``,
@@ -62,6 +62,8 @@ class ConsensusConfig:
     takes for one pass over its data, so all nodes together compute as many gradients as the
     centralized baseline does in the same number of epochs.
     """
+
+    kind: ClassVar[str] = "consensus"
 
     topology: str = "ring"
     num_nodes: int = 8
@@ -88,28 +90,6 @@ class ConsensusConfig:
     max_failures: int = 3
     centralized: bool = True
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ConsensusConfig:
-        """Build from a mapping; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown consensus setting(s) {unknown}; "
-                f"known settings: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike) -> ConsensusConfig:
-        """Read a TOML file whose top-level keys (or ``[consensus]`` table) are the fields."""
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        return cls.from_dict(data.get("consensus", data))
-
-    def replace(self, **changes: Any) -> ConsensusConfig:
-        return self.from_dict({**dataclasses.asdict(self), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from fedfuse._settings import Settings
 from fedfuse.data import FederatedDataset, federate, load_dataset
 from fedfuse.federation._baseline import train_centralized
 from fedfuse.federation._federation import Federation
@@ -47,7 +47,7 @@ _FUSION_PARAMS = (
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(Settings):
     """Everything ``simulate`` needs, as plain data (it is what a TOML file holds).
 
     ``partition`` is one of ``iid``, ``dirichlet`` (uses ``alpha``), ``classes`` (uses
@@ -71,6 +71,8 @@ class SimulationConfig:
     initialized edge models fused once by neuron matching). Their report is
     ``SimulationResult.report`` (and ``report.json``).
     """
+
+    kind: ClassVar[str] = "simulation"
 
     model: str = "mlp"
     dataset: str = "digits"
@@ -114,28 +116,6 @@ class SimulationConfig:
     finetune_epochs: int = 5
     ensemble_weighting: str = "classwise"
     distill_epochs: int = 50
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
-        """Build from a mapping; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown simulation setting(s) {unknown}; "
-                f"known settings: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike) -> SimulationConfig:
-        """Read a TOML file whose top-level keys (or ``[simulation]`` table) are the fields."""
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        return cls.from_dict(data.get("simulation", data))
-
-    def replace(self, **changes: Any) -> SimulationConfig:
-        return self.from_dict({**dataclasses.asdict(self), **changes})
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
