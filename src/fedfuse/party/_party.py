@@ -100,8 +100,9 @@ class Party:
 
     def _skip_reason(self, delta: Weights, start: Weights, config: TrainConfig) -> str | None:
         """Why ``delta`` says too little to be worth sending, or ``None`` to send it."""
-        if self.skips_in_a_row >= config.max_consecutive_skips:
-            return None
+        skipping = config.skip_relative_norm > 0 or config.skip_cosine is not None
+        if not skipping or self.skips_in_a_row >= config.max_consecutive_skips:
+            return None  # (no norms computed: this runs for every party in every round)
         norm = global_norm(delta)
         if config.skip_relative_norm > 0:
             relative = norm / max(global_norm(start), 1e-12)
