@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -116,7 +117,8 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         liveness=settings.liveness,
     )
     intake = asyncio.Semaphore(1)  # one reply read at a time: memory O(model), not O(parties)
-    body_cache: dict[str, tuple[Weights, bytes]] = {}
+    body_cache: dict[str, tuple[Weights, bytes]] = {}  # federation id -> (weights, bytes)
+    body_lock = threading.Lock()
     wakers: dict[tuple[str, str], asyncio.Event] = {}
 
     def _wake(fid: str, party_ids: list[str]) -> None:
@@ -310,13 +312,14 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
             raise NotFound("this federation has no model file")
         return Response(data, media_type="application/octet-stream")
 
-    def _body(weights: Weights) -> bytes:
-        key = "current"
-        cached = body_cache.get(key)
-        if cached is None or cached[0] is not weights:
-            cached = (weights, to_bytes(weights))
-            body_cache[key] = cached
-        return cached[1]
+    def _body(fid: str, weights: Weights) -> bytes:
+        """The task body for ``weights``, serialized once per federation and model version."""
+        with body_lock:
+            cached = body_cache.get(fid)
+            if cached is None or cached[0] is not weights:
+                cached = (weights, to_bytes(weights))
+                body_cache[fid] = cached
+            return cached[1]
 
     async def _stream(data: bytes) -> AsyncIterator[memoryview]:
         view = memoryview(data)
@@ -354,7 +357,7 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
         meta, weights = task_to_wire(pending)
-        body = await to_thread.run_sync(_body, weights)
+        body = await to_thread.run_sync(_body, fid, weights)
         return StreamingResponse(
             _stream(body),
             media_type="application/octet-stream",
