@@ -58,6 +58,7 @@ class RemotePool:
         self._hosted: dict[str, Party] = {}
         self._mail: dict[str, PendingTask] = {}
         self._busy: set[str] = set()  # fetched a task of the open dispatch, not answered yet
+        self._hosted_work = threading.Lock()
         self._dispatch: _Dispatch | None = None
         self._ids = itertools.count(1)
         # called with the ids of remote parties that have a new task (e.g. to wake long polls)
@@ -156,11 +157,13 @@ class RemotePool:
 
     def _run_hosted(self, hosted: list[tuple[str, PendingTask]]) -> None:
         for pid, pending in hosted:
-            with self._lock:
-                party = self._hosted.get(pid)
-                if self._dispatch is None or not self._dispatch.open:
-                    return
-            reply = party.handle(pending.task) if party else TaskError("party was removed")
+            # one hosted task at a time, across dispatches too: hosted parties may share a model
+            with self._hosted_work:
+                with self._lock:
+                    party = self._hosted.get(pid)
+                    if self._dispatch is None or not self._dispatch.open:
+                        return
+                reply = party.handle(pending.task) if party else TaskError("party was removed")
             try:
                 self.submit(pid, pending.task_id, reply)
             except UnexpectedReplyError:

@@ -80,6 +80,7 @@ class _Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: str | None = None  # mirrors the store, for the long poll
     tokens: dict[str, str] = field(default_factory=dict)  # token hash -> party id
+    hosted_adapter: Any = None  # the model the hosted parties share
 
 
 class Manager:
@@ -235,9 +236,15 @@ class Manager:
                 "service needs a model (create the federation with a model_file or a zoo model)"
             )
         data = get_data_handler(handler)(load_party_npz(npz))
-        adapter = self._adapter(run.spec, run.model_bytes)
         if self._prepared_later(run.spec, run.model_bytes):
-            return Party(adapter, data, party_id)  # its weights exist after the prepare step
+            # each party keeps its own model (doc2vec: its document vectors); the weights
+            # exist after the prepare step
+            return Party(self._adapter(run.spec, run.model_bytes), data, party_id)
+        # hosted parties run one task at a time and every task loads its weights first, so
+        # they share one model in memory, as in the simulation
+        if run.hosted_adapter is None:
+            run.hosted_adapter = self._adapter(run.spec, run.model_bytes)
+        adapter = run.hosted_adapter
         adapter.set_weights(run.initial)
         try:
             adapter.evaluate(data.train.subset(np.arange(min(2, len(data.train)))))
