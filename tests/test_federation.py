@@ -184,6 +184,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     assert load_checkpoint(tmp_path).round == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint.json",
+        "round_000001.safetensors",  # the previous checkpoint, in case the newest is damaged
         "round_000002.safetensors",
     ]
     resumed = Federation(

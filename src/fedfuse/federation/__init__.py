@@ -2,7 +2,12 @@
 
 from fedfuse.federation._async import AsyncFederation, spread_task_seconds
 from fedfuse.federation._baseline import train_centralized
-from fedfuse.federation._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedfuse.federation._checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedfuse.federation._ensemble import (
     ENSEMBLE_WEIGHTINGS,
     Ensemble,
@@ -64,6 +69,7 @@ __all__ = [
     "validation_weights",
     "AsyncFederation",
     "Checkpoint",
+    "CheckpointError",
     "Evaluator",
     "FederatedData",
     "FederatedProcess",
