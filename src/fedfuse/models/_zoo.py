@@ -1,16 +1,22 @@
 """A small model zoo in plain torch (no torchvision), each built for a given input shape.
 
 ``build_model(name, input_shape, num_classes)`` is what the CLI and ``simulate`` use; the
-functions can also be called directly.
+functions can also be called directly. A description may come from someone else (a federation's
+model, the join answer a party gets), so ``build_model`` counts the parameters first, on
+torch's ``meta`` device (shapes only, nothing allocated), and refuses more than
+``limits.max_params``.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from fedfuse.weights import SizeLimits
 
 __all__ = ["MODELS", "build_model", "cifar_cnn", "logistic_regression", "mlp", "mnist_cnn"]
 
@@ -97,13 +103,26 @@ _BUILDERS = {
 MODELS: tuple[str, ...] = tuple(sorted(_BUILDERS))
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Build zoo model ``name`` for inputs of ``input_shape`` (without the batch dimension)."""
+_LIMITS = SizeLimits()  # the default caps (an immutable value)
+_MAX_DIMS = 4
+_MAX_CLASSES = 1_000_000
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, *, limits: SizeLimits = _LIMITS
+) -> nn.Module:
+    """Build zoo model ``name`` for inputs of ``input_shape`` (without the batch dimension).
+
+    Raises:
+        ValueError: an unknown model, or a shape or class count it cannot be built for.
+        SizeLimitError: the model would hold more than ``limits.max_params`` parameters
+            (counted without allocating them).
+    """
     try:
         builder = _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
-    shape = tuple(int(d) for d in input_shape)
+    shape, num_classes = _checked_shape(input_shape), _checked_classes(num_classes)
     if name in ("mnist_cnn", "cifar_cnn"):
         if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
             side = math.isqrt(shape[0])
@@ -116,8 +135,38 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> nn.M
             raise ValueError(f"model 'cifar_cnn' needs images at least 8x8, got {shape}")
         if name == "mnist_cnn" and min(shape[1:]) < 6:
             raise ValueError(f"model 'mnist_cnn' needs images at least 6x6, got {shape}")
-        return _Reshape(shape, builder(shape, num_classes))
-    return builder(shape, num_classes)
+
+        def build() -> nn.Module:
+            return _Reshape(shape, builder(shape, num_classes))
+    else:
+
+        def build() -> nn.Module:
+            return builder(shape, num_classes)
+
+    with torch.device("meta"):
+        count = sum(p.numel() for p in build().parameters())
+    limits.check_params(count, f"model {name!r} for inputs {shape}")
+    return build()
+
+
+def _checked_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape must be a list of integers, got {input_shape!r}") from None
+    if not 1 <= len(shape) <= _MAX_DIMS or min(shape) <= 0:
+        raise ValueError(f"input_shape must have 1 to {_MAX_DIMS} positive dimensions, got {shape}")
+    return shape
+
+
+def _checked_classes(num_classes: int) -> int:
+    try:
+        count = operator.index(num_classes)
+    except TypeError:
+        raise ValueError(f"num_classes must be an integer, got {num_classes!r}") from None
+    if not 1 <= count <= _MAX_CLASSES:
+        raise ValueError(f"num_classes must be between 1 and {_MAX_CLASSES:,}, got {count:,}")
+    return count
 
 
 class _Reshape(nn.Module):

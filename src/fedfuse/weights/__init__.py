@@ -9,6 +9,7 @@ from fedfuse.weights._io import (
     save_weights,
     to_bytes,
 )
+from fedfuse.weights._limits import SizeLimitError, SizeLimits
 from fedfuse.weights._named import (
     Weights,
     WeightsMismatchError,
@@ -27,6 +28,8 @@ __all__ = [
     "CODECS",
     "Codec",
     "CodecError",
+    "SizeLimitError",
+    "SizeLimits",
     "Weights",
     "WeightsFormatError",
     "WeightsMismatchError",
