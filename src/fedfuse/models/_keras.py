@@ -28,7 +28,7 @@ from fedfuse.data import ArrayDataset
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError
 from fedfuse.models._registry import ModelType, register_model_type
-from fedfuse.weights import Weights, check_compatible
+from fedfuse.weights import SizeLimits, Weights, check_compatible
 
 __all__ = ["KerasAdapter", "keras_optimizer", "load_keras_model"]
 
@@ -165,20 +165,32 @@ class KerasAdapter:
         )
 
 
-def load_keras_model(data: bytes, *, allowed_import_paths: Sequence[str] = ()) -> Any:
+_LIMITS = SizeLimits()  # the default caps (an immutable value)
+
+
+def load_keras_model(
+    data: bytes, *, allowed_import_paths: Sequence[str] = (), limits: SizeLimits = _LIMITS
+) -> Any:
     """Load a ``.keras`` file from its bytes with ``safe_mode=True`` (no Python from the file).
 
     Custom layers may come only from modules the operator allowed (``allowed_import_paths``):
     they are imported first, so classes they register with
-    ``keras.saving.register_keras_serializable`` are known.
+    ``keras.saving.register_keras_serializable`` are known. The zip's inflated size is checked
+    against ``limits`` before Keras reads it.
 
     Raises:
         ModelFileError: not a ``.keras`` file, or a file Keras refuses to load (e.g. a
             ``Lambda`` layer holding Python code, or an unknown class).
+        SizeLimitError: the archive inflates past ``limits.max_bytes`` (or is a zip bomb).
     """
     keras = import_keras()
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise ModelFileError("not a .keras model file (expected the zip written by model.save)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            limits.check_archive(archive, "Keras model file")
+    except zipfile.BadZipFile:
+        raise ModelFileError(
+            "not a .keras model file (expected the zip written by model.save)"
+        ) from None
     for module in allowed_import_paths:
         importlib.import_module(module)
     with tempfile.TemporaryDirectory() as folder:
@@ -192,8 +204,11 @@ def load_keras_model(data: bytes, *, allowed_import_paths: Sequence[str] = ()) -
             ) from None
 
 
-def _load_keras_adapter(data: bytes, allowed_import_paths: Sequence[str]) -> KerasAdapter:
-    return KerasAdapter(load_keras_model(data, allowed_import_paths=allowed_import_paths))
+def _load_keras_adapter(
+    data: bytes, allowed_import_paths: Sequence[str], *, limits: SizeLimits = _LIMITS
+) -> KerasAdapter:
+    model = load_keras_model(data, allowed_import_paths=allowed_import_paths, limits=limits)
+    return KerasAdapter(model)
 
 
 register_model_type("keras", ModelType(_load_keras_adapter))

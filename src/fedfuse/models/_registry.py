@@ -4,6 +4,9 @@ A model type turns the bytes of an uploaded model file into a fresh model adapte
 with ``get_weights``, ``set_weights``, ``fit``, ``evaluate``, ``predict``). Optionally it has a
 ``prepare`` step that runs once, before round 1, over the adapters and training data of the
 parties hosted by the service (doc2vec uses it to agree on a vocabulary).
+
+``load`` also takes the operator's caps as the keyword ``limits`` (a ``SizeLimits``; the
+defaults when not given) and checks the file against them before it builds anything.
 """
 
 from __future__ import annotations
@@ -14,20 +17,28 @@ from typing import Any
 
 from fedfuse.models._files import load_torch_model
 from fedfuse.models._torch import TorchAdapter
+from fedfuse.weights import SizeLimits
 
 __all__ = ["MODEL_TYPES", "ModelType", "get_model_type", "register_model_type"]
 
 
 @dataclass(frozen=True)
 class ModelType:
-    """``load(file_bytes, allowed_import_paths) -> adapter`` and an optional ``prepare``."""
+    """``load(file_bytes, allowed_import_paths, *, limits) -> adapter`` and an optional
+    ``prepare``."""
 
-    load: Callable[[bytes, Sequence[str]], Any]
+    load: Callable[..., Any]
     prepare: Callable[[list[Any], list[Any]], None] | None = None
 
 
-def _load_pytorch(data: bytes, allowed_import_paths: Sequence[str]) -> TorchAdapter:
-    return TorchAdapter(load_torch_model(data, allowed_import_paths=allowed_import_paths))
+_LIMITS = SizeLimits()  # the default caps (an immutable value)
+
+
+def _load_pytorch(
+    data: bytes, allowed_import_paths: Sequence[str], *, limits: SizeLimits = _LIMITS
+) -> TorchAdapter:
+    model = load_torch_model(data, allowed_import_paths=allowed_import_paths, limits=limits)
+    return TorchAdapter(model)
 
 
 MODEL_TYPES: dict[str, ModelType] = {"pytorch": ModelType(_load_pytorch)}
