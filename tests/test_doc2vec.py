@@ -23,6 +23,7 @@ from fedfuse.models import (
     merge_word_counts,
     prepare_doc2vec,
 )
+from fedfuse.weights import SizeLimitError, SizeLimits
 
 
 def _corpus(n=30):
@@ -148,3 +149,38 @@ def test_missing_gensim_names_the_extra(monkeypatch):
     adapter = Doc2VecAdapter()
     with pytest.raises(MissingExtraError, match=r"pip install 'fedfuse\[doc2vec\]'"):
         adapter.build_vocab({"word": 3}, 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'{"self": 1}', r"unknown doc2vec setting\(s\) \['self'\]"),
+        (b'{"vector_size": "big"}', "'vector_size' must be an integer, got 'big'"),
+        (b'{"vector_size": 8.5}', "'vector_size' must be an integer"),
+        (b'{"vector_size": 10000000}', "'vector_size' must be between 1 and 10000"),
+        (b'{"window": 0}', "'window' must be between 1 and 1000"),
+        (b'{"epochs": true}', "'epochs' must be an integer"),
+        (b'{"sample": [1]}', "'sample' must be a number"),
+        (b'{"dm": 2}', "'dm' must be between 0 and 1"),
+        (b'{"rounds": -1}', "'rounds' must be between 1"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON object of settings"),
+    ],
+)
+def test_doc2vec_settings_are_checked_by_type_and_range(data, message):
+    with pytest.raises(ModelFileError, match=message):
+        get_model_type("doc2vec").load(data, ())
+
+
+def test_doc2vec_settings_in_range_load_and_flags_may_be_booleans():
+    adapter = get_model_type("doc2vec").load(b'{"dm": false, "rounds": null, "sample": 0}', ())
+    assert adapter.settings == {"dm": False, "rounds": None, "sample": 0}
+
+
+def test_doc2vec_vocabulary_past_max_params_is_refused_before_gensim_builds():
+    adapter = get_model_type("doc2vec").load(
+        b'{"vector_size": 100, "min_count": 1}', (), limits=SizeLimits(max_params=1000)
+    )
+    counts = {f"w{i}": 1 for i in range(10)}  # 10 words x 100 x 2 matrices = 2,000
+    with pytest.raises(SizeLimitError, match="holds 2,000 parameters; the limit is 1,000"):
+        adapter.build_vocab(counts, 3)
+    assert adapter.model is None

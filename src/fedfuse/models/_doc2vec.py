@@ -40,7 +40,7 @@ from fedfuse.data import ArrayDataset, PartyData
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError
 from fedfuse.models._registry import ModelType, register_model_type
-from fedfuse.weights import Weights, check_compatible
+from fedfuse.weights import SizeLimits, Weights, check_compatible
 
 __all__ = ["DOC2VEC_SETTINGS", "Doc2VecAdapter", "merge_word_counts", "prepare_doc2vec"]
 
@@ -61,6 +61,27 @@ DOC2VEC_SETTINGS: dict[str, Any] = {
 }
 """Settings a model file may give (and their defaults). ``epochs`` is used by inference;
 ``rounds`` (fedfuse's own) spreads the learning-rate decay over that many rounds."""
+
+# (type, lowest, highest) of each setting: a model file comes from someone else, and gensim
+# allocates vocabulary x vector_size per matrix and loops epochs x window per word.
+_FLAG = (int, 0, 1)
+_SETTING_RANGES: dict[str, tuple[type, float, float]] = {
+    "vector_size": (int, 1, 10_000),
+    "window": (int, 1, 1_000),
+    "min_count": (int, 1, 1_000_000_000),
+    "dm": _FLAG,
+    "dbow_words": _FLAG,
+    "dm_mean": _FLAG,
+    "negative": (int, 0, 100),
+    "hs": _FLAG,
+    "sample": (float, 0.0, 1.0),
+    "ns_exponent": (float, -10.0, 10.0),
+    "epochs": (int, 1, 10_000),
+    "seed": (int, 0, 2**32 - 1),
+    "rounds": (int, 1, 1_000_000),
+}
+_MAX_FILE_BYTES = 1 << 20  # a model file is a small JSON object of settings
+_LIMITS = SizeLimits()  # the default caps (an immutable value)
 
 _INFER_ALPHA = (0.025, 0.0001)  # gensim's default learning-rate range, used by inference
 _FINAL_ALPHA = 0.1  # each round decays the learning rate linearly to this fraction of it
@@ -97,29 +118,43 @@ class Doc2VecAdapter:
     """A gensim ``Doc2Vec`` for one party (document vectors are per party).
 
     Args:
+        limits: caps on the model the vocabulary makes (rows x ``vector_size`` per matrix,
+            checked against ``max_params`` before gensim allocates it).
         **settings: ``Doc2Vec`` settings among ``DOC2VEC_SETTINGS`` (stored unchanged; checked
-            when the vocabulary is built). Training always uses one worker thread, so a seeded
+            by type and range when used). Training always uses one worker thread, so a seeded
             run is reproducible.
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, limits: SizeLimits = _LIMITS, **settings: Any) -> None:
         self.settings = settings
+        self.limits = limits
         self.model: Any = None
         self.rounds_trained = 0
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> Doc2VecAdapter:
-        """An adapter from a model file: a JSON object of settings (empty: the defaults)."""
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    def from_json(cls, data: bytes | str, *, limits: SizeLimits = _LIMITS) -> Doc2VecAdapter:
+        """An adapter from a model file: a JSON object of settings (empty: the defaults).
+
+        Raises:
+            ModelFileError: not a small JSON object, or a setting that is unknown, of the
+                wrong type or out of range (the message names it and the allowed range).
+        """
+        if len(data) > _MAX_FILE_BYTES:
+            raise ModelFileError(
+                f"a doc2vec model file is a small JSON object of settings: this one has "
+                f"{len(data):,} bytes; the limit is {_MAX_FILE_BYTES:,}"
+            )
         try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
             settings = json.loads(text) if text.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ModelFileError(
                 f"a doc2vec model file is a JSON object of settings: {exc}"
             ) from None
         if not isinstance(settings, dict):
             raise ModelFileError("a doc2vec model file is a JSON object of settings")
-        adapter = cls(**settings)
+        adapter = cls(limits=limits)
+        adapter.settings = settings
         adapter._checked_settings()
         return adapter
 
@@ -129,6 +164,8 @@ class Doc2VecAdapter:
             raise ModelFileError(
                 f"unknown doc2vec setting(s) {unknown}; known: {', '.join(DOC2VEC_SETTINGS)}"
             )
+        for name, value in self.settings.items():
+            _check_setting(name, value)
         return {**DOC2VEC_SETTINGS, **self.settings}
 
     @staticmethod
@@ -143,6 +180,7 @@ class Doc2VecAdapter:
         """Build the model on the agreed vocabulary, with one document vector per local document."""
         settings = self._checked_settings()
         settings.pop("rounds")
+        self._check_size(word_counts, settings)
         model = _gensim().Doc2Vec(workers=1, **settings)
         model.dv.index_to_key = list(range(num_documents))
         model.build_vocab_from_freq(merge_word_counts([word_counts]), corpus_count=num_documents)
@@ -152,6 +190,14 @@ class Doc2VecAdapter:
                 "the vocabulary is empty"
             )
         self.model = model
+
+    def _check_size(self, word_counts: Mapping[str, int], settings: Mapping[str, Any]) -> None:
+        """Refuse a vocabulary whose shared matrices would pass ``limits.max_params``."""
+        rows = sum(1 for count in word_counts.values() if count >= settings["min_count"])
+        matrices = 1 + bool(settings["negative"]) + bool(settings["hs"])
+        self.limits.check_params(
+            rows * settings["vector_size"] * matrices, "the doc2vec model of this vocabulary"
+        )
 
     def _require_model(self) -> Any:
         if self.model is None:
@@ -254,6 +300,24 @@ class Doc2VecAdapter:
         return {"accuracy": float(np.mean(rank == 0)), "mrr": float(np.mean(1.0 / (rank + 1)))}
 
 
+def _check_setting(name: str, value: Any) -> None:
+    """Refuse a setting of the wrong type or out of its range, naming it."""
+    if name == "rounds" and value is None:
+        return
+    kind, low, high = _SETTING_RANGES[name]
+    numeric = (int, float) if kind is float else (int,)
+    is_flag = _SETTING_RANGES[name] is _FLAG and isinstance(value, bool)
+    if (isinstance(value, bool) and not is_flag) or not isinstance(value, numeric):
+        raise ModelFileError(
+            f"doc2vec setting {name!r} must be {'a number' if kind is float else 'an integer'}, "
+            f"got {value!r}"
+        )
+    if not low <= value <= high:
+        raise ModelFileError(
+            f"doc2vec setting {name!r} must be between {low} and {high}, got {value!r}"
+        )
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
@@ -273,8 +337,10 @@ def prepare_doc2vec(adapters: Sequence[Doc2VecAdapter], data: Sequence[Any]) -> 
     return merged
 
 
-def _load_doc2vec(data: bytes, allowed_import_paths: Sequence[str]) -> Doc2VecAdapter:
-    return Doc2VecAdapter.from_json(data)
+def _load_doc2vec(
+    data: bytes, allowed_import_paths: Sequence[str], *, limits: SizeLimits = _LIMITS
+) -> Doc2VecAdapter:
+    return Doc2VecAdapter.from_json(data, limits=limits)
 
 
 register_model_type("doc2vec", ModelType(_load_doc2vec, prepare_doc2vec))
