@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import re
 import zipfile
@@ -26,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 
 from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
+from fedfuse.weights import SizeLimitError, SizeLimits
 
 __all__ = [
     "DATASETS",
@@ -68,6 +70,7 @@ _MNIST_FILES = {
 }
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_LIMITS = SizeLimits()  # the default caps (an immutable value)
 
 
 class DatasetFormatError(ValueError):
@@ -81,18 +84,22 @@ class DatasetNotFoundError(FileNotFoundError):
 # --- idx files -------------------------------------------------------------------------------
 
 
-def _read_maybe_gzipped(path: Path) -> bytes:
-    """The file's bytes, decompressed when it starts with the gzip magic (whatever its name)."""
+def _read_maybe_gzipped(path: Path, limits: SizeLimits) -> bytes:
+    """The file's bytes, decompressed when it starts with the gzip magic (whatever its name),
+    at most ``limits.max_bytes`` of them (a gzip bomb stops there)."""
     raw = path.read_bytes()
     if not raw.startswith(_GZIP_MAGIC):
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read(limits.max_bytes + 1)
     except (EOFError, OSError, zlib.error) as exc:
         raise DatasetFormatError(f"{path}: corrupt or truncated gzip data: {exc}") from exc
+    limits.check_bytes(len(data), f"{path}: gzip data")
+    return data
 
 
-def load_idx(path: str | os.PathLike) -> np.ndarray:
+def load_idx(path: str | os.PathLike, *, limits: SizeLimits = _LIMITS) -> np.ndarray:
     """Read one MNIST-format idx file into an array with the file's shape and dtype.
 
     The idx layout is: two zero bytes, a dtype code (0x08 ubyte, 0x09 byte, 0x0B short, 0x0C int,
@@ -102,9 +109,10 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         DatasetFormatError: the file is not idx, or its data length does not match its header.
+        SizeLimitError: gzipped data inflating past ``limits.max_bytes``.
     """
     path = Path(path)
-    data = _read_maybe_gzipped(path)
+    data = _read_maybe_gzipped(path, limits)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DatasetFormatError(f"{path}: not an idx file (bad magic number)")
     code, ndim = data[2], data[3]
@@ -298,13 +306,17 @@ def load_dataset(
 NpzSource = str | os.PathLike | bytes | BinaryIO
 
 
-def _open_npz_source(source: NpzSource) -> tuple[str, BinaryIO | Path]:
-    """A display name and something ``np.load`` can read; uploads are read fully into memory."""
+def _open_npz_source(source: NpzSource, limits: SizeLimits) -> tuple[str, BinaryIO | Path]:
+    """A display name and something ``zipfile`` can read; uploads are read into memory, at
+    most ``limits.max_bytes`` of them."""
     if isinstance(source, bytes | bytearray | memoryview):
         return "<bytes>", io.BytesIO(bytes(source))
     if isinstance(source, str | os.PathLike):
         return os.fspath(source), Path(source)
-    return str(getattr(source, "name", "<file object>")), io.BytesIO(source.read())
+    name = str(getattr(source, "name", "<file object>"))
+    data = source.read(limits.max_bytes + 1)
+    limits.check_bytes(len(data), f"{name}: .npz file")
+    return name, io.BytesIO(data)
 
 
 def _read_head(target: BinaryIO | Path, size: int) -> bytes:
@@ -316,16 +328,48 @@ def _read_head(target: BinaryIO | Path, size: int) -> bytes:
     return head
 
 
-def _npz_array(archive: np.lib.npyio.NpzFile, key: str, name: str) -> np.ndarray:
-    """One array from an open archive, with format problems turned into ``DatasetFormatError``."""
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_npy_header(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, key: str, name: str, limits: SizeLimits
+) -> None:
+    """Refuse a member whose ``.npy`` header declares object arrays, more bytes than
+    ``limits.max_bytes``, or more bytes than the member holds, before numpy allocates them."""
+    with archive.open(member) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in _NPY_HEADER_READERS:
+            raise DatasetFormatError(f"{name}: array {key!r} has .npy format {version}")
+        shape, _, dtype = _NPY_HEADER_READERS[version](fh)
+        header_size = fh.tell()
+    if dtype.hasobject:
+        raise DatasetFormatError(
+            f"{name}: array {key!r} holds Python objects (dtype=object); refusing to unpickle. "
+            "Save numeric arrays instead."
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    limits.check_bytes(declared, f"{name}: array {key!r} of shape {shape} and dtype {dtype}")
+    if declared != member.file_size - header_size:
+        raise DatasetFormatError(
+            f"{name}: array {key!r} is corrupt or truncated: its header declares {declared:,} "
+            f"bytes, the archive holds {member.file_size - header_size:,}"
+        )
+
+
+def _npz_array(archive: zipfile.ZipFile, key: str, name: str, limits: SizeLimits) -> np.ndarray:
+    """One array from an open archive, its header checked first; format problems become
+    ``DatasetFormatError``."""
+    member = archive.getinfo(f"{key}.npy")
     try:
-        array = archive[key]
+        _check_npy_header(archive, member, key, name, limits)
+        with archive.open(member) as fh:
+            array = np.lib.format.read_array(fh, allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DatasetFormatError(
-                f"{name}: array {key!r} holds Python objects (dtype=object); refusing to unpickle. "
-                "Save numeric arrays instead."
-            ) from exc
+        if isinstance(exc, DatasetFormatError | SizeLimitError):
+            raise
         raise DatasetFormatError(f"{name}: array {key!r} is not a valid .npy array: {exc}") from exc
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
         raise DatasetFormatError(f"{name}: array {key!r} is corrupt or truncated: {exc}") from exc
@@ -343,32 +387,37 @@ def _paired(x: np.ndarray, y: np.ndarray, split: str, name: str) -> ArrayDataset
     return ArrayDataset(x, y)
 
 
-def load_party_npz(source: NpzSource) -> PartyData:
+def load_party_npz(source: NpzSource, *, limits: SizeLimits = _LIMITS) -> PartyData:
     """Load one party's data from an ``.npz`` with ``x_train, y_train, x_test, y_test``.
 
-    ``source`` is a path, the file's bytes, or a binary file object (an upload). Arrays are loaded
-    with ``allow_pickle=False``: object arrays are refused. Extra keys are ignored. Empty
-    ``x_test``/``y_test`` mean the party has no local test split (``PartyData.test is None``).
+    ``source`` is a path, the file's bytes, or a binary file object (an upload). Before any
+    array is read, the zip directory's inflated sizes and each array's ``.npy`` header (shape
+    and dtype) are checked against ``limits``. Object arrays are refused (nothing is unpickled).
+    Extra keys are ignored. Empty ``x_test``/``y_test`` mean the party has no local test split
+    (``PartyData.test is None``).
 
     Raises:
         DatasetFormatError: not a zip archive, truncated, object arrays, missing keys, or x and y
             with different row counts. The message names the file and the problem.
+        SizeLimitError: the archive or an array is past ``limits.max_bytes``.
     """
-    name, target = _open_npz_source(source)
+    name, target = _open_npz_source(source, limits)
     if _read_head(target, len(_ZIP_MAGIC)) != _ZIP_MAGIC:
         raise DatasetFormatError(f"{name}: not an .npz file (expected a zip archive)")
     try:
-        archive = np.load(target, allow_pickle=False)
+        archive = zipfile.ZipFile(target)
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
         raise DatasetFormatError(f"{name}: corrupt or truncated .npz archive: {exc}") from exc
     with archive:
-        missing = [k for k in _NPZ_KEYS if k not in archive.files]
+        limits.check_archive(archive, f"{name}: .npz file")
+        found = [n.removesuffix(".npy") for n in archive.namelist()]
+        missing = [k for k in _NPZ_KEYS if f"{k}.npy" not in archive.namelist()]
         if missing:
             raise DatasetFormatError(
-                f"{name}: missing key(s) {', '.join(missing)}; found {', '.join(archive.files)} "
+                f"{name}: missing key(s) {', '.join(missing)}; found {', '.join(found)} "
                 f"(expected {', '.join(_NPZ_KEYS)})"
             )
-        arrays = {k: _npz_array(archive, k, name) for k in _NPZ_KEYS}
+        arrays = {k: _npz_array(archive, k, name, limits) for k in _NPZ_KEYS}
     train = _paired(arrays["x_train"], arrays["y_train"], "train", name)
     test = _paired(arrays["x_test"], arrays["y_test"], "test", name)
     return PartyData(train=train, test=test if len(test) else None)
@@ -380,7 +429,10 @@ def _natural_key(path: Path) -> list[object]:
 
 
 def load_federated_npz(
-    paths: Sequence[NpzSource] | str | os.PathLike, *, party_prefix: str = "party_"
+    paths: Sequence[NpzSource] | str | os.PathLike,
+    *,
+    party_prefix: str = "party_",
+    limits: SizeLimits = _LIMITS,
 ) -> FederatedDataset:
     """Load party ``.npz`` files into a ``FederatedDataset`` with ids ``party_0``, ``party_1``, ...
 
@@ -398,5 +450,7 @@ def load_federated_npz(
             raise DatasetNotFoundError(f"no .npz party files in {folder}")
     else:
         sources = paths
-    parties = {f"{party_prefix}{i}": load_party_npz(src) for i, src in enumerate(sources)}
+    parties = {
+        f"{party_prefix}{i}": load_party_npz(src, limits=limits) for i, src in enumerate(sources)
+    }
     return FederatedDataset(parties)
