@@ -1,13 +1,14 @@
 """The party protocol's messages survive the trip: every task and reply, and bad metadata."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
-from fedfuse.party import EvaluateTask, Evaluation, Skipped, TaskError, TrainTask
+from fedfuse.party import EvaluateTask, Evaluation, Malformed, Skipped, TaskError, TrainTask
 from fedfuse.runtime import PendingTask
 from fedfuse.runtime._wire import (
     WireFormatError,
@@ -60,12 +61,27 @@ def test_replies_round_trip():
         ({"kind": "update", "num_examples": True}, to_bytes(W), "'num_examples'"),
         ({"kind": "update", "num_examples": 5, "metrics": {"a": "x"}}, to_bytes(W), "metrics"),
         ({"kind": "update", "num_examples": 5}, b"\x80\x04pickle", "safetensors"),
-        ({"kind": "surprise"}, b"", "unknown reply kind 'surprise'"),
+        ({"kind": "update", "num_examples": 5, "is_delta": "no"}, to_bytes(W), "'is_delta'"),
+        ({"kind": "skipped", "num_examples": 1.5}, b"", "malformed skipped reply"),
+        ({"kind": "evaluation", "num_examples": 3, "metrics": [1]}, b"", "'metrics'"),
     ],
 )
-def test_bad_replies_name_the_problem(meta, body, message):
-    with pytest.raises(WireFormatError, match=message):
-        reply_from_wire(meta, body)
+def test_bad_fields_of_a_reply_are_a_malformed_reply(meta, body, message):
+    reply = reply_from_wire(meta, body, "p1")
+    assert isinstance(reply, Malformed) and re.search(message, reply.reason), reply
+
+
+@pytest.mark.parametrize("kind", ["surprise", None, ["update"]])
+def test_unknown_reply_kinds_are_a_protocol_error(kind):
+    with pytest.raises(WireFormatError, match="unknown reply kind"):
+        reply_from_wire({"kind": kind}, b"")
+
+
+def test_meta_that_json_cannot_hold_is_a_protocol_error():
+    with pytest.raises(WireFormatError, match="not valid JSON"):
+        decode_meta('{"num_examples": ' + "9" * 5000 + "}")
+    with pytest.raises(WireFormatError, match="not valid JSON"):
+        decode_meta("[" * 100_000 + "]" * 100_000)
 
 
 def test_bad_meta_and_tasks():

@@ -75,6 +75,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
         }
     if args.fraction is not None:
         form["fraction"] = args.fraction
+    for name in ("max_update_norm", "max_update_ratio"):
+        if getattr(args, name) is not None:
+            form[name] = getattr(args, name)
     if args.token:
         form["join_token"] = args.token
     for name in ("fusion_params", "train_options"):
@@ -168,6 +171,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--quorum", type=int, default=1)
     create.add_argument("--round-timeout", type=float, default=600.0)
     create.add_argument("--seed", type=int, default=0)
+    create.add_argument(
+        "--max-update-norm", type=float, help="reject updates with a larger L2 norm (default: off)"
+    )
+    create.add_argument(
+        "--max-update-ratio",
+        type=float,
+        help="reject updates moving the model by more than this many times its norm "
+        "(service default 10; 0 turns it off)",
+    )
     create.add_argument("--token", help="join token to use (default: the service makes one)")
     create.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
     create.set_defaults(func=_cmd_create)

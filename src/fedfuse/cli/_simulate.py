@@ -43,6 +43,7 @@ _TYPES = {
     "count": int,
     "skip_cosine": float,
     "max_update_norm": float,
+    "max_update_ratio": float,
     "server_learning_rate": float,
     "server_momentum": float,
     "server_beta2": float,

@@ -39,7 +39,12 @@ from fedfuse.federation._process import (
 )
 from fedfuse.federation._report import plot_accuracy, write_history
 from fedfuse.federation._round import RoundResult, evaluate_parties, screen_reply, train_round
-from fedfuse.federation._sampling import check_sampling, derive_seed, sample_parties
+from fedfuse.federation._sampling import (
+    check_sampling,
+    derive_seed,
+    sample_parties,
+    sampled_count,
+)
 from fedfuse.federation._simulate import (
     SimulationConfig,
     SimulationResult,
@@ -47,9 +52,20 @@ from fedfuse.federation._simulate import (
     simulate,
 )
 from fedfuse.federation._uses import USES, format_use_report, run_use
-from fedfuse.federation._validate import validate_update
+from fedfuse.federation._validate import (
+    DEFAULT_MAX_UPDATE_RATIO,
+    MAX_NUM_EXAMPLES,
+    UPDATE_NORM_FLOOR,
+    check_update_bounds,
+    validate_update,
+)
 
 __all__ = [
+    "DEFAULT_MAX_UPDATE_RATIO",
+    "MAX_NUM_EXAMPLES",
+    "UPDATE_NORM_FLOOR",
+    "check_update_bounds",
+    "sampled_count",
     "USES",
     "format_use_report",
     "run_use",

@@ -28,13 +28,14 @@ import numpy as np
 
 from fedfuse.federation._federation import Evaluator
 from fedfuse.federation._metrics import WeightedMetrics
-from fedfuse.federation._round import RoundResult, screen_reply
+from fedfuse.federation._round import RoundResult, fuse_safely, screen_reply
 from fedfuse.federation._sampling import derive_seed
-from fedfuse.fusion import FusionTransform, Update, fuse, get_fusion
+from fedfuse.federation._validate import DEFAULT_MAX_UPDATE_RATIO, check_update_bounds
+from fedfuse.fusion import FusionTransform, Update, get_fusion
 from fedfuse.models import TrainConfig, resolve_optimizer
 from fedfuse.party import Reply, TrainTask
 from fedfuse.runtime import PartyPool
-from fedfuse.weights import Weights, add, get_codec, scale
+from fedfuse.weights import Weights, get_codec, scale
 
 __all__ = ["AsyncFederation", "spread_task_seconds"]
 
@@ -73,6 +74,11 @@ class AsyncFederation:
         seed: makes party choice and local training reproducible.
         central_eval: ``weights -> metrics``, run after every fusion.
         max_update_norm: reject updates whose L2 norm exceeds this.
+        max_update_ratio: reject updates larger than this many times the global model's norm
+            (on by default; see ``Federation``).
+
+    A buffer that cannot be fused (a ``FusionError``, or a fused model that is not finite)
+    is dropped: the version does not advance and the record's ``not_fused`` says why.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class AsyncFederation:
         seed: int = 0,
         central_eval: Evaluator | None = None,
         max_update_norm: float | None = None,
+        max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
     ) -> None:
         self.pool = pool
         self.fusion = get_fusion(fusion) if isinstance(fusion, str) else fusion
@@ -101,6 +108,7 @@ class AsyncFederation:
         self.seed = seed
         self.central_eval = central_eval
         self.max_update_norm = max_update_norm
+        self.max_update_ratio = max_update_ratio
         self._validate()
         self.weights = initial_weights
         self.fusion_state = self.fusion.init(initial_weights)
@@ -139,6 +147,7 @@ class AsyncFederation:
             )
         if not self.staleness_exponent >= 0:
             raise ValueError(f"staleness_exponent must be >= 0, got {self.staleness_exponent!r}")
+        check_update_bounds(self.max_update_norm, self.max_update_ratio)
 
     def staleness_weight(self, staleness: int) -> float:
         """``(1 + staleness) ** -staleness_exponent``."""
@@ -196,6 +205,7 @@ class AsyncFederation:
             self._step,
             self._metrics,
             max_update_norm=self.max_update_norm,
+            max_update_ratio=self.max_update_ratio,
         )
         if update is None:
             return
@@ -213,12 +223,16 @@ class AsyncFederation:
         )
 
     def _fuse(self) -> dict[str, Any]:
-        fused, self.fusion_state = fuse(self.fusion, self._buffer, self.fusion_state, self.weights)
-        self.weights = add(self.weights, fused.weights) if fused.is_delta else fused.weights
-        self.version += 1
+        fused = fuse_safely(self.fusion, iter(self._buffer), self.fusion_state, self.weights)
+        not_fused = fused if isinstance(fused, str) else ""
+        if not not_fused:
+            self.weights, self.fusion_state = fused
+            self.version += 1
         step = self._step
         record: dict[str, Any] = {
             "version": self.version,
+            "fused": not not_fused,
+            "not_fused": not_fused,
             "time": self.clock,
             "participants": step.participants,
             "staleness": self._staleness,

@@ -9,6 +9,7 @@ from typing import Any
 from fedfuse.federation._checkpoint import load_checkpoint, save_checkpoint
 from fedfuse.federation._round import RoundResult, evaluate_parties, train_round
 from fedfuse.federation._sampling import check_sampling, sample_parties
+from fedfuse.federation._validate import DEFAULT_MAX_UPDATE_RATIO, check_update_bounds
 from fedfuse.fusion import FusionTransform, get_fusion
 from fedfuse.models import TrainConfig
 from fedfuse.runtime import PartyPool
@@ -36,7 +37,10 @@ class Federation:
         federated_eval: also ask every party to evaluate the new model on its test split.
         checkpoint_dir: where a checkpoint is written after each round; if it already holds
             one, the federation resumes from it.
-        max_update_norm: reject updates whose L2 norm exceeds this.
+        max_update_norm: reject updates whose L2 norm exceeds this (``None``: no limit).
+        max_update_ratio: reject updates that would move the global model by more than this
+            many times its norm (``||change|| <= r * max(||w||, UPDATE_NORM_FLOOR)``; on by
+            default, ``None`` or 0 turns it off). See ``fedfuse.federation._validate``.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Federation:
         federated_eval: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
         max_update_norm: float | None = None,
+        max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
     ) -> None:
         self.pool = pool
         self.fusion = get_fusion(fusion) if isinstance(fusion, str) else fusion
@@ -68,6 +73,7 @@ class Federation:
         self.federated_eval = federated_eval
         self.checkpoint_dir = checkpoint_dir
         self.max_update_norm = max_update_norm
+        self.max_update_ratio = max_update_ratio
         self._validate()
         self.round = 0
         self.weights = initial_weights
@@ -81,6 +87,7 @@ class Federation:
         check_sampling(self.fraction, self.count)
         if not isinstance(self.quorum, int) or self.quorum < 1:
             raise ValueError(f"quorum must be an integer >= 1, got {self.quorum!r}")
+        check_update_bounds(self.max_update_norm, self.max_update_ratio)
 
     def _resume(self, initial_weights: Weights) -> None:
         checkpoint = load_checkpoint(self.checkpoint_dir)
@@ -114,6 +121,7 @@ class Federation:
             quorum=self.quorum,
             timeout=self.timeout,
             max_update_norm=self.max_update_norm,
+            max_update_ratio=self.max_update_ratio,
         )
         self.round = round_num
         self.weights = result.weights
@@ -134,6 +142,7 @@ class Federation:
             "rejected": result.rejected,
             "failed": result.failed,
             "fused": result.fused,
+            "not_fused": result.not_fused,
             "train": result.train_metrics,
             "seconds": result.seconds,
             "skipped": result.skipped,

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedfuse.federation._metrics import WeightedMetrics
 from fedfuse.federation._sampling import derive_seed
-from fedfuse.federation._validate import check_num_examples, validate_update
-from fedfuse.fusion import FusionTransform, Update, fuse
+from fedfuse.federation._validate import (
+    DEFAULT_MAX_UPDATE_RATIO,
+    check_metrics,
+    check_num_examples,
+    validate_update,
+)
+from fedfuse.fusion import FusionError, FusionTransform, Update, fuse
 from fedfuse.models import TrainConfig
-from fedfuse.party import EvaluateTask, Evaluation, Reply, Skipped, TaskError, TrainTask
+from fedfuse.party import (
+    EvaluateTask,
+    Evaluation,
+    Malformed,
+    Reply,
+    Skipped,
+    TaskError,
+    TrainTask,
+)
 from fedfuse.runtime import PartyPool
 from fedfuse.weights import Codec, CodecError, Weights, add, get_codec, num_bytes
 
-__all__ = ["RoundResult", "evaluate_parties", "screen_reply", "train_round"]
+__all__ = ["RoundResult", "evaluate_parties", "fuse_safely", "screen_reply", "train_round"]
 
 
 @dataclass
@@ -32,6 +47,7 @@ class RoundResult:
     rejected: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     fused: bool = False
+    not_fused: str = ""
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
     bytes_up: int = 0
@@ -51,14 +67,18 @@ def train_round(
     quorum: int = 1,
     timeout: float | None = None,
     max_update_norm: float | None = None,
+    max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
 ) -> RoundResult:
     """Run round ``round_num`` from global ``weights`` with ``party_ids`` and fuse the result.
 
-    Every update is decoded (``config.compression``) and validated against ``weights``;
-    rejected updates, failed parties and parties that skipped sending are recorded and left
-    out. If fewer than ``quorum`` updates are accepted (none at all when every party skipped:
-    nothing meaningful arrived), the global weights and the fusion state stay as they were
-    (``fused`` is False).
+    Every update is decoded (``config.compression``) and validated against ``weights``
+    (``validate_update`` with the two magnitude bounds); rejected updates, failed parties and
+    parties that skipped sending are recorded and left out. The global weights and the fusion
+    state stay as they were (``fused`` is False, ``not_fused`` says why) when fewer than
+    ``quorum`` updates are accepted (none at all when every party skipped: nothing meaningful
+    arrived), when the fusion cannot fuse what arrived (a ``FusionError``, e.g. Krum with too
+    few updates) or when the fused model is not finite. No reply ends the round with an
+    exception.
     """
     start = time.perf_counter()
     tasks = {
@@ -72,22 +92,59 @@ def train_round(
     def accepted() -> Iterator[Update]:
         for pid, reply in pool.dispatch(tasks, timeout=timeout):
             update = screen_reply(
-                pid, reply, weights, codec, result, metrics, max_update_norm=max_update_norm
+                pid,
+                reply,
+                weights,
+                codec,
+                result,
+                metrics,
+                max_update_norm=max_update_norm,
+                max_update_ratio=max_update_ratio,
+                expect_delta=tasks[pid].send_delta,
             )
             if update is not None:
                 yield update
 
     updates = accepted()
     first = next(updates, None)
-    if first is not None:
-        fused, new_state = fuse(fusion, _prepend(first, updates), fusion_state, weights)
-        if len(result.participants) >= quorum:
-            result.weights = add(weights, fused.weights) if fused.is_delta else fused.weights
-            result.fusion_state = new_state
-            result.fused = True
+    if first is None:
+        result.not_fused = "no update was accepted"
+    else:
+        fused = fuse_safely(fusion, _prepend(first, updates), fusion_state, weights)
+        for _ in updates:  # a fusion that raised early leaves replies to gather and record
+            pass
+        if isinstance(fused, str):
+            result.not_fused = fused
+        elif len(result.participants) < quorum:
+            result.not_fused = (
+                f"{len(result.participants)} accepted updates, fewer than the quorum {quorum}"
+            )
+        else:
+            new_weights, new_state = fused
+            result.weights, result.fusion_state, result.fused = new_weights, new_state, True
     result.train_metrics = metrics.result()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def fuse_safely(
+    fusion: FusionTransform, updates: Iterator[Update], state: Any, weights: Weights
+) -> tuple[Weights, Any] | str:
+    """Fuse ``updates`` into new global weights and state, or say why they cannot be used.
+
+    A ``FusionError`` (too few updates for the rule, deltas mixed with full weights) and a
+    fused model that is not finite are both "not fused this round": the caller keeps the old
+    model and records the reason, and the federation goes on.
+    """
+    try:
+        fused, new_state = fuse(fusion, updates, state, weights)
+    except FusionError as exc:
+        return f"fusion failed: {exc}"
+    new_weights = add(weights, fused.weights) if fused.is_delta else fused.weights
+    for name, arr in new_weights.items():
+        if not np.isfinite(arr).all():
+            return f"the fused model is not finite (parameter {name!r}); it was not installed"
+    return new_weights, new_state
 
 
 def screen_reply(
@@ -99,19 +156,27 @@ def screen_reply(
     metrics: WeightedMetrics,
     *,
     max_update_norm: float | None = None,
+    max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
+    expect_delta: bool | None = True,
 ) -> Update | None:
     """Sort one party's reply into ``result`` (failed, skipped, rejected or a participant).
 
-    A delta is decoded with ``codec`` before it is validated against ``reference``. Counts the
-    bytes of update arrays received (``bytes_up``) and what every party that trained would
-    have sent as dense, uncompressed deltas (``bytes_dense``). Returns the decoded update if it
-    is accepted, else ``None``.
+    A delta is decoded with ``codec`` before it is validated against ``reference`` (see
+    ``validate_update`` for ``max_update_norm``, ``max_update_ratio`` and ``expect_delta``,
+    what the task asked for). A reply the wire could not read (``Malformed``) is rejected with
+    its reason, like a Skipped reply with a bad count or metrics. Counts the bytes of update
+    arrays received (``bytes_up``) and what every party that trained would have sent as dense,
+    uncompressed deltas (``bytes_dense``). Returns the decoded update if it is accepted, else
+    ``None``.
     """
     if isinstance(reply, TaskError):
         result.failed[party_id] = reply.message
         return None
+    if isinstance(reply, Malformed):
+        result.rejected[party_id] = reply.reason
+        return None
     if isinstance(reply, Skipped):
-        reason = check_num_examples(reply.num_examples)
+        reason = check_num_examples(reply.num_examples) or check_metrics(reply.metrics)
         if reason is not None:
             result.rejected[party_id] = reason
             return None
@@ -122,6 +187,11 @@ def screen_reply(
     if not isinstance(reply, Update):
         result.failed[party_id] = f"expected an update, got {type(reply).__name__}"
         return None
+    if not isinstance(reply.weights, Mapping) or not all(
+        isinstance(arr, np.ndarray) for arr in reply.weights.values()
+    ):
+        result.rejected[party_id] = "the update's weights are not named arrays"
+        return None
     result.bytes_up += num_bytes(reply.weights)
     result.bytes_dense += num_bytes(reference)
     if reply.is_delta and codec.name != "none":
@@ -130,7 +200,13 @@ def screen_reply(
         except CodecError as exc:
             result.rejected[party_id] = f"cannot decode the {codec.name} update: {exc}"
             return None
-    reason = validate_update(reply, reference, max_norm=max_update_norm)
+    reason = validate_update(
+        reply,
+        reference,
+        max_norm=max_update_norm,
+        max_ratio=max_update_ratio,
+        expect_delta=expect_delta,
+    )
     if reason is not None:
         result.rejected[party_id] = reason
         return None
@@ -155,11 +231,14 @@ def evaluate_parties(
 ) -> dict[str, float]:
     """Federated evaluation: each party evaluates ``weights`` on its own data.
 
-    Returns metrics averaged weighted by ``num_examples`` (parties without data are skipped).
+    Returns metrics averaged weighted by ``num_examples``. Parties without data, and
+    evaluations with a bad count or metrics that are not finite numbers, are left out.
     """
     task = EvaluateTask(round_num, weights, split)  # type: ignore[arg-type]
     metrics = WeightedMetrics()
     for _, reply in pool.dispatch(dict.fromkeys(party_ids, task), timeout=timeout):
-        if isinstance(reply, Evaluation):
+        if isinstance(reply, Evaluation) and not (
+            check_num_examples(reply.num_examples) or check_metrics(reply.metrics)
+        ):
             metrics.add(reply.metrics, reply.num_examples)
     return metrics.result()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_sampling", "derive_seed", "sample_parties"]
+__all__ = ["check_sampling", "derive_seed", "sample_parties", "sampled_count"]
 
 
 def check_sampling(fraction: float | None, count: int | None) -> None:
@@ -21,6 +21,20 @@ def check_sampling(fraction: float | None, count: int | None) -> None:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"count must be an integer >= 1, got {count!r}")
+
+
+def sampled_count(num_parties: int, fraction: float | None, count: int | None) -> int:
+    """How many of ``num_parties`` parties take part in a round with ``fraction`` or ``count``."""
+    check_sampling(fraction, count)
+    if num_parties == 0:
+        raise ValueError("there are no parties to sample from")
+    if fraction is not None:
+        return max(1, math.ceil(fraction * num_parties - 1e-9))
+    if count is not None:
+        if count > num_parties:
+            raise ValueError(f"count={count} exceeds the {num_parties} parties available")
+        return count
+    return num_parties
 
 
 def sample_parties(
@@ -37,18 +51,8 @@ def sample_parties(
     the ids, so a resumed federation samples exactly as an uninterrupted one. The result keeps
     the order of ``party_ids``.
     """
-    check_sampling(fraction, count)
     n = len(party_ids)
-    if n == 0:
-        raise ValueError("there are no parties to sample from")
-    if fraction is not None:
-        k = max(1, math.ceil(fraction * n - 1e-9))
-    elif count is not None:
-        if count > n:
-            raise ValueError(f"count={count} exceeds the {n} parties available")
-        k = count
-    else:
-        return list(party_ids)
+    k = sampled_count(n, fraction, count)
     if k == n:
         return list(party_ids)
     rng = np.random.default_rng([seed, round_num])

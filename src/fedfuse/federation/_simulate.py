@@ -17,8 +17,10 @@ from fedfuse.data import FederatedDataset, federate, load_dataset
 from fedfuse.federation._baseline import train_centralized
 from fedfuse.federation._federation import Federation
 from fedfuse.federation._report import plot_accuracy, write_history
+from fedfuse.federation._sampling import sampled_count
 from fedfuse.federation._uses import run_use
-from fedfuse.fusion import get_fusion
+from fedfuse.federation._validate import DEFAULT_MAX_UPDATE_RATIO, check_update_bounds
+from fedfuse.fusion import check_fusion_size, get_fusion
 from fedfuse.models import TorchAdapter, TrainConfig, build_model, resolve_optimizer
 from fedfuse.runtime import LocalPool
 from fedfuse.weights import Weights
@@ -61,7 +63,8 @@ class SimulationConfig(Settings):
     ``skip_relative_norm``, ``skip_cosine``, ``skip_cosine_to`` and
     ``max_consecutive_skips`` go to the parties
     (see ``TrainConfig``); ``max_update_norm`` makes the aggregator reject updates with a
-    larger L2 norm.
+    larger L2 norm, ``max_update_ratio`` those that would move the global model by more than
+    that many times its norm (10 by default; 0 or ``None`` turns it off).
 
     ``use`` picks one of the Model Fusion API's three uses: ``aggregate`` (the default: one
     federation), or a comparison on the same parties: ``personalize`` (local-only, global,
@@ -103,6 +106,7 @@ class SimulationConfig(Settings):
     skip_cosine_to: str = "last_sent"
     max_consecutive_skips: int = 3
     max_update_norm: float | None = None
+    max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO
     server_learning_rate: float | None = None
     server_momentum: float | None = None
     server_beta2: float | None = None
@@ -179,6 +183,13 @@ def build_federated_dataset(config: SimulationConfig) -> FederatedDataset:
     )
 
 
+def _check_parties_per_round(config: SimulationConfig, num_parties: int) -> None:
+    """Raise ``ValueError`` if ``config``'s sampling or fusion can never run with
+    ``num_parties`` parties (e.g. Krum with ``2f + 2 >= parties per round``)."""
+    per_round = sampled_count(num_parties, config.fraction, config.count)
+    check_fusion_size(config.fusion, config.fusion_params(), per_round)
+
+
 def _simulate_use(
     config: SimulationConfig,
     fed: FederatedDataset,
@@ -220,8 +231,12 @@ def simulate(
     config = (config or SimulationConfig()).replace(**overrides)
     config.train_config().validate()
     resolve_optimizer(config.optimizer)  # simulations train torch models
+    check_update_bounds(config.max_update_norm, config.max_update_ratio)
     fusion = get_fusion(config.fusion, **config.fusion_params())
+    if federated_data is None:
+        _check_parties_per_round(config, config.num_parties)
     fed = federated_data if federated_data is not None else build_federated_dataset(config)
+    _check_parties_per_round(config, len(fed.party_ids))
     if fed.test is None:
         raise ValueError("the federated dataset needs a central test set (FederatedDataset.test)")
     input_shape = fed[fed.party_ids[0]].train.x.shape[1:]
@@ -250,6 +265,7 @@ def simulate(
         central_eval=central_eval,
         federated_eval=config.federated_eval and bool(fed.test_data()),
         max_update_norm=config.max_update_norm,
+        max_update_ratio=config.max_update_ratio,
     )
     history = federation.run(config.rounds, on_round=on_round)
     result = SimulationResult(config, history, federation.weights, fed)

@@ -12,7 +12,7 @@ from fedfuse.fusion._matching import (
     matched_fusion,
 )
 from fedfuse.fusion._mean import fedavg, iter_avg, weighted_mean
-from fedfuse.fusion._registry import FUSIONS, get_fusion
+from fedfuse.fusion._registry import FUSIONS, check_fusion_size, get_fusion
 from fedfuse.fusion._robust import (
     clip_by_norm,
     krum,
@@ -32,6 +32,7 @@ __all__ = [
     "matched_average",
     "matched_fusion",
     "FUSIONS",
+    "check_fusion_size",
     "FusionError",
     "FusionTransform",
     "Update",

@@ -8,7 +8,7 @@ norm before fusing (``chain(clip_by_norm(c), <the algorithm>)``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedfuse.fusion import _server
@@ -18,7 +18,7 @@ from fedfuse.fusion._matching import matched_fusion
 from fedfuse.fusion._mean import fedavg, iter_avg
 from fedfuse.fusion._robust import clip_by_norm, krum, median, multi_krum, trimmed_mean
 
-__all__ = ["FUSIONS", "get_fusion"]
+__all__ = ["FUSIONS", "check_fusion_size", "get_fusion"]
 
 
 def _fedavgm(server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> FusionTransform:
@@ -114,3 +114,25 @@ def get_fusion(name: str, **params: Any) -> FusionTransform:
     except TypeError as exc:
         raise ValueError(f"bad parameters for fusion {name!r}: {exc}") from None
     return transform if clip_norm is None else chain(clip_by_norm(clip_norm), transform)
+
+
+def check_fusion_size(name: str, params: Mapping[str, Any], updates_per_round: int) -> None:
+    """Raise ``ValueError`` if fusion ``name`` with ``params`` can never fuse a round of at most
+    ``updates_per_round`` updates, so such a federation is refused when it is created instead
+    of fusing nothing, round after round.
+
+    Krum and multi-Krum with ``f = num_byzantine`` need more than ``2f + 2`` updates
+    (Blanchard et al., NeurIPS 2017).
+    """
+    if name in ("krum", "multi_krum"):
+        f = params.get("num_byzantine", 1)
+        if isinstance(f, int) and 2 * f + 2 >= updates_per_round:
+            hint = (
+                f"num_byzantine can be at most {(updates_per_round - 3) // 2}"
+                if updates_per_round >= 3
+                else "it needs at least 3"
+            )
+            raise ValueError(
+                f"{name} with num_byzantine={f} needs more than {2 * f + 2} updates per round, "
+                f"but at most {updates_per_round} parties take part in a round ({hint})"
+            )

@@ -6,6 +6,7 @@ from fedfuse.party._personal import PersonalAdapter, head_layer, split_personal
 from fedfuse.party._tasks import (
     EvaluateTask,
     Evaluation,
+    Malformed,
     Reply,
     Skipped,
     Task,
@@ -22,6 +23,7 @@ __all__ = [
     "NumPyClient",
     "EvaluateTask",
     "Evaluation",
+    "Malformed",
     "ModelAdapter",
     "Party",
     "Reply",

@@ -12,6 +12,7 @@ from fedfuse.weights import Weights
 __all__ = [
     "Evaluation",
     "EvaluateTask",
+    "Malformed",
     "Reply",
     "Skipped",
     "Task",
@@ -69,5 +70,17 @@ class TaskError:
     message: str
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """A reply that arrived but cannot be read: ``reason`` names the bad field.
+
+    The transport makes this of a party's message whose fields are wrong (a count that is not
+    an integer, metrics that are not numbers, a body that is not safetensors), so the round
+    records the update as rejected with the reason instead of failing on it.
+    """
+
+    reason: str
+
+
 Task = TrainTask | EvaluateTask
-Reply = Update | Skipped | Evaluation | TaskError
+Reply = Update | Skipped | Evaluation | TaskError | Malformed

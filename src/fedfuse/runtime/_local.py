@@ -40,4 +40,13 @@ class LocalPool:
             elif deadline is not None and time.monotonic() > deadline:
                 yield party_id, TaskError("deadline passed before the party was reached")
             else:
-                yield party_id, party.handle(task)
+                yield party_id, _handle(party, task)
+
+
+def _handle(party: Party, task: Task) -> Reply:
+    """``party.handle(task)``; an exception it lets out becomes that party's ``TaskError``, so
+    one party (a custom ``Party``-like object among them) cannot end the round for all."""
+    try:
+        return party.handle(task)
+    except Exception as exc:  # whatever one party raises is its own failure
+        return TaskError(f"{type(exc).__name__}: {str(exc)[:2000]}")

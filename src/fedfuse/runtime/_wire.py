@@ -2,7 +2,11 @@
 
 ``task_to_wire`` / ``reply_to_wire`` split a task or reply into ``(meta, weights)``; the
 transport sends ``meta`` as JSON (an HTTP header) and ``weights`` as safetensors bytes. The
-``*_from_wire`` functions check every field and raise ``WireFormatError`` naming the problem.
+``*_from_wire`` functions check every field and raise ``WireFormatError`` naming the problem,
+except that ``reply_from_wire`` answers a reply of a known kind whose fields or body are bad
+with a ``Malformed`` reply: the party did answer, and the round records its update as rejected
+with the reason. What the numbers mean (a sane example count, finite metrics, the magnitude
+of an update) is judged once, by the round loop's validation, for every transport.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from typing import Any
 
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
-from fedfuse.party import EvaluateTask, Evaluation, Reply, Skipped, Task, TaskError, TrainTask
+from fedfuse.party import (
+    EvaluateTask,
+    Evaluation,
+    Malformed,
+    Reply,
+    Skipped,
+    Task,
+    TaskError,
+    TrainTask,
+)
 from fedfuse.runtime._remote import PendingTask
 from fedfuse.weights import Weights, WeightsFormatError, from_buffer, from_bytes
 
@@ -35,8 +48,8 @@ def decode_meta(text: str | None) -> dict[str, Any]:
         raise WireFormatError("missing X-Fedfuse-Meta header (JSON metadata)")
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WireFormatError(f"X-Fedfuse-Meta is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON, a 5000-digit number, deep nesting
+        raise WireFormatError(f"X-Fedfuse-Meta is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(meta, dict):
         raise WireFormatError("X-Fedfuse-Meta must be a JSON object")
     return meta
@@ -109,6 +122,8 @@ def reply_to_wire(reply: Reply) -> tuple[dict[str, Any], Weights | None]:
             "metrics": {k: float(v) for k, v in reply.metrics.items()},
         }
         return meta, None
+    if isinstance(reply, Malformed):
+        return {"kind": "error", "message": str(reply.reason)[:2000]}, None
     return {"kind": "error", "message": str(reply.message)[:2000]}, None
 
 
@@ -122,23 +137,45 @@ def _metrics(meta: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str = "") -> Reply:
-    kind = meta.get("kind")
-    if kind == "update":
-        return Update(
-            _weights(body, copy=False),  # views into the request body: folded, then dropped
-            _field(meta, "num_examples", int),
-            _metrics(meta),
-            bool(meta.get("is_delta", True)),
-            party_id=party_id,
-        )
-    if kind == "evaluation":
-        return Evaluation(_field(meta, "num_examples", int), _metrics(meta))
-    if kind == "skipped":
-        reason = str(meta.get("reason", "update says little new"))[:500]
-        return Skipped(_field(meta, "num_examples", int), _metrics(meta), reason)
-    if kind == "error":
-        return TaskError(str(meta.get("message", "party reported an error"))[:2000])
-    raise WireFormatError(
-        f"unknown reply kind {kind!r}; expected update, skipped, evaluation or error"
+def _update(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Reply:
+    is_delta = meta.get("is_delta", True)
+    if not isinstance(is_delta, bool):
+        raise WireFormatError("metadata field 'is_delta' must be true or false")
+    return Update(
+        _weights(body, copy=False),  # views into the request body: folded, then dropped
+        _field(meta, "num_examples", int),
+        _metrics(meta),
+        is_delta,
+        party_id=party_id,
     )
+
+
+def _evaluation(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Reply:
+    return Evaluation(_field(meta, "num_examples", int), _metrics(meta))
+
+
+def _skipped(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Reply:
+    reason = str(meta.get("reason", "update says little new"))[:500]
+    return Skipped(_field(meta, "num_examples", int), _metrics(meta), reason)
+
+
+def _error(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Reply:
+    return TaskError(str(meta.get("message", "party reported an error"))[:2000])
+
+
+_REPLY_KINDS = {"update": _update, "skipped": _skipped, "evaluation": _evaluation, "error": _error}
+
+
+def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str = "") -> Reply:
+    """The reply ``meta`` and ``body`` carry; ``Malformed`` (naming the bad field) when a reply
+    of a known kind cannot be read. Raises ``WireFormatError`` for an unknown kind."""
+    kind = meta.get("kind")
+    read = _REPLY_KINDS.get(kind) if isinstance(kind, str) else None
+    if read is None:
+        raise WireFormatError(
+            f"unknown reply kind {str(kind)[:64]!r}; expected update, skipped, evaluation or error"
+        )
+    try:
+        return read(meta, body, party_id)
+    except WireFormatError as exc:
+        return Malformed(f"malformed {kind} reply: {exc}")

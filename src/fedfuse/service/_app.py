@@ -182,6 +182,8 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         input_shape: Annotated[str | None, Form(max_length=64, pattern=r"^\d+(,\d+)*$")] = None,
         num_classes: Annotated[int | None, Form()] = None,
         auto_start: Annotated[bool, Form()] = False,
+        max_update_norm: Annotated[float | None, Form()] = None,
+        max_update_ratio: Annotated[float | None, Form()] = FederationSpec.max_update_ratio,
         join_token: Annotated[str | None, Form(max_length=256)] = None,
         fusion_params: Annotated[str | None, Form(max_length=4096)] = None,
         train_options: Annotated[str | None, Form(max_length=4096)] = None,
@@ -203,6 +205,7 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
             round_timeout=round_timeout, seed=seed, model=model,
             input_shape=tuple(int(d) for d in input_shape.split(",")) if input_shape else None,
             num_classes=num_classes, auto_start=auto_start,
+            max_update_norm=max_update_norm, max_update_ratio=max_update_ratio,
             fusion_params=_json_object(fusion_params, "fusion_params"),
             train_options=_json_object(train_options, "train_options"),
         )  # fmt: skip

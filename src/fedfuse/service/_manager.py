@@ -393,6 +393,8 @@ class Manager:
                 timeout=spec.round_timeout,
                 federated_eval=True,
                 checkpoint_dir=run.folder / "checkpoint",
+                max_update_norm=spec.max_update_norm,
+                max_update_ratio=spec.max_update_ratio,
             )
             run.federation = federation
             for record in federation.history:  # rounds completed before a restart

@@ -6,8 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from fedfuse.federation import check_sampling
-from fedfuse.fusion import get_fusion
+from fedfuse.federation import (
+    DEFAULT_MAX_UPDATE_RATIO,
+    check_sampling,
+    check_update_bounds,
+    sampled_count,
+)
+from fedfuse.fusion import check_fusion_size, get_fusion
 from fedfuse.models import MODELS, TrainConfig, get_model_type, keras_optimizer, resolve_optimizer
 
 __all__ = ["FederationSpec", "SpecError"]
@@ -24,6 +29,9 @@ class FederationSpec:
     The model comes from exactly one source: an uploaded ``model_file`` (``model_type``
     pytorch, ...), a zoo ``model`` name with ``input_shape`` and ``num_classes``, or uploaded
     ``initial_weights`` (then the service only fuses, and every party brings its own model).
+
+    ``max_update_norm`` and ``max_update_ratio`` bound the updates the round loop accepts
+    (see ``fedfuse.Federation``); the ratio bound is on by default, 0 turns either off.
     """
 
     fusion_algorithm: str = "fedavg"
@@ -43,6 +51,8 @@ class FederationSpec:
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     auto_start: bool = False
+    max_update_norm: float | None = None
+    max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO
     fusion_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     train_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -107,8 +117,14 @@ class FederationSpec:
             )
         try:
             check_sampling(self.fraction, self.count)
+            per_round = sampled_count(self.num_parties, self.fraction, self.count)
+            check_update_bounds(self.max_update_norm, self.max_update_ratio)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+        try:
+            check_fusion_size(self.fusion_algorithm, self.fusion_params, per_round)
+        except ValueError as exc:
+            raise SpecError(f"fusion_algorithm: {exc}") from None
         if self.model is not None:
             if self.model not in MODELS:
                 raise SpecError(
