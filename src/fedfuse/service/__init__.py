@@ -2,9 +2,9 @@
 
 from fedfuse.service._app import ServiceSettings, create_app
 from fedfuse.service._background import background_service
-from fedfuse.service._manager import Conflict, Manager, NotFound, Unauthorized
+from fedfuse.service._manager import Conflict, Manager, NotFound, StorageError, Unauthorized
 from fedfuse.service._spec import FederationSpec, SpecError
-from fedfuse.service._store import Store
+from fedfuse.service._store import Store, StoreError
 
 __all__ = [
     "Conflict",
@@ -13,7 +13,9 @@ __all__ = [
     "NotFound",
     "ServiceSettings",
     "SpecError",
+    "StorageError",
     "Store",
+    "StoreError",
     "Unauthorized",
     "background_service",
     "create_app",

@@ -4,12 +4,23 @@ Each federation owns a ``RemotePool`` and, while it trains, a thread running the
 ``Federation`` round loop as a simulation. Everything needed to rebuild it after a crash is on
 disk: the spec and parties in SQLite, the model file and hosted parties' data in its folder,
 and a checkpoint after every completed round.
+
+A federation's folder is built under a temporary name and renamed into place once every file is
+on disk, with a manifest of their sizes and hashes; its database row comes last. On restart each
+federation is checked against its manifest and rebuilt on its own: a damaged one fails alone,
+with the reason, and the service serves the rest.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import logging
+import os
 import secrets
+import shutil
+import sqlite3
 import threading
 import uuid
 from collections.abc import Sequence
@@ -21,16 +32,24 @@ import numpy as np
 import torch
 
 from fedfuse.data import get_data_handler, load_party_npz
-from fedfuse.federation import Federation, load_checkpoint
+from fedfuse.federation import CheckpointError, Federation, load_checkpoint
+from fedfuse.federation._checkpoint import fsync_directory, write_synced
 from fedfuse.fusion import get_fusion
 from fedfuse.models import TorchAdapter, build_model, get_model_type
 from fedfuse.party import Party
 from fedfuse.runtime import RemotePool
 from fedfuse.service._spec import FederationSpec, SpecError
 from fedfuse.service._store import Store, hash_token
-from fedfuse.weights import Weights, WeightsFormatError, from_bytes, load_weights, save_weights
+from fedfuse.weights import (
+    Weights,
+    WeightsFormatError,
+    check_compatible,
+    from_bytes,
+    load_weights,
+    to_bytes,
+)
 
-__all__ = ["Conflict", "Manager", "NotFound", "Unauthorized"]
+__all__ = ["Conflict", "Manager", "NotFound", "StorageError", "Unauthorized"]
 
 FINISHED = ("completed", "stopped", "failed")
 log = logging.getLogger("fedfuse.service")
@@ -63,6 +82,62 @@ class Conflict(RuntimeError):
 
 class Unauthorized(PermissionError):
     """A missing or wrong token."""
+
+
+class StorageError(OSError):
+    """The service could not store what it was given (a full disk, a read-only folder...);
+    nothing half-written is left behind."""
+
+
+MANIFEST = "manifest.json"
+
+
+def _store_file(folder: Path, name: str, data: bytes) -> None:
+    """Write ``name`` durably into a federation folder and record its size and hash in the
+    folder's manifest, which recovery checks the file against."""
+    write_synced(folder / name, data)
+    manifest = _manifest(folder) or {}
+    manifest[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    write_synced(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest, or ``None`` for folders made before there was one."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is unreadable")
+    return manifest
+
+
+def _read_checked(folder: Path, name: str, manifest: dict[str, Any] | None) -> bytes | None:
+    """The bytes of ``name`` as written at creation: ``ValueError`` naming the file if it is
+    missing, shorter or different; ``None`` if the federation never had it."""
+    path = folder / name
+    if manifest is None:  # a folder made before manifests: only presence can be told
+        return path.read_bytes() if path.exists() else None
+    entry = manifest.get(name)
+    if entry is None:
+        return None
+    if not path.exists():
+        raise ValueError(f"{path} is missing")
+    data = path.read_bytes()
+    if len(data) != entry["bytes"]:
+        raise ValueError(f"{path} is {len(data)} bytes; {entry['bytes']} were written")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ValueError(f"{path} differs from the file written (sha256 mismatch)")
+    return data
+
+
+def _storage_error(action: str, exc: OSError | sqlite3.Error) -> StorageError:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"{action}: the disk is full ({exc.strerror})")
+    return StorageError(f"{action}: {getattr(exc, 'strerror', None) or exc}")
 
 
 @dataclass
@@ -101,13 +176,41 @@ class Manager:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.data_dir / "fedfuse.sqlite3")
+        self.store = Store(self.data_dir / "fedfuse.sqlite3", has_federations=bool(self._folders()))
         self.allowed_import_paths = tuple(allowed_import_paths)
         self.liveness = liveness
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
 
     # building blocks --------------------------------------------------------------------------
+    def _folders(self) -> list[Path]:
+        """Every federation folder on disk (not those half-made by an interrupted creation)."""
+        parent = self.data_dir / "federations"
+        if not parent.is_dir():
+            return []
+        return [p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def _write_folder(self, fid: str, files: dict[str, bytes]) -> Path:
+        """Build a federation's folder under a temporary name beside its final place, every
+        file flushed to disk, then rename it into place: a full disk or a crash while creating
+        leaves no half-made federation (recovery deletes the temporary folder)."""
+        parent = self.data_dir / "federations"
+        folder = parent / fid
+        tmp = parent / f".creating-{fid}"
+        renamed = False
+        try:
+            (tmp / "parties").mkdir(parents=True)
+            for name, data in files.items():
+                _store_file(tmp, name, data)
+            fsync_directory(tmp / "parties")
+            os.rename(tmp, folder)
+            renamed = True
+            fsync_directory(parent)
+        except OSError as exc:
+            shutil.rmtree(folder if renamed else tmp, ignore_errors=True)
+            raise _storage_error("could not store the federation's files", exc) from exc
+        return folder
+
     def _adapter(self, spec: FederationSpec, model_bytes: bytes | None) -> Any:
         if model_bytes is not None:
             return get_model_type(spec.model_type).load(model_bytes, self.allowed_import_paths)
@@ -159,12 +262,17 @@ class Manager:
                 raise SpecError("initial_weights holds no arrays")
         fid = uuid.uuid4().hex
         token = join_token or secrets.token_urlsafe(24)
-        folder = self.data_dir / "federations" / fid
-        (folder / "parties").mkdir(parents=True)
-        save_weights(folder / "initial.safetensors", weights)
+        files = {"initial.safetensors": to_bytes(weights)}
         if model_bytes is not None:
-            (folder / "model_file").write_bytes(model_bytes)
-        self.store.create_federation(fid, spec.to_dict(), token)
+            files["model_file"] = model_bytes
+        folder = self._write_folder(fid, files)
+        try:  # the row comes last: without it, the folder is removed
+            self.store.create_federation(fid, spec.to_dict(), token)
+        except BaseException as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, sqlite3.OperationalError):  # "database or disk is full"
+                raise _storage_error("could not record the federation", exc) from exc
+            raise
         with self._lock:
             self._runs[fid] = _Run(
                 fid, spec, folder, RemotePool(self.liveness), weights, model_bytes
@@ -191,6 +299,7 @@ class Manager:
         parties = self.store.parties(fid)
         run = self._runs.get(fid)
         live = set(run.pool.party_ids()) if run else set()
+        config = fed["config"] or {}  # None: a damaged row (the federation is failed)
         fed["parties"] = [
             {
                 "party_id": p["party_id"],
@@ -200,13 +309,13 @@ class Manager:
             }
             for p in parties
         ]
-        fed["parties_remaining"] = max(0, fed["config"]["num_parties"] - len(parties))
+        fed["parties_remaining"] = max(0, config.get("num_parties", 0) - len(parties))
         return fed
 
     def list(self) -> list[dict[str, Any]]:
         return [
-            {k: f[k] for k in ("id", "created", "status", "rounds_done")}
-            | {"rounds": f["config"]["rounds"], "fusion_algorithm": f["config"]["fusion_algorithm"]}
+            {k: f[k] for k in ("id", "created", "status", "rounds_done", "error")}
+            | {k: (f["config"] or {}).get(k) for k in ("rounds", "fusion_algorithm")}
             for f in self.store.federations()
         ]
 
@@ -214,7 +323,12 @@ class Manager:
         run = self._run(fid)
         if run.federation is not None:
             return run.federation.weights
-        checkpoint = load_checkpoint(run.folder / "checkpoint")
+        try:
+            checkpoint = load_checkpoint(run.folder / "checkpoint")
+        except (CheckpointError, OSError) as exc:
+            raise Conflict(f"the model of federation {fid} cannot be read: {exc}") from None
+        if checkpoint is None and not run.initial and self.status_of(fid) == "failed":
+            raise Conflict(f"federation {fid} failed before it had a model to download")
         return checkpoint.weights if checkpoint else run.initial
 
     def model_file(self, fid: str) -> bytes | None:
@@ -380,7 +494,7 @@ class Manager:
                     [p.adapter for p in hosted], [p.data.train for p in hosted]
                 )
                 run.initial = hosted[0].adapter.get_weights()
-                save_weights(run.folder / "initial.safetensors", run.initial)
+                _store_file(run.folder, "initial.safetensors", to_bytes(run.initial))
             federation = Federation(
                 run.pool,
                 run.initial,
@@ -397,6 +511,9 @@ class Manager:
                 max_update_ratio=spec.max_update_ratio,
             )
             run.federation = federation
+            # the checkpoint is the truth: rounds recorded after it (its newest file was
+            # damaged, so it fell back one round) are trained again
+            self.store.rewind(run.fid, federation.round)
             for record in federation.history:  # rounds completed before a restart
                 self.store.record_round(run.fid, record)
 
@@ -416,9 +533,21 @@ class Manager:
         except _Stopped:
             pass
         except Exception as exc:  # a failed federation is recorded, never crashes the service
-            self._set_status(run.fid, "failed", f"{type(exc).__name__}: {exc}")
+            self._fail(run.fid, f"{type(exc).__name__}: {exc}")
         finally:
             run.done.set()
+
+    def _fail(self, fid: str, reason: str) -> None:
+        """Mark ``fid`` failed with ``reason``; if even the store cannot be written (a full
+        disk), the service still knows and says so until it restarts."""
+        log.warning("federation %s failed: %s", fid[:8], reason)
+        try:
+            self._set_status(fid, "failed", reason)
+        except sqlite3.Error as exc:
+            log.error("federation %s: could not record the failure: %s", fid[:8], exc)
+            run = self._runs.get(fid)
+            if run is not None:
+                run.status = "failed"
 
     def wait(self, fid: str, timeout: float | None = None) -> bool:
         """Block until training ends; False on timeout."""
@@ -437,38 +566,102 @@ class Manager:
 
     # restart ----------------------------------------------------------------------------------
     def recover(self) -> list[str]:
-        """Rebuild every federation from disk; restart those that were training."""
+        """Rebuild every federation from disk; restart those that were training.
+
+        Each federation is rebuilt on its own: one whose stored settings or files are damaged
+        becomes ``failed`` with the reason, and the others are served. Nothing raises out of
+        here (the app's start calls it)."""
+        self._remove_half_made()
+        try:
+            federations = self.store.federations()
+        except sqlite3.Error as exc:
+            log.error("cannot list the federations to recover: %s", exc)
+            return []
         resumed = []
-        for fed in self.store.federations():
+        for fed in federations:
             fid = fed["id"]
             if fid in self._runs:
                 continue
-            spec = FederationSpec.from_dict(fed["config"])
-            folder = self.data_dir / "federations" / fid
-            model_file = folder / "model_file"
-            model_bytes = model_file.read_bytes() if model_file.exists() else None
-            run = _Run(
-                fid,
-                spec,
-                folder,
-                RemotePool(self.liveness),
-                load_weights(folder / "initial.safetensors"),
-                model_bytes,
-            )
-            for party in self.store.parties(fid):
-                if party["kind"] == "hosted":
-                    npz = (folder / "parties" / f"{party['party_id']}.npz").read_bytes()
-                    run.pool.add_hosted(
-                        party["party_id"],
-                        self._hosted_party(run, party["party_id"], party["handler"], npz),
-                    )
-            with self._lock:
-                self._runs[fid] = run
-            if fed["status"] == "training":
-                self._set_status(fid, "ready")
-                self.start(fid)
-                resumed.append(fid)
+            try:
+                if self._recover(fed):
+                    resumed.append(fid)
+            except Exception as exc:
+                self._fail(fid, f"cannot be recovered: {type(exc).__name__}: {exc}")
+                self._keep_failed(fed)
         return resumed
+
+    def _remove_half_made(self) -> None:
+        """Delete folders of creations that a crash interrupted (they never had a row)."""
+        parent = self.data_dir / "federations"
+        for tmp in parent.glob(".creating-*") if parent.is_dir() else ():
+            log.warning("removing %s, left by an interrupted creation", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _recover(self, fed: dict[str, Any]) -> bool:
+        """Rebuild one federation, checking its files; True if it resumed training."""
+        fid = fed["id"]
+        if fed["config"] is None:
+            raise ValueError("its stored settings are damaged (not a JSON object)")
+        spec = FederationSpec.from_dict(fed["config"])
+        if fed["status"] == "failed":  # keep its reason; its files may be what failed it
+            self._keep_failed(fed)
+            return False
+        spec.validate()
+        folder = self.data_dir / "federations" / fid
+        if not folder.is_dir():
+            raise ValueError(f"its folder {folder} is missing")
+        manifest = _manifest(folder)
+        initial_bytes = _read_checked(folder, "initial.safetensors", manifest)
+        if initial_bytes is None:
+            raise ValueError(f"{folder / 'initial.safetensors'} is missing")
+        try:
+            initial = from_bytes(initial_bytes)
+        except WeightsFormatError as exc:
+            raise ValueError(f"{folder / 'initial.safetensors'}: {exc}") from None
+        model_bytes = _read_checked(folder, "model_file", manifest)
+        checkpoint = load_checkpoint(folder / "checkpoint")  # CheckpointError if none usable
+        if checkpoint is None and fed["rounds_done"] > 0:
+            raise ValueError(
+                f"{folder / 'checkpoint'} holds no checkpoint, but {fed['rounds_done']} rounds "
+                "were done"
+            )
+        if checkpoint is not None and initial:
+            check_compatible(initial, checkpoint.weights)
+        run = _Run(fid, spec, folder, RemotePool(self.liveness), initial, model_bytes)
+        for party in self.store.parties(fid):
+            if party["kind"] == "hosted":
+                party_id = party["party_id"]
+                path = folder / "parties" / f"{party_id}.npz"
+                if not path.exists():
+                    raise ValueError(f"{path}, the data of hosted party {party_id}, is missing")
+                hosted = self._hosted_party(run, party_id, party["handler"], path.read_bytes())
+                run.pool.add_hosted(party_id, hosted)
+        with self._lock:
+            self._runs[fid] = run
+        if fed["status"] != "training":
+            return False
+        self._set_status(fid, "ready")
+        self.start(fid)
+        return True
+
+    def _keep_failed(self, fed: dict[str, Any]) -> None:
+        """Register a failed federation without its parties, so that parties polling it hear
+        that it failed and its status stays readable (not possible if its settings are lost)."""
+        if fed["config"] is None:
+            return
+        try:
+            spec = FederationSpec.from_dict(fed["config"])
+        except (TypeError, ValueError):
+            return
+        folder = self.data_dir / "federations" / fed["id"]
+        try:
+            initial = load_weights(folder / "initial.safetensors")
+        except (OSError, ValueError):
+            initial = {}
+        run = _Run(fed["id"], spec, folder, RemotePool(self.liveness), initial, None)
+        run.status = "failed"
+        with self._lock:
+            self._runs[fed["id"]] = run
 
     def shutdown(self) -> None:
         """Ask training threads to end after their current round (the store stays usable)."""

@@ -3,12 +3,17 @@
 Round records are written in the same transaction as the federation's round counter, so the
 store never claims a round it has not recorded. Checkpoint files (weights) live next to the
 database; on restart the checkpoint is the source of truth and the store is brought up to it.
+
+A database that is damaged, or is not fedfuse's, is refused when it is opened (``StoreError``),
+and so is an empty or missing one while federation folders exist beside it: lost state is never
+silently taken for a new, empty service.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -17,7 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store", "hash_token"]
+__all__ = ["Store", "StoreError", "hash_token"]
+
+log = logging.getLogger("fedfuse.service")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS federations (
@@ -59,17 +66,88 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Store:
-    """A thread-safe wrapper over one SQLite file (WAL journal, one connection, one lock)."""
+_COLUMNS = {
+    "federations": {"id", "created", "config", "status", "join_token_hash", "rounds_done", "error"},
+    "parties": {"federation_id", "party_id", "kind", "name", "token_hash", "handler", "joined"},
+    "rounds": {"federation_id", "round", "record"},
+    "rejected": {"federation_id", "round", "party_id", "reason"},
+}
 
-    def __init__(self, path: str | Path) -> None:
+
+class StoreError(ValueError):
+    """The database file is damaged, is not fedfuse's, or is empty where state should be."""
+
+
+class Store:
+    """A thread-safe wrapper over one SQLite file (WAL journal, one connection, one lock).
+
+    Args:
+        path: the SQLite file; created if it does not exist.
+        has_federations: federation folders exist beside the database, so a missing, empty
+            or table-less database means lost state: it is refused, not initialised.
+    """
+
+    def __init__(self, path: str | Path, *, has_federations: bool = False) -> None:
         self.path = Path(path)
+        self._check_file(has_federations)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._check_schema(has_federations)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path} cannot be used as fedfuse's database: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _refuse(self, problem: str) -> StoreError:
+        return StoreError(
+            f"{self.path} {problem}, but federation folders exist beside it; restore the "
+            "database from a backup, or move the federations folder away to start an empty "
+            "service (only then is an empty database initialised as new)"
+        )
+
+    def _check_file(self, has_federations: bool) -> None:
+        if not self.path.exists():
+            if has_federations:
+                raise self._refuse("is missing")
+        elif self.path.stat().st_size == 0:
+            if has_federations:
+                raise self._refuse("is empty (0 bytes)")
+            log.info("%s is empty (0 bytes) and no federations exist: a new service", self.path)
+
+    def _check_schema(self, has_federations: bool) -> None:
+        """``PRAGMA quick_check``, then fedfuse's tables and their columns."""
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path} is damaged (SQLite quick_check: {problems[0]})")
+        names = [
+            row[0]
+            for row in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        if not names:
+            if has_federations:
+                raise self._refuse("holds no tables")
+            return
+        for table, columns in _COLUMNS.items():
+            if table not in names:
+                raise StoreError(
+                    f"{self.path} is not a fedfuse database: it has no table {table!r} "
+                    f"(tables: {', '.join(sorted(names))})"
+                )
+            found = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if not columns <= found:
+                raise StoreError(
+                    f"{self.path} is not a fedfuse database: table {table!r} lacks "
+                    f"{', '.join(sorted(columns - found))}"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -113,11 +191,21 @@ class Store:
         return [self._federation_row(r) for r in rows]
 
     @staticmethod
-    def _federation_row(row: sqlite3.Row) -> dict[str, Any]:
+    def _config(text: str) -> dict[str, Any] | None:
+        """The stored settings, or ``None`` where the row is damaged (that federation fails
+        alone, with the reason, instead of every listing failing)."""
+        try:
+            config = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        return config if isinstance(config, dict) else None
+
+    @classmethod
+    def _federation_row(cls, row: sqlite3.Row) -> dict[str, Any]:
         return {
             "id": row["id"],
             "created": row["created"],
-            "config": json.loads(row["config"]),
+            "config": cls._config(row["config"]),
             "status": row["status"],
             "rounds_done": row["rounds_done"],
             "error": row["error"],
@@ -184,6 +272,19 @@ class Store:
             )
             db.execute(
                 "UPDATE federations SET rounds_done = MAX(rounds_done, ?) WHERE id = ?",
+                (round_num, fid),
+            )
+
+    def rewind(self, fid: str, round_num: int) -> None:
+        """Forget the rounds after ``round_num``: training resumed from an older checkpoint
+        (its newest file was damaged) and trains them again."""
+        with self._tx() as db:
+            for table in ("rounds", "rejected"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE federation_id = ? AND round > ?", (fid, round_num)
+                )
+            db.execute(
+                "UPDATE federations SET rounds_done = MIN(rounds_done, ?) WHERE id = ?",
                 (round_num, fid),
             )
 
