@@ -262,16 +262,17 @@ def test_party_protocol_rejects_bad_replies_and_keeps_the_model(client):
         headers=auth | {"X-Fedfuse-Meta": "{not json"},
     )
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    # an update whose body is not safetensors is the party's answer: rejected with its reason
     r = _reply(client, fid, tid, auth, update, b"pickle? no")
     assert r.status_code == 400 and "safetensors" in r.json()["detail"]
-    # a NaN update with the right shape is accepted on the wire, rejected by validation
     nan = to_bytes({"w": np.full((2, 2), np.nan, np.float32)})
-    assert _reply(client, fid, tid, auth, update, nan).status_code == 200
     r = _reply(client, fid, tid, auth, update, nan)
     assert r.status_code == 409 and "already answered" in r.json()["detail"]
     _drain(client, fid, auth, good=True)
     history = client.get(f"/v1/federations/{fid}/history").json()
-    assert history["rejected"][0]["reason"] == "parameter 'w' contains NaN or infinite values"
+    (rejected,) = history["rejected"]
+    assert rejected["round"] == 1 and "malformed update reply" in rejected["reason"]
+    assert "safetensors" in rejected["reason"]
     from fedfuse.weights import from_bytes
 
     w = from_bytes(client.get(f"/v1/federations/{fid}/model").content)["w"]
@@ -328,8 +329,12 @@ def test_wrong_shape_update_is_rejected_with_reason(client):
 def test_join_errors(client):
     fed, joined, auth = _remote(client)
     assert joined["party_id"] == "party_0" and joined["model"] == {"source": "party"}
-    again = client.post("/v1/join", json={"token": fed["join_token"], "name": "site"}).json()
-    assert again["party_id"] == "party_0"  # a rejoin by name is the same party
+    r = client.post("/v1/join", json={"token": fed["join_token"], "name": "site"})
+    assert r.status_code == 401 and "party name 'site' is taken" in r.json()["detail"]
+    rejoin = {"token": fed["join_token"], "name": "site", "party_secret": joined["party_secret"]}
+    again = client.post("/v1/join", json=rejoin).json()
+    assert again["party_id"] == "party_0"  # a rejoin by name, with its secret, is the same party
+    assert again["party_secret"] == joined["party_secret"]
     r = client.post("/v1/join", json={"token": fed["join_token"], "name": "other"})
     assert r.status_code == 409 and "already joined" in r.json()["detail"]
     assert client.post("/v1/join", json={"token": ""}).status_code == 422

@@ -73,6 +73,11 @@ class RemotePool:
         with self._lock:
             self._hosted[party_id] = party
 
+    def knows(self, party_id: str) -> bool:
+        """Whether ``party_id`` is a member (hosted or remote, live or not)."""
+        with self._lock:
+            return party_id in self._remote or party_id in self._hosted
+
     def hosted(self) -> list[Party]:
         """The parties this pool runs itself, in the order they were added."""
         with self._lock:
@@ -187,6 +192,27 @@ class RemotePool:
                     return None
                 self._lock.wait(min(remaining, 1.0))
 
+    def expects(self, party_id: str, task_id: int) -> None:
+        """Raise ``UnexpectedReplyError`` unless ``party_id`` was asked ``task_id`` in the open
+        round and has not answered it: checked before a reply's body is read, so only parties
+        the round waits for can make the service receive an update."""
+        with self._lock:
+            self._open_dispatch_for(party_id, task_id)
+
+    def _open_dispatch_for(self, party_id: str, task_id: int) -> _Dispatch:
+        current = self._dispatch
+        if (
+            current is None
+            or not current.open
+            or current.task_ids.get(party_id) != task_id
+            or party_id in current.answered
+        ):
+            raise UnexpectedReplyError(
+                f"party {party_id!r} was not asked task {task_id} in the current round "
+                "(or already answered it)"
+            )
+        return current
+
     def submit(self, party_id: str, task_id: int, reply: Reply, wait: float = 60.0) -> None:
         """Hand a party's reply to the round loop (blocks while the loop folds earlier ones).
 
@@ -194,17 +220,7 @@ class RemotePool:
         answered it, or the round is over.
         """
         with self._lock:
-            current = self._dispatch
-            if (
-                current is None
-                or not current.open
-                or current.task_ids.get(party_id) != task_id
-                or party_id in current.answered
-            ):
-                raise UnexpectedReplyError(
-                    f"party {party_id!r} was not asked task {task_id} in the current round "
-                    "(or already answered it)"
-                )
+            current = self._open_dispatch_for(party_id, task_id)
             current.answered.add(party_id)
             self._busy.discard(party_id)
             if party_id in self._remote:

@@ -9,37 +9,66 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import logging
+import math
+import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import IO, Annotated, Any
 
 from anyio import to_thread
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+import fedfuse.party
 from fedfuse.runtime import UnexpectedReplyError
 from fedfuse.runtime._wire import (
     decode_meta,
     reply_from_wire,
     task_to_wire,
 )
+from fedfuse.service._boundary import (
+    Boundary,
+    FailureLimiter,
+    GuardedRoute,
+    Refused,
+    before_body,
+    same_secret,
+)
 from fedfuse.service._manager import Conflict, Manager, NotFound, Unauthorized
 from fedfuse.service._spec import FederationSpec, SpecError
-from fedfuse.weights import Weights, to_bytes
+from fedfuse.weights import SizeLimits, Weights, num_bytes, to_bytes
 
 __all__ = ["ServiceSettings", "create_app"]
 
 META_HEADER = "X-Fedfuse-Meta"
 _CHUNK = 64 * 1024
+_SPOOL_IN_MEMORY = 1024 * 1024  # a reply body past this waits on disk, not in memory
+log = logging.getLogger("fedfuse.service")
 
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """Operator settings of one service."""
+    """Operator settings of one service.
+
+    Args:
+        max_upload_bytes: the most bytes one request body may carry (counted as they arrive).
+        read_timeout: seconds a request body may go without a byte before the request ends (408).
+        api_key: required to create and control federations, and to read them (a party token
+            of a federation reads that federation too). ``None``: no key (loopback use).
+        allowed_hosts: names besides loopback ones and the served address that ``Host`` and
+            ``Origin`` may carry (``"*"``: any).
+        max_json_model_bytes: ``/train`` puts ``global_model`` in its JSON answer only up to
+            this many bytes of weights; larger models are downloaded as safetensors.
+        limits: caps on what one uploaded model or data file may make the service allocate.
+        max_auth_failures, auth_window: failed joins or authentications one client address may
+            make per window (seconds) before it is refused with 429.
+    """
 
     data_dir: str = "fedfuse-data"
     max_upload_bytes: int = 256 * 1024 * 1024
@@ -47,6 +76,12 @@ class ServiceSettings:
     liveness: float = 30.0
     max_poll_wait: float = 30.0
     api_key: str | None = None
+    read_timeout: float = 30.0
+    allowed_hosts: tuple[str, ...] = ()
+    max_json_model_bytes: int = 16 * 1024 * 1024
+    limits: SizeLimits = field(default_factory=SizeLimits)
+    max_auth_failures: int = 20
+    auth_window: float = 60.0
 
 
 class RequestTooLarge(ValueError):
@@ -65,6 +100,7 @@ class StopRequest(BaseModel):
 class JoinRequest(BaseModel):
     token: str = Field(min_length=1, max_length=256)
     name: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    party_secret: str | None = Field(default=None, max_length=256)
 
 
 _ERRORS = (
@@ -92,15 +128,33 @@ async def _read_upload(upload: UploadFile | None, name: str, limit: int) -> byte
     return data
 
 
-def _json_object(text: str | None, name: str) -> dict[str, Any]:
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (iteratively: any depth is safe)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (
+                item.values() if isinstance(item, dict) else item
+            ))  # fmt: skip
+    return deepest
+
+
+def _json_object(text: str | None, name: str, max_depth: int = 32) -> dict[str, Any]:
+    """``text`` as a JSON object nesting at most ``max_depth`` levels (settings are flat)."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SpecError(f"{name} must be a JSON object: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{name} nests deeper than {max_depth} levels") from None
     if not isinstance(value, dict):
         raise SpecError(f"{name} must be a JSON object, got {type(value).__name__}")
+    if _depth(value) > max_depth:
+        raise SpecError(f"{name} nests deeper than {max_depth} levels")
     return value
 
 
@@ -108,15 +162,60 @@ def _json_weights(weights: Weights) -> dict[str, Any]:
     return {name: arr.tolist() for name, arr in weights.items()}
 
 
-def create_app(settings: ServiceSettings | None = None, manager: Manager | None = None) -> FastAPI:
-    """Build the service app over ``settings.data_dir`` (recovering federations found there)."""
+def _reply_from(spool: IO[bytes], meta: dict[str, Any], party_id: str) -> Any:
+    """The reply in ``spool``: its arrays are views into one buffer of the body's size."""
+    body = bytearray(spool.tell())
+    spool.seek(0)
+    spool.readinto(body)
+    return reply_from_wire(meta, body, party_id)
+
+
+def _is_malformed(reply: Any) -> bool:
+    malformed = getattr(fedfuse.party, "Malformed", None)  # until the wire's Malformed lands
+    return malformed is not None and isinstance(reply, malformed)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], Any]) -> None:
+    """``callback`` on ``loop`` from another thread; nothing once the loop has closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _server_error(exc: BaseException) -> tuple[int, str]:
+    """The status and message for an exception no handler expected: never a bare 500."""
+    if isinstance(exc, MemoryError):
+        return 503, "the service has not enough memory for this request now; retry later"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, "the service's disk is full; nothing of this request was kept"
+    if isinstance(exc, OSError):
+        return 503, f"the service could not read or write its files ({exc.strerror or exc})"
+    if isinstance(exc, RecursionError):
+        return 400, "the request nests too deeply"
+    return 400, f"the request could not be processed ({type(exc).__name__}: {exc})"[:500]
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    manager: Manager | None = None,
+    limiter: FailureLimiter | None = None,
+) -> FastAPI:
+    """Build the service app over ``settings.data_dir`` (recovering federations found there).
+
+    ``limiter`` counts failed authentications per client address (default: from settings)."""
     settings = settings or ServiceSettings()
     manager = manager or Manager(
         settings.data_dir,
         allowed_import_paths=settings.allowed_import_paths,
         liveness=settings.liveness,
+        limits=settings.limits,
     )
-    intake = asyncio.Semaphore(1)  # one reply read at a time: memory O(model), not O(parties)
+    limiter = limiter or FailureLimiter(settings.max_auth_failures, settings.auth_window)
+    intakes: dict[str, asyncio.Semaphore] = {}  # per federation: memory O(model) per federation
+    receiving: set[tuple[str, str]] = set()  # (federation, party) whose reply body is arriving
     body_cache: dict[str, tuple[Weights, bytes]] = {}  # federation id -> (weights, bytes)
     body_lock = threading.Lock()
     wakers: dict[tuple[str, str], asyncio.Event] = {}
@@ -139,7 +238,14 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         description=__doc__,
         lifespan=lifespan,
     )
+    app.router.route_class = GuardedRoute
     app.state.manager = manager
+    app.add_middleware(
+        Boundary,
+        max_body_bytes=settings.max_upload_bytes,
+        read_timeout=settings.read_timeout,
+        allowed_hosts=settings.allowed_hosts,
+    )
 
     for exc_type, status in _ERRORS:
 
@@ -148,22 +254,78 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
 
         app.add_exception_handler(exc_type, handler)
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_upload_bytes):
-            return JSONResponse(
-                {"detail": f"request body exceeds the limit of {settings.max_upload_bytes} bytes"},
-                status_code=413,
-            )
-        return await call_next(request)
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        status, detail = _server_error(exc)
+        log.error("%s %s: %s", request.method, request.url.path, detail, exc_info=exc)
+        headers = {"Retry-After": "30"} if status == 503 else None
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
-    def require_api_key(authorization: str | None) -> None:
-        if settings.api_key is not None and _bearer(authorization) != settings.api_key:
-            raise Unauthorized("invalid API key")
+    app.add_exception_handler(Exception, unexpected)
+
+    # ---- who may ask: checked before any body is read (see GuardedRoute) ---------------------
+    def counted(request: Request, check: Callable[[], Any]) -> Any:
+        """Run ``check``; an address with too many failed checks is refused (429) first."""
+        address = _client(request)
+        wait = limiter.retry_after(address)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise Refused(
+                429,
+                f"too many failed authentications from {address}; retry in {seconds} s",
+                {"Retry-After": str(seconds)},
+            )
+        try:
+            return check()
+        except Unauthorized:
+            limiter.failed(address)
+            raise
+
+    def _is_api_key(token: str) -> bool:
+        return settings.api_key is not None and same_secret(token, settings.api_key)
+
+    def control(request: Request) -> None:
+        """Creating and controlling federations: the API key, if the service has one."""
+        if settings.api_key is None:
+            return
+
+        def check() -> None:
+            if not _is_api_key(_bearer(request.headers.get("authorization"))):
+                raise Unauthorized("invalid API key")
+
+        counted(request, check)
+
+    def reader(request: Request) -> None:
+        """Reading a federation: the API key or a party token of that federation."""
+        if settings.api_key is None:
+            return
+
+        def check() -> None:
+            token = _bearer(request.headers.get("authorization"))
+            fid = request.path_params.get("fid")
+            if _is_api_key(token):
+                return
+            if fid is None:
+                raise Unauthorized("invalid API key")
+            try:
+                manager.party_of(fid, token)
+            except Unauthorized:
+                raise Unauthorized("invalid API key or party token") from None
+
+        counted(request, check)
+
+    def party(request: Request) -> None:
+        """The party protocol: a party token of the federation in the path."""
+        fid = request.path_params["fid"]
+        token = _bearer(request.headers.get("authorization"))
+        request.state.party_id = counted(request, lambda: manager.authenticate(fid, token))
+
+    def joining(request: Request) -> None:
+        """A join is checked once its body is read; an address with failed joins waits."""
+        counted(request, lambda: None)
 
     # ---- the Model Fusion tutorial's endpoints ------------------------------------------------
     @app.post("/start-aggregator", tags=["model fusion"])
+    @before_body(control)
     async def start_aggregator(
         fusion_algorithm: Annotated[str, Form(max_length=64)],
         model_type: Annotated[str, Form(max_length=64)] = "pytorch",
@@ -197,7 +359,6 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         ``fedadam``) parametrize the fusion; ``train_options`` (JSON, e.g.
         ``{"compression": "int8"}`` or ``{"proximal_mu": 0.1}``) the parties' local training.
         Returns ``aggregator_id`` and the ``join_token`` remote parties use."""
-        require_api_key(authorization)
         spec = FederationSpec(
             fusion_algorithm=fusion_algorithm, model_type=model_type, num_parties=num_parties,
             rounds=rounds, epochs=epochs, learning_rate=learning_rate, optimizer=optimizer,
@@ -220,6 +381,7 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         return {"aggregator_id": fid, "join_token": token, "status": "registering"}
 
     @app.post("/start-party", tags=["model fusion"])
+    @before_body(control)
     async def start_party(
         aggregator_id: Annotated[str, Form(max_length=64)],
         data_handler_class_name: Annotated[str, Form(max_length=128)],
@@ -228,7 +390,6 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
     ) -> dict[str, Any]:
         """Register a party that trains on the service host on the uploaded ``.npz``
         (``x_train, y_train, x_test, y_test``). Answers how many parties are still to register."""
-        require_api_key(authorization)
         npz = await _read_upload(data, "data", settings.max_upload_bytes)
         result = await to_thread.run_sync(
             manager.add_hosted_party, aggregator_id, data_handler_class_name, npz
@@ -243,32 +404,47 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         }
 
     @app.post("/train", tags=["model fusion"])
+    @before_body(control)
     async def train(body: TrainRequest, authorization: Annotated[str | None, Header()] = None):
         """Start training. With ``wait`` (the default, as in the tutorial) answer when it ends,
         with ``global_model`` (name -> nested lists, loadable with ``load_state_dict``) and the
         metrics of every round; with ``"wait": false`` answer 202 at once and let the caller
-        poll ``GET /v1/federations/{id}``."""
-        require_api_key(authorization)
+        poll ``GET /v1/federations/{id}``. A model larger than the service's
+        ``max_json_model_bytes`` is left out: download it from ``GET /v1/federations/{id}/model``.
+        """
         fid = body.aggregator_id
         await to_thread.run_sync(manager.start, fid)
         if not body.wait:
             return JSONResponse({"aggregator_id": fid, "status": "training"}, status_code=202)
-        await to_thread.run_sync(manager.wait, fid)
-        status = manager.status(fid)
+        done = asyncio.Event()  # set from the training thread: waiting costs no worker thread
+        loop = asyncio.get_running_loop()
+        manager.when_done(fid, lambda: _call_soon(loop, done.set))
+        await done.wait()
+        status = await to_thread.run_sync(manager.status, fid)
         weights = manager.global_weights(fid)
-        return {
+        answer = {
             "aggregator_id": fid,
             "status": status["status"],
             "error": status["error"],
             "rounds_done": status["rounds_done"],
-            "global_model": await to_thread.run_sync(_json_weights, weights),
-            "metrics": manager.store.rounds(fid),
         }
+        size = num_bytes(weights)
+        if size <= settings.max_json_model_bytes:
+            answer["global_model"] = await to_thread.run_sync(_json_weights, weights)
+        else:
+            answer["global_model_url"] = f"/v1/federations/{fid}/model"
+            answer["message"] = (
+                f"the global model ({size} bytes) is larger than the JSON answer's limit of "
+                f"{settings.max_json_model_bytes} bytes; download it as safetensors from "
+                f"GET /v1/federations/{fid}/model"
+            )
+        answer["metrics"] = await to_thread.run_sync(manager.store.rounds, fid)
+        return answer
 
     @app.post("/stop", tags=["model fusion"])
+    @before_body(control)
     async def stop(body: StopRequest, authorization: Annotated[str | None, Header()] = None):
         """End a federation. Stopping twice is a 409."""
-        require_api_key(authorization)
         await to_thread.run_sync(manager.stop, body.aggregator_id)
         return {
             "aggregator_id": body.aggregator_id,
@@ -276,21 +452,32 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         }
 
     # ---- /v1: status, history, model ----------------------------------------------------------
+    # with an API key: the key, or for one federation a party token of it
     @app.get("/v1/federations", tags=["federations"])
-    def list_federations() -> list[dict[str, Any]]:
+    @before_body(reader)
+    def list_federations(
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> list[dict[str, Any]]:
         return manager.list()
 
     @app.get("/v1/federations/{fid}", tags=["federations"])
-    def federation_status(fid: str) -> dict[str, Any]:
+    @before_body(reader)
+    def federation_status(
+        fid: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         return manager.status(fid)
 
     @app.get("/v1/federations/{fid}/history", tags=["federations"])
-    def federation_history(fid: str) -> dict[str, Any]:
+    @before_body(reader)
+    def federation_history(
+        fid: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         manager.status(fid)
         return {"rounds": manager.store.rounds(fid), "rejected": manager.store.rejected(fid)}
 
     @app.get("/v1/federations/{fid}/model", tags=["federations"])
-    def download_model(fid: str) -> Response:
+    @before_body(reader)
+    def download_model(fid: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         """The current global model as a safetensors file."""
         weights = manager.global_weights(fid)
         rounds = manager.status(fid)["rounds_done"]
@@ -302,14 +489,17 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
 
     # ---- /v1: the party protocol --------------------------------------------------------------
     @app.post("/v1/join", tags=["party protocol"])
-    def join(body: JoinRequest) -> dict[str, Any]:
-        """Join a federation with its join token; answers this party's own token and id."""
-        return manager.join(body.token, body.name)
+    @before_body(joining)
+    def join(body: JoinRequest, request: Request) -> dict[str, Any]:
+        """Join a federation with its join token; answers this party's own token and id, and
+        its ``party_secret``: a rejoin with the same ``name`` must send it (or its current
+        ``party_token``) as ``party_secret``, so a name alone takes no identity."""
+        return counted(request, lambda: manager.join(body.token, body.name, body.party_secret))
 
     @app.get("/v1/federations/{fid}/model-file", tags=["party protocol"])
+    @before_body(party)
     def model_file(fid: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         """The uploaded model file, for parties that build their model from it."""
-        manager.authenticate(fid, _bearer(authorization))
         data = manager.model_file(fid)
         if data is None:
             raise NotFound("this federation has no model file")
@@ -330,15 +520,17 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
             yield view[start : start + _CHUNK]  # no copy: the transport applies back-pressure
 
     @app.get("/v1/federations/{fid}/tasks/next", tags=["party protocol"])
+    @before_body(party)
     async def next_task(
         fid: str,
+        request: Request,
         wait: Annotated[float, Query(ge=0)] = 20.0,
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Long-poll for this party's next task: 200 with the task (metadata in the
         ``X-Fedfuse-Meta`` header, weights as a safetensors body), 204 if none came within
         ``wait`` seconds, 410 once the federation has ended."""
-        party_id = manager.authenticate(fid, _bearer(authorization))
+        party_id = request.state.party_id
         pool = manager._run(fid).pool
         loop = asyncio.get_running_loop()
         if pool.on_post is None:
@@ -368,40 +560,43 @@ def create_app(settings: ServiceSettings | None = None, manager: Manager | None 
         )
 
     @app.post("/v1/federations/{fid}/tasks/{task_id}/reply", tags=["party protocol"])
+    @before_body(party)
     async def post_reply(
         fid: str,
         task_id: int,
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
         x_fedfuse_meta: Annotated[str | None, Header()] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Post the reply to a task: ``X-Fedfuse-Meta`` JSON (``kind`` update | evaluation |
-        error, ``num_examples``, ``metrics``) and, for an update, a safetensors body."""
-        party_id = manager.authenticate(fid, _bearer(authorization))
+        error, ``num_examples``, ``metrics``) and, for an update, a safetensors body.
+
+        Only a party the round waits for may send a body. It is received outside any lock
+        (a slow party delays no one; the boundary's read deadline ends a stalled one), kept on
+        disk past 1 MiB, and handed to the round one reply at a time per federation, so the
+        memory a federation spends on replies is O(model)."""
+        party_id = request.state.party_id
         meta = decode_meta(x_fedfuse_meta)
         pool = manager._run(fid).pool
-        async with intake:
-            length = request.headers.get("content-length", "")
-            body = bytearray(int(length)) if length.isdigit() else bytearray()
-            size = 0
-            async for chunk in request.stream():
-                if size + len(chunk) > settings.max_upload_bytes:
-                    raise RequestTooLarge("reply body exceeds the size limit")
-                if size + len(chunk) <= len(body):
-                    body[size : size + len(chunk)] = chunk
-                else:
-                    body[size:] = chunk
-                size += len(chunk)
-            del body[size:]
-
-            def hand_over() -> None:
-                pool.submit(party_id, task_id, reply_from_wire(meta, body, party_id))
-
-            await to_thread.run_sync(hand_over)
-        return {"accepted": True}
+        pool.expects(party_id, task_id)
+        if (fid, party_id) in receiving:
+            raise Conflict(f"a reply of {party_id!r} is already being received")
+        receiving.add((fid, party_id))
+        try:
+            with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as spool:
+                async for chunk in request.stream():  # counted and timed by the boundary
+                    spool.write(chunk)
+                async with intakes.setdefault(fid, asyncio.Semaphore(1)):
+                    reply = await to_thread.run_sync(_reply_from, spool, meta, party_id)
+                    await to_thread.run_sync(pool.submit, party_id, task_id, reply)
+        finally:
+            receiving.discard((fid, party_id))
+        if _is_malformed(reply):  # recorded by the round as a rejection; the party learns why
+            return JSONResponse({"detail": reply.reason}, status_code=400)
+        return JSONResponse({"accepted": True})
 
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: answers however busy threads are
         return {"status": "ok"}
 
     return app

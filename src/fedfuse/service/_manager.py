@@ -13,8 +13,11 @@ with the reason, and the service serves the rest.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -23,7 +26,7 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from fedfuse.runtime import RemotePool
 from fedfuse.service._spec import FederationSpec, SpecError
 from fedfuse.service._store import Store, hash_token
 from fedfuse.weights import (
+    SizeLimits,
     Weights,
     WeightsFormatError,
     check_compatible,
@@ -72,6 +76,30 @@ def _describe(fid: str, record: dict[str, Any]) -> str:
     return f"federation {fid[:8]} round {record['round']}: " + ", ".join(parts)
 
 
+def _check_labels(adapter: Any, data: Any) -> None:
+    """Refuse class labels a torch classifier has no output for (they fail only mid-training)."""
+    module = getattr(adapter, "module", None)
+    labels = [split.y for split in (data.train, data.test) if split is not None and len(split)]
+    if not isinstance(module, torch.nn.Module) or not labels:
+        return
+    if not all(y.ndim == 1 and np.issubdtype(y.dtype, np.integer) for y in labels):
+        return
+    training = module.training
+    module.eval()  # no batch-norm statistics change
+    try:
+        with torch.no_grad():
+            classes = module(torch.as_tensor(data.train.x[:2], dtype=torch.float32)).shape[-1]
+    finally:
+        module.train(training)
+    found = np.unique(np.concatenate(labels))
+    outside = found[(found < 0) | (found >= classes)]
+    if outside.size:
+        raise ValueError(
+            f"labels {outside[:10].tolist()} are outside the model's {classes} classes "
+            f"(0..{classes - 1})"
+        )
+
+
 class NotFound(LookupError):
     """No such federation or party."""
 
@@ -86,7 +114,10 @@ class Unauthorized(PermissionError):
 
 class StorageError(OSError):
     """The service could not store what it was given (a full disk, a read-only folder...);
-    nothing half-written is left behind."""
+    nothing half-written is left behind. ``errno`` is the cause's (``ENOSPC``: disk full)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 MANIFEST = "manifest.json"
@@ -135,9 +166,36 @@ def _read_checked(folder: Path, name: str, manifest: dict[str, Any] | None) -> b
 
 
 def _storage_error(action: str, exc: OSError | sqlite3.Error) -> StorageError:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(f"{action}: the disk is full ({exc.strerror})")
-    return StorageError(f"{action}: {getattr(exc, 'strerror', None) or exc}")
+    code = exc.errno if isinstance(exc, OSError) else None
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        code = errno.ENOSPC  # SQLite's "database or disk is full"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(code, f"{action}: the disk is full")
+    return StorageError(code or errno.EIO, f"{action}: {getattr(exc, 'strerror', None) or exc}")
+
+
+class _Finished(threading.Event):
+    """``done`` of a run: an event that also calls back (e.g. to wake an asyncio waiter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
+
+    def when_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, from the setting thread (at once if already set)."""
+        with self._guard:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def set(self) -> None:
+        with self._guard:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 @dataclass
@@ -150,7 +208,7 @@ class _Run:
     model_bytes: bytes | None
     thread: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Finished = field(default_factory=_Finished)
     federation: Federation | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: str | None = None  # mirrors the store, for the long poll
@@ -173,7 +231,9 @@ class Manager:
         *,
         allowed_import_paths: Sequence[str] = (),
         liveness: float = 30.0,
+        limits: SizeLimits | None = None,
     ) -> None:
+        self.limits = limits or SizeLimits()
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir / "fedfuse.sqlite3", has_federations=bool(self._folders()))
@@ -213,10 +273,16 @@ class Manager:
 
     def _adapter(self, spec: FederationSpec, model_bytes: bytes | None) -> Any:
         if model_bytes is not None:
-            return get_model_type(spec.model_type).load(model_bytes, self.allowed_import_paths)
+            model_type = get_model_type(spec.model_type)
+            return model_type.load(model_bytes, self.allowed_import_paths, limits=self.limits)
         if spec.model is not None:
-            torch.manual_seed(spec.seed)
-            return TorchAdapter(build_model(spec.model, spec.input_shape, spec.num_classes))
+            # seeded without touching the process-wide generator other federations draw from
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.seed)
+                model = build_model(
+                    spec.model, spec.input_shape, spec.num_classes, limits=self.limits
+                )
+                return TorchAdapter(model)
         return None
 
     def _prepared_later(self, spec: FederationSpec, model_bytes: bytes | None) -> bool:
@@ -349,7 +415,7 @@ class Manager:
                 "this federation was created from initial weights only; a party hosted by the "
                 "service needs a model (create the federation with a model_file or a zoo model)"
             )
-        data = get_data_handler(handler)(load_party_npz(npz))
+        data = get_data_handler(handler)(load_party_npz(npz, limits=self.limits))
         if self._prepared_later(run.spec, run.model_bytes):
             # each party keeps its own model (doc2vec: its document vectors); the weights
             # exist after the prepare step
@@ -362,7 +428,8 @@ class Manager:
         adapter.set_weights(run.initial)
         try:
             adapter.evaluate(data.train.subset(np.arange(min(2, len(data.train)))))
-        except (RuntimeError, ValueError) as exc:
+            _check_labels(adapter, data)
+        except (RuntimeError, ValueError, IndexError) as exc:
             first = str(exc).splitlines()[0]
             raise SpecError(
                 f"party data with examples of shape {data.train.x.shape[1:]} does not fit the "
@@ -387,8 +454,40 @@ class Manager:
         self._maybe_ready(fid, run, remaining, fed)
         return {"party_id": party_id, "parties_remaining": remaining}
 
-    def join(self, token: str, name: str | None = None) -> dict[str, Any]:
-        """A remote party joins with the federation's join token; it gets its own token."""
+    @functools.cached_property
+    def _party_key(self) -> bytes:
+        """The key party secrets are derived from: made once per ``data_dir``, owner-only."""
+        path = self.data_dir / "party-secrets.key"
+        if not path.exists():
+            fresh = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+            with contextlib.suppress(FileExistsError):  # another thread made it first
+                os.link(fresh, path)
+            fresh.unlink()
+        return path.read_bytes()
+
+    def party_secret(self, fid: str, party_id: str) -> str:
+        """The secret a remote party proves its identity with when it rejoins by name."""
+        digest = hmac.new(self._party_key, f"{fid}/{party_id}".encode(), hashlib.sha256)
+        return digest.hexdigest()
+
+    def _proves(self, fid: str, party: dict[str, Any], proof: str | None) -> bool:
+        """Whether ``proof`` is the party's secret or its current party token (constant time)."""
+        if not proof:
+            return False
+        secret = hashlib.sha256(self.party_secret(fid, party["party_id"]).encode()).digest()
+        given = hashlib.sha256(proof.encode()).digest()
+        token_hash = (party.get("token_hash") or "").encode()
+        return hmac.compare_digest(given, secret) | hmac.compare_digest(
+            hash_token(proof).encode(), token_hash
+        )
+
+    def join(self, token: str, name: str | None = None, proof: str | None = None) -> dict[str, Any]:
+        """A remote party joins with the federation's join token; it gets its own token and,
+        for a name, the ``party_secret`` that a rejoin by that name must send as ``proof``
+        (its current party token proves it too): a name alone takes no identity."""
         fed = self.store.federation_by_join_token(token) if token else None
         if fed is None:
             raise Unauthorized("invalid join token")
@@ -404,6 +503,11 @@ class Manager:
             parties = self.store.parties(fid)
             same = [p for p in parties if name and p["name"] == name and p["kind"] == "remote"]
             if same:
+                if not self._proves(fid, same[0], proof):
+                    raise Unauthorized(
+                        f"party name {name!r} is taken in this federation; a rejoin proves it is "
+                        "the same party with the party_secret of its first join"
+                    )
                 party_id = same[0]["party_id"]
             elif len(parties) >= run.spec.num_parties:
                 raise Conflict(
@@ -422,6 +526,7 @@ class Manager:
             "federation_id": fid,
             "party_id": party_id,
             "party_token": party_token,
+            "party_secret": self.party_secret(fid, party_id),
             "model": self._model_description(run),
         }
 
@@ -438,10 +543,10 @@ class Manager:
             }
         return {"source": "party"}
 
-    def authenticate(self, fid: str, party_token: str) -> str:
-        """The party id that ``party_token`` belongs to in federation ``fid``.
-
-        Valid tokens are remembered (by hash) so that polls do not query the database."""
+    def party_of(self, fid: str, party_token: str) -> str:
+        """The party id that ``party_token`` belongs to in federation ``fid``; ``Unauthorized``
+        if none. Valid tokens are remembered (by hash) so that polls do not query the database
+        (a lookup by hash: the time it takes says nothing about the token)."""
         run = self._run(fid)
         key = hash_token(party_token) if party_token else ""
         party_id = run.tokens.get(key)
@@ -451,8 +556,19 @@ class Manager:
                 raise Unauthorized("invalid party token")
             party_id = party["party_id"]
             run.tokens[key] = party_id
+        return party_id
+
+    def authenticate(self, fid: str, party_token: str) -> str:
+        """``party_of``, and the party counts as connected (it polls or posts)."""
+        party_id = self.party_of(fid, party_token)
+        run = self._run(fid)
+        if not run.pool.knows(party_id):  # e.g. its first call after a restart
             run.pool.add_remote(party_id)
         return party_id
+
+    def when_done(self, fid: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the training thread) once training of ``fid`` ends."""
+        self._run(fid).done.when_set(callback)
 
     def _maybe_ready(self, fid: str, run: _Run, remaining: int, fed: dict[str, Any]) -> None:
         if remaining == 0 and fed["status"] == "registering":
