@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from fedfuse.data import ArrayDataset
-from fedfuse.models import LossFn, TorchAdapter, TrainConfig
+from fedfuse.models import LossFn, TorchAdapter, TrainConfig, torch_seed
 
 __all__ = ["train_centralized"]
 
@@ -25,8 +24,8 @@ def train_centralized(
 ) -> list[dict[str, float]]:
     """Train ``epochs`` epochs on ``train`` (same initialisation seed, optimizer, learning rate
     and batch size as the federation); returns test metrics after each epoch."""
-    torch.manual_seed(seed)
-    adapter = TorchAdapter(model_fn(), loss)
+    with torch_seed(seed):
+        adapter = TorchAdapter(model_fn(), loss)
     curve = []
     for epoch in range(1, epochs + 1):
         adapter.fit(

@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from fedfuse.federation._federation import Federation
 from fedfuse.federation._sampling import derive_seed
 from fedfuse.federation._validate import validate_update
 from fedfuse.fusion import Update
-from fedfuse.models import TorchAdapter, TrainConfig, make_optimizer
+from fedfuse.models import TorchAdapter, TrainConfig, make_optimizer, torch_seed
 from fedfuse.party import EvaluateTask, Evaluation, TaskError, TrainTask
 from fedfuse.runtime import LocalPool, PartyPool
 from fedfuse.weights import Weights
@@ -165,9 +166,18 @@ def distill(
     p = teacher.predict(x)
     target = torch.from_numpy(_probabilities(np.log(np.maximum(p, 1e-12)) / temperature)).float()
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-    module = student.module
+    seeded = torch_seed(config.seed) if config.seed is not None else contextlib.nullcontext()
+    with seeded:  # the batch order and the student's dropout
+        return _distill(student.module, inputs, target, config, temperature)
+
+
+def _distill(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    config: TrainConfig,
+    temperature: float,
+) -> dict[str, float]:
     optimizer = make_optimizer(config.optimizer, module.parameters(), config.learning_rate)
     module.train()
     last = 0.0
@@ -218,8 +228,8 @@ def compare_ensemble(
     order = np.random.default_rng(seed).permutation(len(fed.test))
     unlabeled = fed.test.subset(order[: len(order) // 2]).x
     scored = fed.test.subset(order[len(order) // 2 :])
-    torch.manual_seed(seed)
-    adapter = TorchAdapter(model_fn())
+    with torch_seed(seed):
+        adapter = TorchAdapter(model_fn())
     initial = adapter.get_weights()
     pool = LocalPool.from_dataset(fed, adapter)
 
@@ -247,8 +257,8 @@ def compare_ensemble(
         "ensemble_weighted": weighted.evaluate(scored)["accuracy"],
         "ensemble_classwise": classwise.evaluate(scored)["accuracy"],
     }
-    torch.manual_seed(seed + 1)
-    student = TorchAdapter(model_fn())
+    with torch_seed(seed + 1):
+        student = TorchAdapter(model_fn())
     teacher = {"uniform": uniform, "validation": weighted, "classwise": classwise}[weighting]
     distill_config = dataclasses.replace(config, epochs=distill_epochs, seed=seed)
     distill(teacher, student, unlabeled, distill_config)

@@ -22,7 +22,7 @@ from fedfuse.data import ArrayDataset, FederatedDataset
 from fedfuse.federation._ensemble import train_edge_models
 from fedfuse.federation._sampling import derive_seed
 from fedfuse.fusion import Layer, average, infer_layers, matched_average
-from fedfuse.models import TorchAdapter, TrainConfig
+from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
 from fedfuse.runtime import LocalPool, PartyPool
 from fedfuse.weights import Weights
 
@@ -84,8 +84,8 @@ def independent_inits(
     """A differently seeded initialization of ``model_fn()`` for every party."""
     inits = {}
     for pid in party_ids:
-        torch.manual_seed(derive_seed(seed, 0, f"init:{pid}"))
-        inits[pid] = TorchAdapter(model_fn()).get_weights()
+        with torch_seed(derive_seed(seed, 0, f"init:{pid}")):
+            inits[pid] = TorchAdapter(model_fn()).get_weights()
     return inits
 
 

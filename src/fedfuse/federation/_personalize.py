@@ -17,14 +17,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from fedfuse.data import FederatedDataset
 from fedfuse.federation._federation import Federation
 from fedfuse.federation._metrics import WeightedMetrics
 from fedfuse.federation._sampling import derive_seed
-from fedfuse.models import TorchAdapter, TrainConfig
+from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
 from fedfuse.party import Party, PersonalAdapter, head_layer
 from fedfuse.runtime import LocalPool
 
@@ -72,8 +71,8 @@ def compare_personalization(
         raise ValueError(f"personalization is measured on each party's test split; none: {missing}")
     if not isinstance(finetune_epochs, int) or finetune_epochs < 1:
         raise ValueError(f"finetune_epochs must be an integer >= 1, got {finetune_epochs!r}")
-    torch.manual_seed(seed)
-    adapter = TorchAdapter(model_fn())
+    with torch_seed(seed):
+        adapter = TorchAdapter(model_fn())
     initial = adapter.get_weights()
     names = resolve_personal(personal, initial)
     results: dict[str, dict[str, float]] = {p: {} for p in fed.party_ids}

@@ -16,13 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData
 from fedfuse.federation._round import evaluate_parties, train_round
 from fedfuse.fusion import FusionTransform, get_fusion
-from fedfuse.models import LossFn, TorchAdapter, TrainConfig, resolve_optimizer
+from fedfuse.models import LossFn, TorchAdapter, TrainConfig, resolve_optimizer, torch_seed
 from fedfuse.runtime import LocalPool
 from fedfuse.weights import Weights
 
@@ -80,8 +79,8 @@ class FederatedProcess:
         self.fusion = fusion
         self.config = config
         self.seed = seed
-        torch.manual_seed(seed)
-        self.adapter = TorchAdapter(model_fn(), loss)
+        with torch_seed(seed):
+            self.adapter = TorchAdapter(model_fn(), loss)
         self._initial = self.adapter.get_weights()
 
     def initialize(self) -> ServerState:

@@ -21,7 +21,7 @@ from fedfuse.federation._sampling import sampled_count
 from fedfuse.federation._uses import run_use
 from fedfuse.federation._validate import DEFAULT_MAX_UPDATE_RATIO, check_update_bounds
 from fedfuse.fusion import check_fusion_size, get_fusion
-from fedfuse.models import TorchAdapter, TrainConfig, build_model, resolve_optimizer
+from fedfuse.models import TorchAdapter, TrainConfig, build_model, resolve_optimizer, torch_seed
 from fedfuse.runtime import LocalPool
 from fedfuse.weights import Weights
 
@@ -246,9 +246,9 @@ def simulate(
 
     if config.use != "aggregate":
         return _simulate_use(config, fed, model_fn, out_dir)
-    torch.manual_seed(config.seed)
-    adapter = TorchAdapter(model_fn())
-    central = TorchAdapter(model_fn())
+    with torch_seed(config.seed):
+        adapter = TorchAdapter(model_fn())
+        central = TorchAdapter(model_fn())
 
     def central_eval(weights: Weights) -> dict[str, float]:
         central.set_weights(weights)

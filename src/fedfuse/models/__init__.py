@@ -12,7 +12,7 @@ from fedfuse.models._keras import KerasAdapter, keras_optimizer, load_keras_mode
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
 from fedfuse.models._registry import MODEL_TYPES, ModelType, get_model_type, register_model_type
 from fedfuse.models._sklearn import SklearnAdapter
-from fedfuse.models._torch import LossFn, TorchAdapter
+from fedfuse.models._torch import LossFn, TorchAdapter, torch_seed
 from fedfuse.models._zoo import (
     MODELS,
     build_model,
@@ -50,4 +50,5 @@ __all__ = [
     "mlp",
     "mnist_cnn",
     "resolve_optimizer",
+    "torch_seed",
 ]

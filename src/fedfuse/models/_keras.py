@@ -13,11 +13,13 @@ backend, which is refused with a message): TensorFlow is never needed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
+import random
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from fedfuse.data import ArrayDataset
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError
 from fedfuse.models._registry import ModelType, register_model_type
+from fedfuse.models._torch import torch_seed
 from fedfuse.weights import SizeLimits, Weights, check_compatible
 
 __all__ = ["KerasAdapter", "keras_optimizer", "load_keras_model"]
@@ -70,6 +73,24 @@ def _ends_in_softmax(model: Any) -> bool:
     if type(last).__name__ == "Softmax":
         return True
     return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
+
+
+@contextlib.contextmanager
+def _keras_seed(keras: Any, seed: int) -> Iterator[None]:
+    """``keras.utils.set_random_seed(seed)`` for one block, without changing the caller's RNGs.
+
+    Keras has no per-call generator: it seeds Python's, NumPy's and the backend's global ones.
+    The block holds the lock of ``torch_seed`` (no other thread draws meanwhile) and the
+    caller's Python, NumPy and torch states are put back afterwards.
+    """
+    with torch_seed(seed):
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        keras.utils.set_random_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class KerasAdapter:
@@ -125,8 +146,15 @@ class KerasAdapter:
         optimizer = keras_optimizer(config.optimizer, config.learning_rate)
         if len(data) == 0:
             raise ValueError("cannot train on an empty dataset")
-        if config.seed is not None:
-            self.keras.utils.set_random_seed(config.seed)
+        seeded = (
+            _keras_seed(self.keras, config.seed)
+            if config.seed is not None
+            else contextlib.nullcontext()
+        )
+        with seeded:
+            return self._fit(data, config, optimizer)
+
+    def _fit(self, data: ArrayDataset, config: TrainConfig, optimizer: Any) -> dict[str, float]:
         self.model.compile(optimizer=optimizer, loss=self._loss(), metrics=["accuracy"])
         history = self.model.fit(
             np.asarray(data.x, dtype=np.float32),

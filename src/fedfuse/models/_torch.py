@@ -6,11 +6,20 @@ a counter means nothing.
 
 Training holds the whole local dataset as tensors and walks it in shuffled index batches, so
 the hot path is tensor indexing, forward, backward and step, with no per-sample Python.
+
+Randomness is never a process-wide seed set from library code: parties of two federations may
+train at the same time on threads of one service. A seeded fit shuffles with its own
+``torch.Generator``; a module with stochastic layers (dropout, RReLU), which can only draw from
+torch's global generator, trains inside ``torch_seed``: a lock and ``torch.random.fork_rng``
+give the fit the global generator alone, seeded, and hand the caller's state back unchanged.
+Models are built the same way by the recipes (``with torch_seed(seed): build_model(...)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -21,9 +30,34 @@ from fedfuse.models._config import TrainConfig
 from fedfuse.models._optim import make_optimizer, resolve_optimizer
 from fedfuse.weights import Weights, check_compatible
 
-__all__ = ["LossFn", "TorchAdapter"]
+__all__ = ["LossFn", "TorchAdapter", "torch_seed"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_STOCHASTIC_LAYERS = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.RReLU,
+)
+_GLOBAL_RNG = threading.RLock()  # re-entrant: a recipe may train inside its own torch_seed
+
+
+@contextlib.contextmanager
+def torch_seed(seed: int) -> Iterator[None]:
+    """Run the block with torch's global CPU generator seeded to ``seed``, then restore it.
+
+    Use it instead of ``torch.manual_seed`` wherever library code must draw from the global
+    generator (weight initializers, dropout): the caller's RNG state is the same afterwards,
+    and a process-wide lock keeps blocks on other threads from drawing in between, so what the
+    block draws depends on ``seed`` alone. Blocks on other threads wait for the lock.
+    """
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _as_tensors(data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,13 +114,26 @@ class TorchAdapter:
         With ``config.proximal_mu > 0`` (FedProx) every step also pulls the weights towards
         those the module had when ``fit`` started: ``mu (w - w_start)`` is added to the
         gradients (the reported loss is the data loss alone).
+
+        With ``config.seed`` set, the batch order (and dropout) depend on that seed alone, not
+        on other threads, and torch's global RNG state is left as it was (see the module
+        docstring).
         """
         config.validate()
         resolve_optimizer(config.optimizer)
         if len(data) == 0:
             raise ValueError("cannot train on an empty dataset")
-        if config.seed is not None:
-            torch.manual_seed(config.seed)
+        if config.seed is None:
+            return self._fit(data, config, None)
+        generator = torch.Generator().manual_seed(config.seed)
+        if not any(isinstance(m, _STOCHASTIC_LAYERS) for m in self.module.modules()):
+            return self._fit(data, config, generator)
+        with torch_seed(config.seed):
+            return self._fit(data, config, generator)
+
+    def _fit(
+        self, data: ArrayDataset, config: TrainConfig, generator: torch.Generator | None
+    ) -> dict[str, float]:
         x, y = _as_tensors(data)
         optimizer = make_optimizer(config.optimizer, self.module.parameters(), config.learning_rate)
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -97,7 +144,7 @@ class TorchAdapter:
         # summed and compared once per epoch.
         loss_sum, correct, classified = 0.0, 0, True
         for _ in range(config.epochs):
-            order = torch.randperm(n)
+            order = torch.randperm(n, generator=generator)
             losses, sizes, logits = [], [], []
             for start in range(0, n, config.batch_size):
                 idx = order[start : start + config.batch_size]
