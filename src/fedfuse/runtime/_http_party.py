@@ -3,6 +3,11 @@
 Parties always dial out (they may sit behind NAT); the service never connects to a party.
 The protocol logic lives in the sans-I/O ``Party`` and in ``_wire``; this module only moves
 bytes with httpx, and retries while the service is unreachable (e.g. restarting).
+
+The aggregator is not trusted with the party's memory: every answer is streamed and read with
+a byte limit as it arrives (``limits.max_bytes`` for a task body or the model file, a small
+limit for the rest), and a task body's safetensors header is checked against
+``limits.max_params`` before its arrays are built.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import httpx
 
 from fedfuse.party import ClientParty, Evaluation, NumPyClient, Reply, Task, TrainTask
 from fedfuse.runtime._wire import decode_meta, reply_to_wire, task_from_wire
-from fedfuse.weights import Weights, to_bytes
+from fedfuse.weights import SizeLimits, Weights, to_bytes
 
 __all__ = [
     "PartyClient",
@@ -30,6 +35,8 @@ __all__ = [
 
 log = logging.getLogger("fedfuse.party")
 META_HEADER = "X-Fedfuse-Meta"
+_LIMITS = SizeLimits()  # the default caps (an immutable value)
+_CONTROL_BYTES = 1 << 20  # a join answer, an error detail, an acknowledgement
 
 
 class TaskHandler(Protocol):
@@ -49,6 +56,21 @@ class PartyRunSummary:
     rounds: list[int] = field(default_factory=list)
 
 
+def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The body of a streamed ``response``, refused as soon as it passes ``limit`` bytes
+    (decoded: a compressed body counts what it inflates to)."""
+    limits = SizeLimits(max_bytes=limit)
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and "content-encoding" not in response.headers:
+        limits.check_bytes(int(declared), what)
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        limits.check_bytes(size, what)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         return str(response.json().get("detail", response.text))
@@ -66,6 +88,9 @@ class PartyClient:
         verify: TLS verification (``True``, or a CA bundle path for a self-signed service).
         poll_wait: seconds each long poll may wait at the service.
         reconnect_timeout: how long to keep retrying while the service is unreachable.
+        limits: caps on what the aggregator's answers may make this party allocate.
+        transport: an httpx transport (e.g. ``httpx.MockTransport`` in tests); the network
+            when not given.
     """
 
     def __init__(
@@ -77,13 +102,18 @@ class PartyClient:
         verify: bool | str = True,
         poll_wait: float = 20.0,
         reconnect_timeout: float = 120.0,
+        limits: SizeLimits = _LIMITS,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.name = name
         self.poll_wait = poll_wait
         self.reconnect_timeout = reconnect_timeout
-        self.http = httpx.Client(base_url=self.server, verify=verify, timeout=poll_wait + 30)
+        self.limits = limits
+        self.http = httpx.Client(
+            base_url=self.server, verify=verify, timeout=poll_wait + 30, transport=transport
+        )
         self.info: dict[str, Any] | None = None
 
     def close(self) -> None:
@@ -95,12 +125,24 @@ class PartyClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, url: str, *, max_body: int = _CONTROL_BYTES, **kwargs: Any
+    ) -> httpx.Response:
+        """The answer to one request, its body read at most ``max_body`` bytes far."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.2
         while True:
             try:
-                return self.http.request(method, url, **kwargs)
+                with self.http.stream(method, url, **kwargs) as streamed:
+                    body = _read_capped(streamed, max_body, f"answer to {method} {url}")
+                kept = [
+                    (k, v)
+                    for k, v in streamed.headers.multi_items()
+                    if k not in ("content-encoding", "content-length", "transfer-encoding")
+                ]
+                return httpx.Response(
+                    streamed.status_code, headers=kept, content=body, request=streamed.request
+                )
             except httpx.TransportError as exc:
                 if time.monotonic() >= deadline:
                     raise ProtocolError(f"service unreachable at {self.server}: {exc}") from exc
@@ -125,7 +167,12 @@ class PartyClient:
     def model_file(self) -> bytes:
         """Download the federation's model file (for ``model.source == "model_file"``)."""
         fid = self.info["federation_id"]
-        response = self._request("GET", f"/v1/federations/{fid}/model-file", headers=self._auth)
+        response = self._request(
+            "GET",
+            f"/v1/federations/{fid}/model-file",
+            headers=self._auth,
+            max_body=self.limits.max_bytes,
+        )
         if response.status_code != 200:
             raise ProtocolError(f"model file refused ({response.status_code}): {_detail(response)}")
         return response.content
@@ -140,6 +187,7 @@ class PartyClient:
             response = self._request(
                 "GET", f"/v1/federations/{fid}/tasks/next",
                 params={"wait": self.poll_wait}, headers=self._auth,
+                max_body=self.limits.max_bytes,
             )  # fmt: skip
             if response.status_code == 204:
                 continue
@@ -150,6 +198,7 @@ class PartyClient:
                 raise ProtocolError(
                     f"task poll refused ({response.status_code}): {_detail(response)}"
                 )
+            self.limits.check_safetensors(response.content, "task body from the aggregator")
             pending = task_from_wire(
                 decode_meta(response.headers.get(META_HEADER)), response.content
             )
