@@ -116,6 +116,11 @@ def test_damaged_federations_fail_alone_and_the_others_train(tmp_path):
         healthy = _create(service, rounds=3)
         resumed = _create(service, rounds=3)  # its newest checkpoint will be truncated
         assert _train(service, resumed)["status"] == "completed"
+        finished = _create(service, rounds=2)  # so will this one's, after it completed
+        assert _train(service, finished)["status"] == "completed"
+        round_1 = from_bytes(
+            (folders / finished / "checkpoint" / "round_000001.safetensors").read_bytes()
+        )
         no_checkpoint = _create(service, rounds=1)
         assert _train(service, no_checkpoint)["status"] == "completed"
         no_initial = _create(service, rounds=1)
@@ -133,6 +138,7 @@ def test_damaged_federations_fail_alone_and_the_others_train(tmp_path):
         "round_000003.safetensors",
     ]
     _truncate(checkpoint / "round_000003.safetensors")
+    _truncate(folders / finished / "checkpoint" / "round_000002.safetensors")
     for path in (folders / no_checkpoint / "checkpoint").glob("round_*"):
         _truncate(path)
     _truncate(folders / no_initial / "initial.safetensors", keep=20)
@@ -150,7 +156,7 @@ def test_damaged_federations_fail_alone_and_the_others_train(tmp_path):
     try:
         assert service.get("/healthz").json() == {"status": "ok"}
         listing = {f["id"]: f for f in service.get("/v1/federations").json()}
-        assert len(listing) == 8
+        assert len(listing) == 9
         reasons = {
             no_checkpoint: "no usable checkpoint",
             no_initial: "initial.safetensors",
@@ -171,6 +177,17 @@ def test_damaged_federations_fail_alone_and_the_others_train(tmp_path):
         assert status["status"] == "completed" and status["rounds_done"] == 3
         history = service.get(f"/v1/federations/{resumed}/history").json()["rounds"]
         assert [h["round"] for h in history] == [1, 2, 3]
+
+        # a finished federation keeps its status and says that its model is one round older
+        status = service.get(f"/v1/federations/{finished}").json()
+        assert status["status"] == "completed" and status["rounds_done"] == 1
+        assert "round_000002.safetensors" in status["error"]
+        assert "the model is round 1's" in status["error"]
+        weights = _model(service, finished)
+        for name, array in weights.items():
+            np.testing.assert_array_equal(array, round_1[f"weights/{name}"])
+        history = service.get(f"/v1/federations/{finished}/history").json()["rounds"]
+        assert [h["round"] for h in history] == [1]
 
         # a federation whose folder breaks while the service runs fails alone
         checkpoint_path = folders / vanishing / "checkpoint"

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from fedfuse.data import get_data_handler, load_party_npz
-from fedfuse.federation import CheckpointError, Federation, load_checkpoint
+from fedfuse.federation import Checkpoint, CheckpointError, Federation, load_checkpoint
 from fedfuse.federation._checkpoint import fsync_directory, write_synced
 from fedfuse.fusion import get_fusion
 from fedfuse.models import TorchAdapter, build_model, get_model_type
@@ -743,6 +743,8 @@ class Manager:
             )
         if checkpoint is not None and initial:
             check_compatible(initial, checkpoint.weights)
+        if checkpoint is not None and checkpoint.round < fed["rounds_done"]:
+            self._rewound(fed, checkpoint)
         run = _Run(fid, spec, folder, RemotePool(self.liveness), initial, model_bytes)
         for party in self.store.parties(fid):
             if party["kind"] == "hosted":
@@ -759,6 +761,20 @@ class Manager:
         self._set_status(fid, "ready")
         self.start(fid)
         return True
+
+    def _rewound(self, fed: dict[str, Any], checkpoint: Checkpoint) -> None:
+        """The newest checkpoint was damaged and an older one is used: the store forgets the
+        rounds after it. Training redoes them; a finished federation keeps its status and says
+        which round its model is from."""
+        fid = fed["id"]
+        self.store.rewind(fid, checkpoint.round)
+        if fed["status"] != "training":
+            self._set_status(
+                fid,
+                fed["status"],
+                f"its newest checkpoint was damaged ({'; '.join(checkpoint.skipped)}); the model "
+                f"is round {checkpoint.round}'s",
+            )
 
     def _keep_failed(self, fed: dict[str, Any]) -> None:
         """Register a failed federation without its parties, so that parties polling it hear
