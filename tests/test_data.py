@@ -40,6 +40,7 @@ from fedfuse.data import (
     quantity_skew,
     shards,
 )
+from fedfuse.weights import SizeLimitError, SizeLimits
 
 MNIST_STEMS = (
     "train-images-idx3-ubyte",
@@ -670,3 +671,42 @@ def test_format_label_stats_rows_and_totals() -> None:
     n_train, n_test, *counts = map(int, rows["total"])
     assert n_train + n_test == 200
     assert sum(counts) == n_train
+
+
+# --- size caps (SizeLimits) -------------------------------------------------------------------
+
+
+def test_idx_gzip_bomb_stops_at_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros(1 << 20, dtype=np.uint8))))
+    with pytest.raises(SizeLimitError, match=r"bomb\.gz: gzip data inflates to 65,537 bytes; the "):
+        load_idx(path, limits=SizeLimits(max_bytes=1 << 16))
+    assert load_idx(path).shape == (1 << 20,)
+
+
+def test_party_npz_past_max_bytes_is_refused_before_reading() -> None:
+    raw = npz_bytes(**party_arrays(n_train=100))
+    with pytest.raises(SizeLimitError, match=r"<bytes>: \.npz file inflates to .* limit is 4,096"):
+        load_party_npz(raw, limits=SizeLimits(max_bytes=4096))
+    assert len(load_party_npz(raw).train) == 100
+
+
+def test_party_npz_file_object_is_read_at_most_max_bytes() -> None:
+    class Upload(io.BytesIO):
+        name = "upload.npz"
+        largest_read = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            Upload.largest_read = max(Upload.largest_read, size if size and size > 0 else 1 << 62)
+            return super().read(size)
+
+    with pytest.raises(SizeLimitError, match=r"upload\.npz: \.npz file inflates to 1,001 bytes"):
+        load_party_npz(Upload(bytes(10_000)), limits=SizeLimits(max_bytes=1000))
+    assert Upload.largest_read == 1001
+
+
+def test_party_npz_compressed_members_keep_loading() -> None:
+    buffer = io.BytesIO()
+    arrays = party_arrays(n_train=50)
+    np.savez_compressed(buffer, **arrays)
+    assert_party_equals(load_party_npz(buffer.getvalue()), arrays)

@@ -9,7 +9,8 @@ from torch import nn
 
 from fedfuse.data import ArrayDataset, PartyData, get_data_handler
 from fedfuse.data._loaders import DatasetFormatError
-from fedfuse.models import ModelFileError, load_torch_model
+from fedfuse.models import ModelFileError, check_model_file, load_torch_model
+from fedfuse.weights import SizeLimitError, SizeLimits
 
 
 def _saved(obj) -> bytes:
@@ -99,3 +100,41 @@ def test_data_handler_errors():
     labels = ArrayDataset(np.zeros((2, 784), np.float32), np.array([0, 12]))
     with pytest.raises(DatasetFormatError, match="labels 0..9"):
         get_data_handler("mnist_pytorch")(PartyData(labels))
+
+
+def _varied_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.GroupNorm(1, 2), nn.Flatten(),
+        nn.Embedding(5, 3), nn.LSTM(3, 4), nn.MultiheadAttention(4, 2), nn.LayerNorm(4),
+    )  # fmt: skip
+
+
+def test_built_in_layers_load_and_their_parameters_are_counted_exactly():
+    model = _varied_model()
+    data = _saved(model)
+    expected = sum(t.numel() for t in model.state_dict().values())
+    assert check_model_file(data) == expected
+    loaded = load_torch_model(data, limits=SizeLimits(max_params=expected))
+    assert [type(m) for m in loaded] == [type(m) for m in model]
+    with pytest.raises(SizeLimitError, match=f"holds {expected:,} parameters; the limit is 10 "):
+        load_torch_model(data, limits=SizeLimits(max_params=10))
+
+
+def test_tied_weights_count_once():
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    b.weight = a.weight
+    assert check_model_file(_saved(nn.Sequential(a, b))) == 9 + 3 + 3
+
+
+def test_the_pickle_itself_has_a_size_cap(monkeypatch):
+    import fedfuse.models._files as files
+
+    monkeypatch.setattr(files, "_MAX_PICKLE_BYTES", 100)
+    with pytest.raises(SizeLimitError, match=r"pickle 'archive/data\.pkl' has .* the limit is 100"):
+        load_torch_model(_saved(nn.Linear(2, 2)))
+
+
+def test_max_bytes_covers_the_whole_archive():
+    data = _saved(nn.Linear(100, 100))
+    with pytest.raises(SizeLimitError, match="model file inflates to .* the limit is 1,000 bytes"):
+        load_torch_model(data, limits=SizeLimits(max_bytes=1000))

@@ -30,8 +30,13 @@ import fedfuse.runtime._http_party as http_party
 from fedfuse._extras import MissingExtraError, import_keras
 from fedfuse.cli import main
 from fedfuse.data import DatasetFormatError, load_party_npz
-from fedfuse.models import ModelFileError, build_model, get_model_type, load_torch_model
-from fedfuse.models._files import check_model_file
+from fedfuse.models import (
+    ModelFileError,
+    build_model,
+    check_model_file,
+    get_model_type,
+    load_torch_model,
+)
 from fedfuse.runtime import PartyClient
 from fedfuse.runtime._party_builder import party_from_join
 from fedfuse.weights import SizeLimitError, SizeLimits

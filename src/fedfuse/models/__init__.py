@@ -7,7 +7,12 @@ from fedfuse.models._doc2vec import (
     merge_word_counts,
     prepare_doc2vec,
 )
-from fedfuse.models._files import ModelFileError, builtin_module_classes, load_torch_model
+from fedfuse.models._files import (
+    ModelFileError,
+    builtin_module_classes,
+    check_model_file,
+    load_torch_model,
+)
 from fedfuse.models._keras import KerasAdapter, keras_optimizer, load_keras_model
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
 from fedfuse.models._registry import MODEL_TYPES, ModelType, get_model_type, register_model_type
@@ -43,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "builtin_module_classes",
+    "check_model_file",
     "cifar_cnn",
     "logistic_regression",
     "load_torch_model",

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedfuse.weights import SizeLimits
+from fedfuse.weights import SizeLimitError, SizeLimits
 
 __all__ = ["ModelFileError", "builtin_module_classes", "check_model_file", "load_torch_model"]
 
@@ -82,6 +82,7 @@ _REBUILDERS = frozenset(
     }
 )
 _LIMITS = SizeLimits()  # the default caps (an immutable value)
+_MAX_PICKLE_BYTES = 64 << 20  # torch.save keeps tensors outside the pickle: it stays small
 _OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
@@ -239,6 +240,12 @@ def check_model_file(data: bytes, *, limits: SizeLimits = _LIMITS) -> int:
         scan = _PickleScan()
         for record in records:
             if record.filename.endswith(".pkl"):
+                if record.file_size > _MAX_PICKLE_BYTES:
+                    raise SizeLimitError(
+                        f"model file's pickle {record.filename!r} has {record.file_size:,} "
+                        f"bytes; the limit is {_MAX_PICKLE_BYTES:,} (torch.save keeps tensors "
+                        "outside it)"
+                    )
                 try:
                     scan.run(archive.read(record))
                 except (zipfile.BadZipFile, EOFError, OSError) as exc:
