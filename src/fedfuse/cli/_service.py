@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ipaddress
 import json
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -21,19 +23,49 @@ def _return_freed_memory_to_the_os() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The API key from ``--api-key-file``, ``FEDFUSE_API_KEY`` or ``--api-key`` (visible in
+    ``ps``: the file or the environment keep it out of the process list)."""
+    if args.api_key_file:
+        key = Path(args.api_key_file).read_text().strip()
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    return args.api_key or os.environ.get("FEDFUSE_API_KEY") or None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fedfuse.service import ServiceSettings, create_app
+    from fedfuse.weights import SizeLimits
 
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    api_key = _api_key(args)
+    if not _is_loopback(args.host) and not args.ssl_certfile and not api_key and not args.insecure:
+        raise ValueError(
+            f"refusing to serve plain HTTP without an API key on {args.host}: give "
+            "--ssl-certfile/--ssl-keyfile and --api-key-file (or FEDFUSE_API_KEY), or --insecure"
+        )
     settings = ServiceSettings(
         data_dir=args.data_dir,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         allowed_import_paths=tuple(args.allow_import or ()),
         liveness=args.liveness,
-        api_key=args.api_key,
+        api_key=api_key,
+        read_timeout=args.read_timeout,
+        allowed_hosts=tuple(args.allowed_host or ()),
+        limits=SizeLimits(max_params=args.max_model_params),
     )
     _return_freed_memory_to_the_os()
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
@@ -147,7 +179,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="let uploaded model files use classes under this import path",
     )
     serve.add_argument(
-        "--api-key", help="require 'Authorization: Bearer KEY' to create and control federations"
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' to create, control and read federations "
+        "(shown by ps: prefer --api-key-file or FEDFUSE_API_KEY)",
+    )
+    serve.add_argument("--api-key-file", help="read the API key from this file")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a host name clients use for this service (Host/Origin check; '*' allows any)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain HTTP without an API key on a non-loopback address",
+    )
+    serve.add_argument(
+        "--max-model-params",
+        type=int,
+        default=100_000_000,
+        help="most parameters an uploaded or zoo model may have (default 100 million)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body may send nothing before it is refused (408)",
     )
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=_cmd_serve)

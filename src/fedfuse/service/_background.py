@@ -11,21 +11,34 @@ from contextlib import contextmanager
 import uvicorn
 
 from fedfuse.service._app import ServiceSettings, create_app
+from fedfuse.service._boundary import FailureLimiter
 
 __all__ = ["background_service"]
 
 
 @contextmanager
 def background_service(
-    settings: ServiceSettings | None = None, host: str = "127.0.0.1", port: int = 0
+    settings: ServiceSettings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    limiter: FailureLimiter | None = None,
 ) -> Iterator[str]:
-    """Serve on ``host:port`` (a free port if 0) while the ``with`` block runs; yields the URL."""
+    """Serve on ``host:port`` (a free port if 0) while the ``with`` block runs; yields the URL.
+
+    On leaving, requests still open (e.g. waiting ``/train`` calls) get 5 seconds to end."""
     if port == 0:
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings, limiter=limiter),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True, name="fedfuse-service")
     thread.start()
