@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from fedfuse.consensus._models import make_model
 from fedfuse.consensus._node import ConsensusNode
 from fedfuse.consensus._peer import PeerNode
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
-from fedfuse.consensus._run import ConsensusConfig, _test_subset, node_datasets, train_centralized
+from fedfuse.consensus._run import (
+    ConsensusConfig,
+    _seeded_model,
+    _test_subset,
+    node_datasets,
+    train_centralized,
+)
 from fedfuse.data import ArrayDataset, load_party_npz
 from fedfuse.models import TorchAdapter
 from fedfuse.weights import load_weights, save_weights
@@ -84,8 +88,7 @@ def node_main(options: NodeOptions) -> dict[str, Any]:
     config = options.config
     started = time.time()
     train, test, num_classes = _node_data(options)
-    torch.manual_seed(config.seed)
-    module = make_model(config.model, train.x.shape[1:], num_classes)
+    module = _seeded_model(config, train.x.shape[1:], num_classes)
     node = ConsensusNode(
         options.node_id,
         sorted(options.peers),
@@ -98,6 +101,7 @@ def node_main(options: NodeOptions) -> dict[str, Any]:
         exchange_prob=config.exchange_prob,
         max_failures=config.max_failures,
         seed=config.seed,
+        max_message_ratio=config.max_message_ratio,
     )
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -353,8 +357,7 @@ class LocalGraph:
         }
         if centralized if centralized is not None else self.config.centralized:
             datasets, test, num_classes = node_datasets(self.config)
-            torch.manual_seed(self.config.seed)
-            model = make_model(self.config.model, datasets[0].x.shape[1:], num_classes)
+            model = _seeded_model(self.config, datasets[0].x.shape[1:], num_classes)
             pooled = ArrayDataset(
                 np.concatenate([d.x for d in datasets]), np.concatenate([d.y for d in datasets])
             )

@@ -14,6 +14,18 @@ ever leaves a node):
 - ``GET /status``: JSON with the id, steps, epochs, neighbours, dropped edges, done.
 - ``POST /bye``: the sender has finished training.
 
+What the server trusts (see SECURITY.md): nothing but a token. With ``token`` set, ``/model``,
+``/exchange`` and ``/bye`` need it (compared in constant time); ``/status`` stays open and shows
+nothing secret. Without a token a node listens on loopback only, unless told ``insecure``. A POST
+must declare a plain ``Content-Length`` (411 without one, 400 for anything but digits, 413 above
+twice the largest message) and every request must arrive whole within ``request_timeout``
+seconds, however slowly its bytes trickle in, so an idle or slow-loris connection is cut off.
+At most ``max_connections`` connections are served at once (one more is answered 503 without a
+thread). A request refused before its body was read is answered first and its body (up to
+twice the largest message) then read and discarded, so the sender, still writing, reads the
+refusal instead of a connection reset. A message that ``ConsensusNode.check`` refuses (wrong
+shapes, NaN/inf, a norm far above this node's model) is a 400 and changes nothing.
+
 ``PeerNode`` wraps a ``ConsensusNode`` with a ``ThreadingHTTPServer`` and a training loop. The
 loop trains, and after each local round exchanges with the partners the algorithm draws; an
 exchange that fails (refused, timed out, bad reply) counts towards dropping that edge.
@@ -23,8 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
+import ipaddress
 import json
 import math
+import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -83,6 +99,9 @@ class PeerNode:
         timeout: seconds an exchange may take before it counts as failed.
         token: if set, requests must carry it (``X-Fedfuse-Token``) and this node sends it.
         transport: how requests are sent (``urllib_transport`` by default).
+        insecure: allow listening on a non-loopback ``host`` without a token.
+        request_timeout: seconds a connection has to deliver its whole request.
+        max_connections: connections served at once; one more is answered 503.
     """
 
     def __init__(
@@ -95,15 +114,30 @@ class PeerNode:
         timeout: float = 10.0,
         token: str | None = None,
         transport: Transport = urllib_transport,
+        insecure: bool = False,
+        request_timeout: float = 30.0,
+        max_connections: int = 64,
     ) -> None:
         missing = sorted(set(node.configured_peers) - set(peers))
         if missing:
             raise ValueError(f"node {node.node_id}: no address for neighbour(s) {missing}")
+        if not token and not insecure and not _is_loopback(host):
+            raise ValueError(
+                f"node {node.node_id}: refusing to listen on {host!r} without a token (anyone "
+                "who reaches it could read its model and steer its training); give it one "
+                "(FEDFUSE_NODE_TOKEN or --token-file) or accept the risk with --insecure"
+            )
+        if not request_timeout > 0 or max_connections < 1:
+            raise ValueError(
+                "request_timeout must be > 0 and max_connections >= 1, got "
+                f"{request_timeout}, {max_connections}"
+            )
         self.node = node
         self.peers = {int(i): url.rstrip("/") for i, url in peers.items()}
         self.timeout = timeout
         self.token = token
         self.transport = transport
+        self.request_timeout = float(request_timeout)
         self.lock = threading.Lock()
         self.done = False
         self.ready = threading.Event()  # set once training starts (after a late join)
@@ -112,8 +146,7 @@ class PeerNode:
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self._max_body = 2 * num_bytes(node.message_template()) + (1 << 20)
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = _NodeServer((host, port), _handler_for(self), max_connections)
         self._thread: threading.Thread | None = None
 
     @property
@@ -150,6 +183,7 @@ class PeerNode:
                 "epochs": self.node.epochs_done,
                 "peers": self.node.peers,
                 "dropped": sorted(self.node.dropped),
+                "refused": self.node.refused,
                 "done": self.done,
             }
 
@@ -300,9 +334,93 @@ class PeerNode:
         self.stop()
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (or "", every interface): not provably loopback
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's bytes, every read bounded by what is left of one deadline: a request must
+    arrive whole in time, however slowly its bytes trickle in (a per-read timeout alone lets a
+    slow-loris hold the connection by sending a byte just before each one runs out)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float) -> None:
+        self._sock, self._deadline, self._timeout = sock, deadline, timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(self._timeout)
+
+
+class _NodeServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them: one more is answered 503
+    and closed by the accepting thread, so no flood of connections can exhaust threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps(
+                {"error": f"this node serves at most {self.max_connections} connections at once"}
+            ).encode()
+            head = (
+                "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(head.encode() + body)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a peer that hung up is no error here
+            super().handle_error(request, client_address)
+
+
 def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
+    max_body = peer_node._max_body
+    request_timeout = peer_node.request_timeout
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "fedfuse-node"
+        timeout = request_timeout  # no single socket operation waits longer
+        unread = 0  # bytes of a declared body not read yet
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()
+            deadline = time.monotonic() + request_timeout
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline, self.timeout))
 
         def log_message(self, format: str, *args: Any) -> None:
             return  # quiet: the node logs exchanges itself
@@ -312,6 +430,9 @@ def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header(_NODE, str(peer_node.node.node_id))
+            if self.unread:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
@@ -322,9 +443,8 @@ def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
 
         def _sender(self) -> int | None:
             """The calling neighbour's id, or None after answering 403."""
-            if peer_node.token and not hmac.compare_digest(
-                self.headers.get(_TOKEN, ""), peer_node.token
-            ):
+            given = self.headers.get(_TOKEN, "").encode("utf-8", "surrogateescape")
+            if peer_node.token and not hmac.compare_digest(given, peer_node.token.encode()):
                 self._error(403, "missing or wrong token")
                 return None
             try:
@@ -336,12 +456,48 @@ def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
                 return None
             return sender
 
-        def _body(self) -> bytes | None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > peer_node._max_body:
-                self._error(413, f"body of {length} bytes is larger than any message")
+        def _content_length(self) -> int | None:
+            """The declared body length, or None after answering 400 or 411."""
+            values = self.headers.get_all("Content-Length") or []
+            if self.headers.get("Transfer-Encoding") is not None or not values:
+                self._error(411, "a POST needs a Content-Length (no Transfer-Encoding)")
                 return None
-            return self.rfile.read(length)
+            value = values[0].strip()
+            if len(set(values)) > 1 or not (value.isascii() and value.isdigit()):
+                shown = ", ".join(values)[:60]
+                self._error(400, f"Content-Length must be one non-negative integer, got {shown!r}")
+                return None
+            self.unread = int(value)
+            return self.unread
+
+        def _body(self, length: int) -> bytes | None:
+            """The body, read as it arrives within the request deadline; None after an error."""
+            if length > max_body:
+                self._error(413, f"body of {length} bytes exceeds this node's limit of {max_body}")
+                return None
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                self._error(408, f"the request did not arrive within {request_timeout:g} s")
+                return None
+            self.unread -= len(body)
+            if len(body) < length:
+                self._error(400, f"the body ended after {len(body)} of {length} bytes")
+                return None
+            return body
+
+        def _drain(self) -> None:
+            """Read and discard a refused body (at most twice the largest message, within the
+            request deadline): closing a socket with unread input resets the connection, and
+            a sender still writing its body would see that reset instead of the refusal."""
+            if not 0 < self.unread <= 2 * max_body:
+                return
+            with contextlib.suppress(OSError):
+                while self.unread > 0:
+                    chunk = self.rfile.read1(min(self.unread, 1 << 16))
+                    if not chunk:
+                        return
+                    self.unread -= len(chunk)
 
         def do_GET(self) -> None:
             if self.path == "/status":
@@ -357,11 +513,20 @@ def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
                 self._error(404, f"no such path {self.path!r}")
 
         def do_POST(self) -> None:
+            try:
+                self._post()
+            finally:
+                self._drain()
+
+        def _post(self) -> None:
+            length = self._content_length()
+            if length is None:
+                return
             if self.path not in ("/exchange", "/bye"):
                 self._error(404, f"no such path {self.path!r}")
                 return
             sender = self._sender()
-            body = self._body() if sender is not None else None
+            body = self._body(length) if sender is not None else None
             if body is None:
                 return
             if self.path == "/bye":
@@ -378,6 +543,7 @@ def _handler_for(peer_node: PeerNode) -> type[BaseHTTPRequestHandler]:
                 with peer_node.lock:
                     reply, my_degree = peer_node.node.answer(sender, variables, degree)
             except (WeightsFormatError, ValueError) as exc:
+                peer_node._log("message_refused", peer=sender, error=str(exc)[:200])
                 self._error(400, str(exc))
                 return
             if reply is None:

@@ -18,7 +18,7 @@ from torch import nn
 from fedfuse._settings import Settings
 from fedfuse.consensus._algorithms import DPSGD, ECL, Gossip, make_algorithm
 from fedfuse.consensus._models import make_model
-from fedfuse.consensus._node import ConsensusNode
+from fedfuse.consensus._node import DEFAULT_MAX_MESSAGE_RATIO, ConsensusNode
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
 from fedfuse.consensus._simulation import AsyncSimulator
 from fedfuse.consensus._topology import Topology, make_topology
@@ -58,6 +58,8 @@ class ConsensusConfig(Settings):
     Schedule: a node exchanges after every ``local_steps`` minibatch steps, on each edge with
     probability ``exchange_prob``; node rates spread by ``speed_spread`` (see
     ``AsyncSimulator``); an edge is dropped after ``max_failures`` failed exchanges.
+    Trust: a node refuses a neighbour's message whose norm exceeds ``max_message_ratio`` times
+    its own model's (see ``ConsensusNode``; 0 turns the bound off).
     ``epochs`` is measured on the simulated clock: one epoch is the time an average-speed node
     takes for one pass over its data, so all nodes together compute as many gradients as the
     centralized baseline does in the same number of epochs.
@@ -88,6 +90,7 @@ class ConsensusConfig(Settings):
     exchange_prob: float = 1.0
     speed_spread: float = 0.5
     max_failures: int = 3
+    max_message_ratio: float = DEFAULT_MAX_MESSAGE_RATIO
     centralized: bool = True
     seed: int = 0
 
@@ -188,6 +191,14 @@ def node_datasets(
     return [train.subset(idx) for idx in parts], test, num_classes
 
 
+def _seeded_model(config: ConsensusConfig, input_shape: tuple[int, ...], num_classes: int):
+    """``config.model`` initialised from ``config.seed``, the process's global RNG untouched (so
+    two runs in one process, or a caller's own seeding, never disturb each other)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return make_model(config.model, input_shape, num_classes)
+
+
 def _test_subset(test: ArrayDataset, size: int | None, seed: int) -> ArrayDataset:
     if size is None or size >= len(test):
         return test
@@ -264,8 +275,7 @@ def run_consensus(
     eval_set = _test_subset(test, config.test_size, config.seed)
     input_shape = datasets[0].x.shape[1:]
 
-    torch.manual_seed(config.seed)
-    template = make_model(config.model, input_shape, num_classes)
+    template = _seeded_model(config, input_shape, num_classes)
     nodes = {
         i: ConsensusNode(
             i,
@@ -279,6 +289,7 @@ def run_consensus(
             exchange_prob=config.exchange_prob,
             max_failures=config.max_failures,
             seed=config.seed,
+            max_message_ratio=config.max_message_ratio,
         )
         for i in range(graph.num_nodes)
     }
