@@ -1,8 +1,10 @@
+import argparse
 import json
 
 import pytest
 
 from fedfuse import SimulationConfig, simulate
+from fedfuse.cli._simulate import _config_from_args, add_parsers
 
 
 def test_simulate_end_to_end_writes_history_and_plot(tmp_path):
@@ -58,8 +60,28 @@ def test_config_from_toml(tmp_path):
         ({"num_parties": 5000}, "num_parties=5000 exceeds"),
         ({"rounds": 0}, "rounds must be"),
         ({"partition": "dirichlet", "alpha": -1.0}, "alpha"),
+        ({"fusion": "krum", "num_parties": 4}, "krum with num_byzantine=1 needs more than 4"),
+        ({"fusion": "multi_krum", "count": 3}, "at most 3 parties take part in a round"),
+        ({"max_update_ratio": -1.0}, "max_update_ratio must be a finite number >= 0"),
+        ({"max_update_norm": float("nan")}, "max_update_norm must be a finite number >= 0"),
     ],
 )
 def test_simulate_bad_input_names_the_parameter(overrides, message):
     with pytest.raises(ValueError, match=message):
         simulate(centralized=False, **overrides)
+
+
+def test_max_update_ratio_is_set_from_python_and_the_command_line():
+    result = simulate(
+        rounds=1, num_parties=3, max_update_ratio=1e-6, centralized=False, federated_eval=False
+    )
+    record = result.history[0]
+    assert not record["fused"] and sorted(record["rejected"]) == result.dataset.party_ids
+    assert all("exceeds the limit" in reason for reason in record["rejected"].values())
+    assert record["not_fused"] == "no update was accepted"
+    assert SimulationConfig().max_update_ratio == 10.0
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    args = parser.parse_args(["simulate", "--max-update-ratio", "0", "--max-update-norm", "5"])
+    config = _config_from_args(args, SimulationConfig())
+    assert (config.max_update_ratio, config.max_update_norm) == (0.0, 5.0)

@@ -137,10 +137,11 @@ def fuse_safely(
     model and records the reason, and the federation goes on.
     """
     try:
-        fused, new_state = fuse(fusion, updates, state, weights)
+        with np.errstate(over="ignore", invalid="ignore"):  # judged by the finite check below
+            fused, new_state = fuse(fusion, updates, state, weights)
+            new_weights = add(weights, fused.weights) if fused.is_delta else fused.weights
     except FusionError as exc:
         return f"fusion failed: {exc}"
-    new_weights = add(weights, fused.weights) if fused.is_delta else fused.weights
     for name, arr in new_weights.items():
         if not np.isfinite(arr).all():
             return f"the fused model is not finite (parameter {name!r}); it was not installed"

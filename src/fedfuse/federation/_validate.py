@@ -17,7 +17,7 @@ moves 11.5 in its first round, inside the floor's bound of 100.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -134,13 +134,23 @@ def validate_update(
 
 
 def _change_norm(update: Update, reference: Weights) -> float:
-    """``||delta||``, or ``||weights - reference||`` for full weights, in float64."""
-    if update.is_delta:
-        return global_norm(update.weights)
+    """``||delta||``, or ``||weights - reference||`` for full weights."""
+    if not update.is_delta:
+        return _norm64(
+            np.subtract(update.weights[name], ref, dtype=np.float64)
+            for name, ref in reference.items()
+        )
+    with np.errstate(over="ignore"):
+        norm = global_norm(update.weights)
+    # float32 squares overflow from about 1e19 per entry: then measure again in float64
+    return norm if math.isfinite(norm) else _norm64(update.weights.values())
+
+
+def _norm64(arrays: Iterable[np.ndarray]) -> float:
     total = 0.0
-    for name, ref in reference.items():
-        diff = np.subtract(update.weights[name], ref, dtype=np.float64).ravel()
-        total += float(np.dot(diff, diff))
+    for arr in arrays:
+        flat = np.asarray(arr, dtype=np.float64).ravel()
+        total += float(np.dot(flat, flat))
     return math.sqrt(total)
 
 
