@@ -21,8 +21,14 @@ import pytest
 from torch import nn
 
 from fedfuse.data import federate
-from fedfuse.federation import MAX_NUM_EXAMPLES, Federation, simulate, validate_update
-from fedfuse.fusion import Update, check_fusion_size
+from fedfuse.federation import (
+    MAX_NUM_EXAMPLES,
+    AsyncFederation,
+    Federation,
+    simulate,
+    validate_update,
+)
+from fedfuse.fusion import Update, check_fusion_size, krum
 from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
 from fedfuse.party import Malformed, Party, Skipped, TaskError
 from fedfuse.runtime import LocalPool
@@ -298,3 +304,18 @@ def test_the_rest_form_sets_both_bounds_and_refuses_krum_that_can_never_run(clie
     r = client.post("/start-aggregator", data=ZOO_FORM)
     config = client.get(f"/v1/federations/{r.json()['aggregator_id']}").json()["config"]
     assert (config["max_update_ratio"], config["max_update_norm"]) == (10.0, None)
+
+
+def test_a_buffer_that_cannot_be_fused_is_recorded_and_the_model_stays():
+    start = {"w": np.zeros(1, np.float32)}
+    pool = LocalPool({pid: Constant({"w": np.ones(1, np.float32)}) for pid in "abc"})
+    seconds = {"a": 1.0, "b": 1.5, "c": 2.0}
+    fed = AsyncFederation(pool, start, seconds, fusion=krum(1), buffer_size=2)
+    history = fed.run(1, until=4.0)
+    assert history and all(not r["fused"] for r in history)
+    assert history[0]["not_fused"] == (
+        "fusion failed: krum with f=1 needs more than 4 updates, got 2"
+    )
+    assert fed.version == 0 and fed.weights["w"] == start["w"]
+    with pytest.raises(ValueError, match="krum with num_byzantine=1 needs more than 4 updates"):
+        AsyncFederation(pool, start, seconds, fusion="krum", buffer_size=4)

@@ -31,7 +31,7 @@ from fedfuse.federation._metrics import WeightedMetrics
 from fedfuse.federation._round import RoundResult, fuse_safely, screen_reply
 from fedfuse.federation._sampling import derive_seed
 from fedfuse.federation._validate import DEFAULT_MAX_UPDATE_RATIO, check_update_bounds
-from fedfuse.fusion import FusionTransform, Update, get_fusion
+from fedfuse.fusion import FusionTransform, Update, check_fusion_size, get_fusion
 from fedfuse.models import TrainConfig, resolve_optimizer
 from fedfuse.party import Reply, TrainTask
 from fedfuse.runtime import PartyPool
@@ -99,6 +99,7 @@ class AsyncFederation:
     ) -> None:
         self.pool = pool
         self.fusion = get_fusion(fusion) if isinstance(fusion, str) else fusion
+        self._fusion_name = fusion if isinstance(fusion, str) else None
         self.config = config or TrainConfig()
         self.task_seconds = dict(task_seconds)
         self.buffer_size = buffer_size
@@ -148,6 +149,8 @@ class AsyncFederation:
         if not self.staleness_exponent >= 0:
             raise ValueError(f"staleness_exponent must be >= 0, got {self.staleness_exponent!r}")
         check_update_bounds(self.max_update_norm, self.max_update_ratio)
+        if isinstance(self._fusion_name, str):  # a buffer it can never fuse would spin forever
+            check_fusion_size(self._fusion_name, {}, self.buffer_size)
 
     def staleness_weight(self, staleness: int) -> float:
         """``(1 + staleness) ** -staleness_exponent``."""
