@@ -418,3 +418,87 @@ def test_fusion_names_and_training_options_through_rest(client):
 def test_bad_fusion_params_and_train_options(client, form, detail):
     r = start(client, **form)
     assert r.status_code == 400 and detail in r.json()["detail"], r.json()
+
+
+def test_labels_outside_the_models_classes_are_refused_at_registration(client):
+    three = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    agg = client.post(
+        "/start-aggregator", data=FORM, files={"model_file": ("m.pt", model_bytes(three))}
+    ).json()["aggregator_id"]
+    labels = np.array([0, 1, 2, 7, 5] * 4)
+    r = party(client, agg, npz_bytes(y_train=labels, y_test=np.array([0, 1, 9, 2])))
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].endswith("labels [5, 7, 9] are outside the model's 3 classes (0..2)")
+    assert client.get(f"/v1/federations/{agg}").json()["parties"] == []
+    good = npz_bytes(y_train=np.arange(20) % 3, y_test=np.array([0, 1, 2, 0]))
+    assert party(client, agg, good).status_code == 200  # good parties still register
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("fusion_params", '{"a": ' * 40 + "1" + "}" * 40),
+        ("train_options", '{"a": ' + "[" * 2000 + "]" * 2000 + "}"),
+        ("fusion_params", '{"a": ' + "[" * 4000),
+    ],
+)
+def test_deeply_nested_json_settings_are_a_400(field, text, tmp_path):
+    settings = ServiceSettings(data_dir=str(tmp_path), max_upload_bytes=2_000_000)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.post(
+            "/start-aggregator",
+            data=FORM | {field: text},
+            files={"model_file": ("m.pt", model_bytes())},
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"] in (
+            f"{field} nests deeper than 32 levels",
+            f"{field} must be a JSON object: Expecting value: line 1 column 4007 (char 4006)",
+        )
+        r = c.post("/train", json={"aggregator_id": "[" * 100_000})
+        assert r.status_code == 422 and "at most 64 characters" in r.text
+        deep = b'{"aggregator_id": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        r = c.post("/train", content=deep, headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, r.text
+        assert c.get("/v1/federations").json() == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "detail"),
+    [
+        (MemoryError(), 503, "the service has not enough memory for this request now"),
+        (OSError(28, "No space left on device"), 507, "the service's disk is full"),
+        (OSError(5, "Input/output error"), 503, "could not read or write its files"),
+        (KeyError("x"), 400, "the request could not be processed (KeyError: 'x')"),
+    ],
+)
+def test_unexpected_failures_get_a_clear_status_never_a_bare_500(
+    tmp_path, monkeypatch, caplog, error, status, detail
+):
+    app = create_app(ServiceSettings(data_dir=str(tmp_path)))
+
+    def fail(*args, **kwargs):
+        raise error
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        monkeypatch.setattr(app.state.manager, "create", fail)
+        r = start(c)
+        assert r.status_code == status and detail in r.json()["detail"], r.text
+        assert ("Retry-After" in r.headers) == (status == 503)
+        assert "POST /start-aggregator" in caplog.text  # the traceback is logged
+        assert c.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_model_too_large_for_the_json_answer_is_pointed_to_its_download(tmp_path):
+    settings = ServiceSettings(data_dir=str(tmp_path), max_json_model_bytes=1000)
+    with TestClient(create_app(settings)) as c:
+        agg = start(c).json()["aggregator_id"]
+        party(c, agg)
+        party(c, agg)
+        r = c.post("/train", json={"aggregator_id": agg}).json()
+        assert r["status"] == "completed" and "global_model" not in r
+        assert r["global_model_url"] == f"/v1/federations/{agg}/model"
+        assert "larger than the JSON answer's limit of 1000 bytes" in r["message"]
+        assert len(r["metrics"]) == 1
+        model = c.get(r["global_model_url"])
+        assert model.status_code == 200 and len(model.content) > 1000
