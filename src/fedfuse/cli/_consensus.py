@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedfuse.consensus import (
+    NODE_TOKEN_ENV,
     ConsensusConfig,
     ConsensusResult,
     LocalGraph,
@@ -40,6 +43,8 @@ _HELP = {
     "speed_spread": "node rates are U[1-x, 1+x] (simulated asynchrony)",
     "train_size": "keep a seeded random subset of the training set",
     "test_size": "test subset for the per-epoch curves (final numbers use all of it)",
+    "max_message_ratio": "refuse a neighbour's message this many times larger than the node's "
+    "own on that edge (0: no bound)",
 }
 
 
@@ -164,8 +169,21 @@ def _parse_peers(values: list[str]) -> dict[int, str]:
     return peers
 
 
+def _node_token(args: argparse.Namespace) -> str | None:
+    """The node's secret: ``--token``, else ``--token-file``, else ``$FEDFUSE_NODE_TOKEN``."""
+    if args.token and args.token_file:
+        raise ValueError("give --token or --token-file, not both")
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"--token-file {args.token_file}: the file is empty")
+        return token
+    return args.token or os.environ.get(NODE_TOKEN_ENV) or None
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    token = _node_token(args)
     if args.graph:
         config, addresses, topology = read_graph(args.graph)
         config = config.replace(
@@ -195,7 +213,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
             step_delay=args.step_delay,
             linger=args.linger,
             timeout=args.timeout,
-            token=args.token,
+            token=token,
+            insecure=args.insecure,
             out_dir=args.out,
         )
     )
@@ -268,7 +287,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="seconds a finished node keeps answering its neighbours",
     )
     node.add_argument("--timeout", type=float, default=10.0, help="seconds per exchange")
-    node.add_argument("--token", help="shared secret that neighbours must present")
+    node.add_argument(
+        "--token",
+        help="shared secret that neighbours must present (visible to every user in `ps`: "
+        f"prefer --token-file or ${NODE_TOKEN_ENV})",
+    )
+    node.add_argument("--token-file", help="read the shared secret from this file")
+    node.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback --host without a token",
+    )
     node.add_argument("--out", default=".", help="folder for node_<id>.json and .safetensors")
     node.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     _add_config_flags(node)

@@ -15,9 +15,15 @@ See the module docstrings of ``_algorithms`` (the update rules and their derivat
 """
 
 from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, Learner, make_algorithm
-from fedfuse.consensus._launch import LocalGraph, NodeOptions, node_main, read_graph
+from fedfuse.consensus._launch import (
+    NODE_TOKEN_ENV,
+    LocalGraph,
+    NodeOptions,
+    node_main,
+    read_graph,
+)
 from fedfuse.consensus._models import CONSENSUS_MODELS, gn_cnn, make_model
-from fedfuse.consensus._node import ConsensusNode
+from fedfuse.consensus._node import DEFAULT_MAX_MESSAGE_RATIO, ConsensusNode
 from fedfuse.consensus._peer import HttpReply, PeerNode, Transport, urllib_transport
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
 from fedfuse.consensus._run import (
@@ -44,8 +50,10 @@ from fedfuse.consensus._topology import (
 __all__ = [
     "ALGORITHMS",
     "CONSENSUS_MODELS",
+    "DEFAULT_MAX_MESSAGE_RATIO",
     "DPSGD",
     "ECL",
+    "NODE_TOKEN_ENV",
     "TOPOLOGIES",
     "AsyncSimulator",
     "ConsensusConfig",

@@ -6,7 +6,9 @@ write ``node_<id>.json`` and ``node_<id>.safetensors``, say goodbye.
 
 ``LocalGraph`` starts one such process per node of a topology on 127.0.0.1 (free ports), can
 kill or inspect them, waits for them and merges their results: the way to try a decentralized
-run as real processes on one machine (``fedfuse consensus --processes``).
+run as real processes on one machine (``fedfuse consensus --processes``). Its nodes share a
+secret drawn for the run, handed to each child in its environment (``NODE_TOKEN_ENV``), never
+on a command line (which every user of the machine can read in ``ps``) or in ``graph.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import copy
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -41,7 +44,10 @@ from fedfuse.data import ArrayDataset, load_party_npz
 from fedfuse.models import TorchAdapter
 from fedfuse.weights import load_weights, save_weights
 
-__all__ = ["LocalGraph", "NodeOptions", "node_main", "read_graph"]
+__all__ = ["NODE_TOKEN_ENV", "LocalGraph", "NodeOptions", "node_main", "read_graph"]
+
+NODE_TOKEN_ENV = "FEDFUSE_NODE_TOKEN"
+"""The environment variable a ``fedfuse node`` reads its token from."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class NodeOptions:
     ``data`` is a party ``.npz`` file (``x_train, y_train, x_test, y_test``); without it the node
     computes its own share of ``config``'s dataset and partition (the same for every node, by
     seed). ``num_classes`` must then be given for ``.npz`` data if a node may lack the top class.
+    ``insecure`` lets a node without a ``token`` listen on a non-loopback ``host``.
     """
 
     node_id: int
@@ -65,7 +72,8 @@ class NodeOptions:
     linger: float = 30.0
     startup_timeout: float = 60.0
     timeout: float = 10.0
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    insecure: bool = False
     out_dir: str = "."
 
 
@@ -112,6 +120,7 @@ def node_main(options: NodeOptions) -> dict[str, Any]:
         port=options.port,
         timeout=options.timeout,
         token=options.token,
+        insecure=options.insecure,
     ).start()
     try:
         if options.join:
@@ -170,6 +179,8 @@ class LocalGraph:
             the simulator's, ``U[1 - speed_spread, 1 + speed_spread]``): emulated slow machines.
         late: node ids started only when ``start_late(i)`` is called (they join from a
             neighbour's model).
+
+    ``token`` is the run's secret (``secrets.token_urlsafe(32)``, drawn per graph).
     """
 
     config: ConsensusConfig
@@ -181,6 +192,7 @@ class LocalGraph:
     timeout: float = 10.0
     python: str = sys.executable
     processes: dict[int, subprocess.Popen] = field(default_factory=dict, init=False)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out_dir)
@@ -231,6 +243,7 @@ class LocalGraph:
             "PYTHONPATH": os.pathsep.join(
                 p for p in (_src_path(), os.environ.get("PYTHONPATH")) if p
             ),
+            NODE_TOKEN_ENV: self.token,
         }
         log = open(self.out / f"node_{node_id}.log", "wb")  # noqa: SIM115 - closed by the child
         self.processes[node_id] = subprocess.Popen(
