@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -350,3 +351,22 @@ def test_a_crash_during_creation_leaves_nothing_after_restart(tmp_path):
     assert json.loads((tmp_path / "federations" / fid / "manifest.json").read_text()).keys() == {
         "initial.safetensors"
     }
+
+
+def test_recovery_fails_federations_whose_folder_or_checkpoint_is_gone(tmp_path):
+    manager = Manager(tmp_path)
+    gone, _ = manager.create(_spec())
+    rewound, _ = manager.create(_spec())
+    intact, _ = manager.create(_spec())
+    manager.store.record_round(rewound, {"round": 1, "rejected": {}})
+    manager.store.close()
+    shutil.rmtree(tmp_path / "federations" / gone)
+    again = Manager(tmp_path)
+    assert again.recover() == []  # nothing raises out of recovery
+    assert again.status(gone)["status"] == "failed"
+    assert f"its folder {tmp_path / 'federations' / gone} is missing" in again.status(gone)["error"]
+    error = again.status(rewound)["error"]
+    assert again.status(rewound)["status"] == "failed"
+    assert "holds no checkpoint, but the store records 1 completed round(s)" in error
+    assert again.status(intact)["status"] == "registering" and again.status(intact)["error"] is None
+    assert again.global_weights(intact).keys() == manager.global_weights(intact).keys()

@@ -709,7 +709,12 @@ class Manager:
     def _remove_half_made(self) -> None:
         """Delete folders of creations that a crash interrupted (they never had a row)."""
         parent = self.data_dir / "federations"
-        for tmp in parent.glob(".creating-*") if parent.is_dir() else ():
+        try:
+            leftovers = list(parent.glob(".creating-*")) if parent.is_dir() else []
+        except OSError as exc:
+            log.warning("cannot look for half-made federations in %s: %s", parent, exc)
+            return
+        for tmp in leftovers:
             log.warning("removing %s, left by an interrupted creation", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -738,8 +743,8 @@ class Manager:
         checkpoint = load_checkpoint(folder / "checkpoint")  # CheckpointError if none usable
         if checkpoint is None and fed["rounds_done"] > 0:
             raise ValueError(
-                f"{folder / 'checkpoint'} holds no checkpoint, but {fed['rounds_done']} rounds "
-                "were done"
+                f"{folder / 'checkpoint'} holds no checkpoint, but the store records "
+                f"{fed['rounds_done']} completed round(s)"
             )
         if checkpoint is not None and initial:
             check_compatible(initial, checkpoint.weights)
