@@ -162,6 +162,18 @@ def _json_weights(weights: Weights) -> dict[str, Any]:
     return {name: arr.tolist() for name, arr in weights.items()}
 
 
+_ID = {"aggregator_id": "$response.body#/aggregator_id"}
+_CREATED = {  # OpenAPI links: what a client (or a stateful fuzzer) does with a new federation
+    "StartParty": {"operationId": "start_party_start_party_post", "requestBody": _ID},
+    "Train": {"operationId": "train_train_post", "requestBody": _ID},
+    "Stop": {"operationId": "stop_stop_post", "requestBody": _ID},
+    "Status": {
+        "operationId": "federation_status_v1_federations__fid__get",
+        "parameters": {"fid": "$response.body#/aggregator_id"},
+    },
+}
+
+
 def _reply_from(spool: IO[bytes], meta: dict[str, Any], party_id: str) -> Any:
     """The reply in ``spool``: its arrays are views into one buffer of the body's size."""
     body = bytearray(spool.tell())
@@ -324,7 +336,7 @@ def create_app(
         counted(request, lambda: None)
 
     # ---- the Model Fusion tutorial's endpoints ------------------------------------------------
-    @app.post("/start-aggregator", tags=["model fusion"])
+    @app.post("/start-aggregator", tags=["model fusion"], responses={200: {"links": _CREATED}})
     @before_body(control)
     async def start_aggregator(
         fusion_algorithm: Annotated[str, Form(max_length=64)],

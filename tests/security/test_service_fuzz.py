@@ -1,0 +1,153 @@
+"""No request produces a 5xx: property-based attacks on the whole service.
+
+Threat: any client, sending anything the schema allows and much it does not. Two kinds of
+generated traffic, each asserting only what the README promises (every answer is a 2xx or a 4xx
+with a message) and that the service still answers afterwards:
+
+* stateful sequences from the OpenAPI schema (schemathesis links: create a federation, register
+  parties with its id, train it, read its status), so handlers run on live federations;
+* hostile shapes the schema does not suggest: deeply nested JSON, huge and non-finite numbers and
+  wrong types, in the JSON form fields (``fusion_params``, ``train_options``), in JSON bodies and
+  in the party protocol's ``X-Fedfuse-Meta`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import numpy as np
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from fedfuse.service import ServiceSettings, create_app
+from fedfuse.weights import to_bytes
+
+_dir = tempfile.mkdtemp(prefix="fedfuse-fuzz-stateful-")
+_app = create_app(ServiceSettings(data_dir=_dir, max_upload_bytes=1_000_000))
+schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
+_client = TestClient(_app, raise_server_exceptions=False)
+_client.__enter__()  # the lifespan runs once for the module; the client closes at exit
+
+WEIGHTS = to_bytes({"w": np.zeros((2, 2), np.float32)})
+FORM = {"fusion_algorithm": "fedavg", "num_parties": 1, "rounds": 1}
+
+
+class ServiceMachine(schema.as_state_machine()):
+    def validate_response(self, response, case, **kwargs) -> None:
+        assert response.status_code < 500, (case.method, case.path, response.text[:500])
+
+
+TestStatefulSequences = ServiceMachine.TestCase
+TestStatefulSequences.settings = settings(
+    max_examples=10,
+    stateful_step_count=5,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def test_the_schema_links_create_to_party_train_and_status():
+    """The stateful run follows a new federation's id: its links name real operations."""
+    spec = _client.get("/openapi.json").json()
+    links = spec["paths"]["/start-aggregator"]["post"]["responses"]["200"]["links"]
+    operations = {
+        op["operationId"]: f"{method.upper()} {path}"
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+    }
+    assert {operations[link["operationId"]] for link in links.values()} == {
+        "POST /start-party",
+        "POST /train",
+        "POST /stop",
+        "GET /v1/federations/{fid}",
+    }
+
+
+# ---- hostile shapes ----------------------------------------------------------------------------
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+_deep = st.integers(min_value=1, max_value=3000).map(lambda n: "[" * n + "]" * n)
+_texts = _json.map(json.dumps) | _deep | st.text(max_size=100)
+_FIELDS = st.sampled_from(["aggregator_id", "token", "name", "wait", "party_secret"])
+
+
+def _fine(response) -> None:
+    assert response.status_code < 500, response.text[:500]
+    if response.status_code >= 400:
+        assert response.json()["detail"], response.text
+
+
+@given(field=st.sampled_from(["fusion_params", "train_options"]), text=_texts)
+@example(field="fusion_params", text="[" * 2000 + "]" * 2000)
+@example(field="train_options", text='{"a": ' * 100 + "1" + "}" * 100)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_json_form_fields_of_any_shape_get_an_answer(field, text):
+    r = _client.post(
+        "/start-aggregator",
+        data=FORM | {field: text[:4096]},
+        files={"initial_weights": ("w.safetensors", WEIGHTS)},
+    )
+    _fine(r)
+
+
+@given(
+    path=st.sampled_from(["/train", "/stop", "/v1/join"]),
+    body=_json
+    | st.dictionaries(st.sampled_from(["aggregator_id", "token", "name", "wait"]), _json),
+    deep=_deep,
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_json_bodies_of_any_shape_get_an_answer(path, body, deep):
+    _fine(_client.post(path, json=body))
+    _fine(_client.post(path, content=deep, headers={"Content-Type": "application/json"}))
+
+
+def _federation_with_a_task() -> tuple[str, dict, int]:
+    fed = _client.post(
+        "/start-aggregator",
+        data=FORM | {"round_timeout": 600},
+        files={"initial_weights": ("w.safetensors", WEIGHTS)},
+    ).json()
+    joined = _client.post("/v1/join", json={"token": fed["join_token"]}).json()
+    auth = {"Authorization": f"Bearer {joined['party_token']}"}
+    _client.post("/train", json={"aggregator_id": fed["aggregator_id"], "wait": False})
+    task = _client.get(f"/v1/federations/{fed['aggregator_id']}/tasks/next?wait=30", headers=auth)
+    return fed["aggregator_id"], auth, json.loads(task.headers["X-Fedfuse-Meta"])["task_id"]
+
+
+_FID, _AUTH, _TASK = _federation_with_a_task()
+
+
+@given(
+    meta=_json
+    | st.fixed_dictionaries(
+        {"kind": st.sampled_from(["update", "skipped", "evaluation", "error"])},
+        optional={"num_examples": _json, "metrics": _json, "is_delta": _json, "message": _json},
+    ),
+    body=st.sampled_from([b"", WEIGHTS, b"\xff" * 16, to_bytes({"w": np.ones(3, np.float64)})]),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_reply_metadata_of_any_shape_gets_an_answer(meta, body):
+    """Only the first reply is taken (the rest are 409s): every one still gets an answer."""
+    r = _client.post(
+        f"/v1/federations/{_FID}/tasks/{_TASK}/reply",
+        content=body,
+        headers=_AUTH | {"X-Fedfuse-Meta": json.dumps(meta)},
+    )
+    _fine(r)
+    assert _client.get("/healthz").json() == {"status": "ok"}
