@@ -82,6 +82,18 @@ def test_a_corrupt_index_is_not_needed(tmp_path):
     np.testing.assert_array_equal(checkpoint.fusion_state["m"], np.full(3, 2.0))
 
 
+def test_an_index_pointing_outside_the_folder_is_not_followed(tmp_path):
+    _save(tmp_path, 1)
+    outside = _save(tmp_path / "elsewhere", 5)
+    index = json.loads((tmp_path / "checkpoint.json").read_text())
+    (tmp_path / "checkpoint.json").write_text(
+        json.dumps(index | {"weights_file": f"../elsewhere/{outside.name}"})
+    )
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.round == 1 and checkpoint.file == "round_000001.safetensors"
+    assert checkpoint.skipped == ["checkpoint.json: not a checkpoint index"]
+
+
 def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
     _save(tmp_path, 1)
     _save(tmp_path, 2)

@@ -206,7 +206,8 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     index = json.loads(path.read_text())
-    if not isinstance(index, dict) or not isinstance(index.get("weights_file"), str):
+    name = index.get("weights_file") if isinstance(index, dict) else None
+    if not isinstance(name, str) or not _ROUND_FILE.fullmatch(name):  # no path out of here
         raise ValueError("not a checkpoint index")
     return index
 
