@@ -37,7 +37,7 @@ from fedfuse.models import (
     get_model_type,
     load_torch_model,
 )
-from fedfuse.runtime import PartyClient
+from fedfuse.runtime import PartyClient, ProtocolError
 from fedfuse.runtime._party_builder import party_from_join
 from fedfuse.weights import SizeLimitError, SizeLimits
 
@@ -431,3 +431,16 @@ def test_fedfuse_party_exits_2_naming_the_cap(
     assert code == 2
     err = capsys.readouterr().err
     assert "2,000,000,040,802 parameters; the limit is 100,000,000 (--max-model-params)" in err
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"federation_id": 1}', b"not json", b" " * (2 << 20)],
+)
+def test_a_malformed_or_oversized_join_answer_is_a_protocol_error(answer: bytes) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    with client(transport) as party, pytest.raises((ProtocolError, SizeLimitError)) as info:
+        party.join()
+    expected = "limit is 1,048,576" if len(answer) > 1 << 20 else "the join answer is not an"
+    assert expected in str(info.value)
+    assert party.info is None

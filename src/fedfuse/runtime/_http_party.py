@@ -73,9 +73,21 @@ def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
 
 def _detail(response: httpx.Response) -> str:
     try:
-        return str(response.json().get("detail", response.text))
-    except (json.JSONDecodeError, AttributeError):
-        return response.text
+        return str(response.json().get("detail", response.text))[:2000]
+    except (ValueError, RecursionError, AttributeError):
+        return response.text[:2000]
+
+
+def _join_answer(response: httpx.Response) -> dict[str, Any]:
+    """The join answer, refused unless it is an object naming the federation and the party."""
+    try:
+        info = response.json()
+    except (ValueError, RecursionError):
+        info = None
+    names = ("federation_id", "party_id", "party_token")
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in names):
+        raise ProtocolError(f"the join answer is not an object with {', '.join(names)}")
+    return info
 
 
 class PartyClient:
@@ -156,7 +168,7 @@ class PartyClient:
         response = self._request("POST", "/v1/join", json={"token": self.token, "name": self.name})
         if response.status_code != 200:
             raise ProtocolError(f"join refused ({response.status_code}): {_detail(response)}")
-        self.info = response.json()
+        self.info = _join_answer(response)
         return self.info
 
     @property
