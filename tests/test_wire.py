@@ -91,5 +91,10 @@ def test_bad_meta_and_tasks():
         decode_meta("[1, 2]")
     with pytest.raises(WireFormatError, match="unknown task kind"):
         task_from_wire({"task_id": 1, "round": 1, "kind": "dance"}, to_bytes(W))
+    with pytest.raises(WireFormatError, match="'send_delta' must be true or false"):
+        task_from_wire(
+            {"task_id": 1, "round": 1, "kind": "train", "config": {}, "send_delta": "false"},
+            to_bytes(W),
+        )
     with pytest.raises(WireFormatError, match="bad train config"):
         task_from_wire({"task_id": 1, "round": 1, "kind": "train", "config": {"x": 1}}, to_bytes(W))

@@ -319,3 +319,35 @@ def test_a_buffer_that_cannot_be_fused_is_recorded_and_the_model_stays():
     assert fed.version == 0 and fed.weights["w"] == start["w"]
     with pytest.raises(ValueError, match="krum with num_byzantine=1 needs more than 4 updates"):
         AsyncFederation(pool, start, seconds, fusion="krum", buffer_size=4)
+
+
+def test_fedfuse_create_sends_both_bounds(monkeypatch, capsys):
+    import argparse
+
+    import httpx
+
+    from fedfuse.cli._service import add_parsers
+
+    sent = {}
+
+    class Answer:
+        status_code = 200
+
+        def json(self):
+            return {"aggregator_id": "f1"}
+
+    def post(url, data, **kwargs):
+        sent.update(url=url, data=data)
+        return Answer()
+
+    monkeypatch.setattr(httpx, "post", post)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    flags = ["--max-update-ratio", "0", "--max-update-norm", "2.5"]
+    args = parser.parse_args(["create", "--server", "http://127.0.0.1:1", *flags])
+    assert args.func(args) == 0 and '"aggregator_id": "f1"' in capsys.readouterr().out
+    assert sent["url"] == "http://127.0.0.1:1/start-aggregator"
+    assert (sent["data"]["max_update_ratio"], sent["data"]["max_update_norm"]) == (0.0, 2.5)
+    args = parser.parse_args(["create", "--server", "http://127.0.0.1:1"])
+    args.func(args)
+    assert "max_update_ratio" not in sent["data"]  # the service's default applies

@@ -90,7 +90,10 @@ def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
             config = TrainConfig(**_field(meta, "config", dict))
         except TypeError as exc:
             raise WireFormatError(f"bad train config: {exc}") from None
-        task = TrainTask(round_num, weights, config, bool(meta.get("send_delta", True)))
+        send_delta = meta.get("send_delta", True)
+        if not isinstance(send_delta, bool):
+            raise WireFormatError("metadata field 'send_delta' must be true or false")
+        task = TrainTask(round_num, weights, config, send_delta)
     elif kind == "evaluate":
         task = EvaluateTask(round_num, weights, meta.get("split", "test"))
     else:
