@@ -370,3 +370,16 @@ def test_recovery_fails_federations_whose_folder_or_checkpoint_is_gone(tmp_path)
     assert "holds no checkpoint, but the store records 1 completed round(s)" in error
     assert again.status(intact)["status"] == "registering" and again.status(intact)["error"] is None
     assert again.global_weights(intact).keys() == manager.global_weights(intact).keys()
+
+
+def test_a_damaged_round_record_does_not_hide_the_others(tmp_path):
+    manager = Manager(tmp_path)
+    fid, _ = manager.create(_spec())
+    for r in (1, 2):
+        manager.store.record_round(fid, {"round": r, "rejected": {}, "fused": True})
+    with sqlite3.connect(tmp_path / "fedfuse.sqlite3") as db:
+        db.execute("UPDATE rounds SET record = '{\"round\": 1, ' WHERE round = 1")
+    assert manager.store.rounds(fid) == [
+        {"round": 1, "error": "the stored record of this round is damaged"},
+        {"round": 2, "rejected": {}, "fused": True},
+    ]

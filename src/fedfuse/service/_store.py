@@ -291,9 +291,21 @@ class Store:
     def rounds(self, fid: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT record FROM rounds WHERE federation_id = ? ORDER BY round", (fid,)
+                "SELECT round, record FROM rounds WHERE federation_id = ? ORDER BY round", (fid,)
             ).fetchall()
-        return [json.loads(r["record"]) for r in rows]
+        return [self._round_record(r) for r in rows]
+
+    @staticmethod
+    def _round_record(row: sqlite3.Row) -> dict[str, Any]:
+        """A round's record; a damaged one is reported as such, not raised (the history of
+        every other round stays readable)."""
+        try:
+            record = json.loads(row["record"])
+        except (TypeError, ValueError):
+            record = None
+        if not isinstance(record, dict):
+            return {"round": row["round"], "error": "the stored record of this round is damaged"}
+        return record
 
     def rejected(self, fid: str) -> list[dict[str, Any]]:
         with self._lock:
