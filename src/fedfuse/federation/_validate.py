@@ -110,7 +110,8 @@ def validate_update(
     Checks: a delta or full weights as the task asked (``expect_delta``, when given); a sane
     ``num_examples`` (``check_num_examples``); finite numeric metrics; the same parameter
     names, shapes and dtypes as the global weights; only finite values; and a change of the
-    global model (the delta, or ``weights - reference``) within ``update_bound``.
+    global model (the delta, or ``weights - reference``) within ``update_bound``. Both bounds
+    are off unless given here; the round loop passes ``DEFAULT_MAX_UPDATE_RATIO`` by default.
     """
     if expect_delta is not None and bool(update.is_delta) != expect_delta:
         asked, sent = ("a delta", "full weights") if expect_delta else ("full weights", "a delta")
