@@ -444,3 +444,19 @@ def test_a_malformed_or_oversized_join_answer_is_a_protocol_error(answer: bytes)
     expected = "limit is 1,048,576" if len(answer) > 1 << 20 else "the join answer is not an"
     assert expected in str(info.value)
     assert party.info is None
+
+
+def test_a_keras_architecture_past_max_params_is_refused_before_keras_builds_it() -> None:
+    try:
+        keras = import_keras()
+    except MissingExtraError:
+        pytest.skip("keras is not installed")
+    with keras.device("meta"):  # only to write the config: 8 billion parameters, on no memory
+        big = keras.Sequential([keras.Input((40000,)), keras.layers.Dense(200000)])
+    config = json.dumps(keras.saving.serialize_keras_object(big)).encode()
+    data = zip_bytes({"config.json": config, "metadata.json": b"{}", "model.weights.h5": b""})
+    message = refused_cheaply(lambda: get_model_type("keras").load(data, ()), SizeLimitError, "")
+    assert message == (
+        "Keras model file holds 8,000,200,000 parameters; the limit is 100,000,000 "
+        "(--max-model-params)"
+    )

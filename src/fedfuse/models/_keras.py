@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
+import math
 import random
 import tempfile
 import zipfile
@@ -31,7 +33,7 @@ from fedfuse.models._config import TrainConfig
 from fedfuse.models._files import ModelFileError
 from fedfuse.models._registry import ModelType, register_model_type
 from fedfuse.models._torch import torch_seed
-from fedfuse.weights import SizeLimits, Weights, check_compatible
+from fedfuse.weights import SizeLimitError, SizeLimits, Weights, check_compatible
 
 __all__ = ["KerasAdapter", "keras_optimizer", "load_keras_model"]
 
@@ -203,33 +205,42 @@ def load_keras_model(
 
     Custom layers may come only from modules the operator allowed (``allowed_import_paths``):
     they are imported first, so classes they register with
-    ``keras.saving.register_keras_serializable`` are known. The zip's inflated size is checked
-    against ``limits`` before Keras reads it.
+    ``keras.saving.register_keras_serializable`` are known. Before Keras reads the weights, the
+    zip's inflated size and the architecture's parameter count (built on torch's ``meta``
+    device, which allocates nothing) are checked against ``limits``.
 
     Raises:
         ModelFileError: not a ``.keras`` file, or a file Keras refuses to load (e.g. a
             ``Lambda`` layer holding Python code, or an unknown class).
-        SizeLimitError: the archive inflates past ``limits.max_bytes`` (or is a zip bomb).
+        SizeLimitError: the archive inflates past ``limits.max_bytes`` (or is a zip bomb), or
+            the architecture holds more than ``limits.max_params`` parameters.
     """
     keras = import_keras()
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             limits.check_archive(archive, "Keras model file")
-    except zipfile.BadZipFile:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as exc:
+        if isinstance(exc, SizeLimitError):
+            raise
         raise ModelFileError(
-            "not a .keras model file (expected the zip written by model.save)"
+            "not a .keras model file (expected the zip written by model.save, with its config.json)"
         ) from None
     for module in allowed_import_paths:
         importlib.import_module(module)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.keras"
-        path.write_bytes(data)
-        try:
+    try:
+        # the architecture alone, its variables on torch's meta device: counted, not allocated
+        with keras.device("meta"):
+            shell = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        limits.check_params(sum(math.prod(v.shape) for v in shell.weights), "Keras model file")
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.keras"
+            path.write_bytes(data)
             return keras.saving.load_model(path, safe_mode=True)
-        except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:
-            raise ModelFileError(
-                f"cannot load Keras model file: {str(exc).splitlines()[0]}"
-            ) from None
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, SizeLimitError):
+            raise
+        raise ModelFileError(f"cannot load Keras model file: {str(exc).splitlines()[0]}") from None
 
 
 def _load_keras_adapter(
