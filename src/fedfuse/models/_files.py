@@ -82,7 +82,7 @@ _REBUILDERS = frozenset(
     }
 )
 _LIMITS = SizeLimits()  # the default caps (an immutable value)
-_MAX_PICKLE_BYTES = 64 << 20  # torch.save keeps tensors outside the pickle: it stays small
+_MAX_PICKLE_BYTES = 16 << 20  # torch.save keeps tensors outside the pickle: it stays small
 _OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
@@ -163,7 +163,7 @@ class _PickleScan:
             self.stack.append(tuple(self.pop_to_mark() if count is None else self.pop(count)))
         elif name == "REDUCE":
             func, _ = self.pop(2)
-            if func not in _REBUILDERS:
+            if not (isinstance(func, _Global) and func in _REBUILDERS):
                 _refuse_call(func)
             self.stack.append(_OTHER)
         elif name == "NEWOBJ":
