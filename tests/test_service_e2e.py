@@ -235,6 +235,8 @@ def test_a_killed_party_does_not_stop_training_and_can_rejoin(tmp_path):
             str(paths[i]),
             "--name",
             f"site{i}",
+            "--secret-file",
+            str(tmp_path / f"site{i}.secret"),
             log=tmp_path / f"party{i}.log",
         )
 
@@ -253,6 +255,7 @@ def test_a_killed_party_does_not_stop_training_and_can_rejoin(tmp_path):
     finally:
         stop_all(procs)
         service.stop()
+    assert (tmp_path / "site2.secret").stat().st_mode & 0o777 == 0o600  # its proof, kept private
     rounds = service_rounds(service, fid)
     assert [r["round"] for r in rounds] == list(range(1, 31))
     with sqlite3.connect(service.data_dir / "fedfuse.sqlite3") as db:

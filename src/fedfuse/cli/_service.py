@@ -128,6 +128,27 @@ def _cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join(client, secret_file: Path | None) -> dict:
+    """Join; with ``secret_file``, a rejoin by name proves it is the same party with the party
+    secret kept there, and the secret the service answers is kept there (owner-only)."""
+    if secret_file is None:
+        return client.join()
+    from fedfuse.runtime._http_party import ProtocolError, _detail, _join_answer
+
+    proof = secret_file.read_text().strip() if secret_file.exists() else None
+    body = {"token": client.token, "name": client.name, "party_secret": proof}
+    response = client._request("POST", "/v1/join", json=body)
+    if response.status_code != 200:
+        raise ProtocolError(f"join refused ({response.status_code}): {_detail(response)}")
+    client.info = _join_answer(response)
+    secret = client.info.get("party_secret")
+    if isinstance(secret, str) and secret != proof:
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
+    return client.info
+
+
 def _cmd_party(args: argparse.Namespace) -> int:
     from fedfuse.runtime import PartyClient
     from fedfuse.runtime._party_builder import party_from_join
@@ -142,7 +163,7 @@ def _cmd_party(args: argparse.Namespace) -> int:
         verify=args.ca_cert or True,
         reconnect_timeout=args.reconnect_timeout,
     ) as client:
-        info = client.join()
+        info = _join(client, Path(args.secret_file) if args.secret_file else None)
         party = party_from_join(client, info, args.data, args.handler)
         print(
             f"joined federation {info['federation_id']} as {info['party_id']} ({name}); "
@@ -248,6 +269,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     party.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")
     party.add_argument("--handler", help="data handler name (e.g. mnist_pytorch)")
     party.add_argument("--name", help="stable name; rejoining with it resumes the same party")
+    party.add_argument(
+        "--secret-file",
+        help="keep this party's secret here: a restarted party proves its --name with it",
+    )
     party.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
     party.add_argument("--reconnect-timeout", type=float, default=120.0)
     party.set_defaults(func=_cmd_party)
