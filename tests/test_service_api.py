@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from torch import nn
 
 from fedfuse.service import ServiceSettings, create_app
-from fedfuse.weights import to_bytes
+from fedfuse.weights import SizeLimits, to_bytes
 
 MNIST_CNN = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
 
@@ -502,3 +502,14 @@ def test_a_model_too_large_for_the_json_answer_is_pointed_to_its_download(tmp_pa
         assert len(r["metrics"]) == 1
         model = c.get(r["global_model_url"])
         assert model.status_code == 200 and len(model.content) > 1000
+
+
+def test_the_operators_model_size_cap_applies_to_uploads_and_zoo_models(tmp_path):
+    settings = ServiceSettings(data_dir=str(tmp_path), limits=SizeLimits(max_params=1000))
+    with TestClient(create_app(settings)) as c:
+        r = start(c)  # the CNN has 27,090 parameters
+        assert r.status_code == 400 and "the limit is 1,000" in r.json()["detail"], r.text
+        zoo = {"model": "mlp", "input_shape": "64", "num_classes": 10}
+        r = c.post("/start-aggregator", data=FORM | zoo)
+        assert r.status_code == 400 and "the limit is 1,000" in r.json()["detail"], r.text
+        assert c.get("/v1/federations").json() == []

@@ -25,7 +25,7 @@ from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-import fedfuse.party
+from fedfuse.party import Malformed
 from fedfuse.runtime import UnexpectedReplyError
 from fedfuse.runtime._wire import (
     decode_meta,
@@ -182,11 +182,6 @@ def _reply_from(spool: IO[bytes], meta: dict[str, Any], party_id: str) -> Any:
     return reply_from_wire(meta, body, party_id)
 
 
-def _is_malformed(reply: Any) -> bool:
-    malformed = getattr(fedfuse.party, "Malformed", None)  # until the wire's Malformed lands
-    return malformed is not None and isinstance(reply, malformed)
-
-
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], Any]) -> None:
     """``callback`` on ``loop`` from another thread; nothing once the loop has closed."""
     with contextlib.suppress(RuntimeError):
@@ -320,7 +315,7 @@ def create_app(
                 raise Unauthorized("invalid API key")
             try:
                 manager.party_of(fid, token)
-            except Unauthorized:
+            except (Unauthorized, NotFound):  # no hint whether the federation exists
                 raise Unauthorized("invalid API key or party token") from None
 
         counted(request, check)
@@ -603,7 +598,7 @@ def create_app(
                     await to_thread.run_sync(pool.submit, party_id, task_id, reply)
         finally:
             receiving.discard((fid, party_id))
-        if _is_malformed(reply):  # recorded by the round as a rejection; the party learns why
+        if isinstance(reply, Malformed):  # the round records it as rejected; the party learns why
             return JSONResponse({"detail": reply.reason}, status_code=400)
         return JSONResponse({"accepted": True})
 
