@@ -225,6 +225,24 @@ def test_a_slow_reply_holds_up_no_other_party(tmp_path):
         assert httpx.get(f"{url}/v1/federations/{fid}").json()["status"] == "training"
 
 
+def test_a_stalled_reply_gets_408_and_the_party_may_send_it_again(tmp_path):
+    with background_service(_settings(tmp_path, read_timeout=1.0)) as url:
+        fid, (party, _), (task, _) = _two_remote_parties_with_tasks(url)
+        update = {"kind": "update", "num_examples": 4, "metrics": {}}
+        body = to_bytes({"w": np.ones((2, 2), np.float32)})
+        path = f"/v1/federations/{fid}/tasks/{task['task_id']}/reply"
+        head = (
+            f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nAuthorization: {party['Authorization']}\n"
+            f"X-Fedfuse-Meta: {json.dumps(update)}\nContent-Length: {len(body)}\n"
+        )
+        status, _, answer = _response(_raw(url, head, body[:10]))
+        assert status == 408 and "the read deadline" in answer["detail"]
+        r = httpx.post(
+            url + path, content=body, headers=party | {"X-Fedfuse-Meta": json.dumps(update)}
+        )
+        assert (r.status_code, r.json()) == (200, {"accepted": True})
+
+
 def test_a_second_reply_body_of_the_same_party_is_refused_while_one_arrives(tmp_path):
     with background_service(_settings(tmp_path, read_timeout=120.0)) as url:
         fid, (party, _), (task, _) = _two_remote_parties_with_tasks(url)
@@ -419,7 +437,9 @@ def test_serve_reads_the_api_key_from_a_file_or_the_environment(tmp_path, where,
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     if where == "file":
-        service = service_helpers.Service(tmp_path / "data", "--api-key-file", str(key_file))
+        service = service_helpers.Service(
+            tmp_path / "data", "--api-key-file", str(key_file), "--allowed-host", "fl.example.org"
+        )
     else:
         monkeypatch.setenv("FEDFUSE_API_KEY", KEY)
         service = service_helpers.Service(tmp_path / "data")
@@ -428,5 +448,8 @@ def test_serve_reads_the_api_key_from_a_file_or_the_environment(tmp_path, where,
         assert service.get("/v1/federations").status_code == 401
         r = httpx.get(f"{service.url}/v1/federations", headers={"Authorization": f"Bearer {KEY}"})
         assert (r.status_code, r.json()) == (200, [])
+        named = {"Authorization": f"Bearer {KEY}", "Host": "fl.example.org"}
+        r = httpx.get(f"{service.url}/v1/federations", headers=named)
+        assert r.status_code == (200 if where == "file" else 403)  # --allowed-host
     finally:
         service.stop()

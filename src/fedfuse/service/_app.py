@@ -202,7 +202,8 @@ def _server_error(exc: BaseException) -> tuple[int, str]:
         return 503, f"the service could not read or write its files ({exc.strerror or exc})"
     if isinstance(exc, RecursionError):
         return 400, "the request nests too deeply"
-    return 400, f"the request could not be processed ({type(exc).__name__}: {exc})"[:500]
+    # the message names the kind of failure only: its text may hold paths or internals
+    return 400, f"the request could not be processed ({type(exc).__name__}; see the service log)"
 
 
 def create_app(
