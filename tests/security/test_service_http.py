@@ -453,3 +453,16 @@ def test_serve_reads_the_api_key_from_a_file_or_the_environment(tmp_path, where,
         assert r.status_code == (200 if where == "file" else 403)  # --allowed-host
     finally:
         service.stop()
+
+
+def test_the_failure_limiter_forgets_old_failures_and_stays_bounded():
+    now = [0.0]
+    limiter = FailureLimiter(max_failures=2, window=10.0, clock=lambda: now[0], max_addresses=100)
+    limiter.failed("a")
+    limiter.failed("a")
+    assert limiter.retry_after("a") == 10.0 and limiter.retry_after("b") == 0.0
+    now[0] = 10.0
+    assert limiter.retry_after("a") == 0.0  # its failures are a window old
+    for i in range(1000):  # an attacker cycling through addresses costs bounded memory
+        limiter.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter._failures) == 100

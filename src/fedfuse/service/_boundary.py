@@ -116,12 +116,9 @@ class Boundary:
         if problem is not None:
             await _answer(send, 403, problem)
             return
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            status = 400 if not declared.isdigit() else 413
-            await _answer(send, status, self._too_large() if status == 413 else (
-                f"Content-Length {declared[:40]!r} is not a byte count"
-            ))  # fmt: skip
+        refusal = self._declared_length_problem(headers.get("content-length"))
+        if refusal is not None:
+            await _answer(send, *refusal)
             return
         body = _CountedBody(receive, self.max_body_bytes, self.read_timeout, self._too_large())
         started = False
@@ -137,7 +134,17 @@ class Boundary:
         except Refused as exc:  # raised where nothing turned it into a response
             if started:
                 raise
-            await _answer(send, exc.status_code, str(exc.detail))
+            await _answer(send, exc.status_code, str(exc.detail), exc.headers)
+
+    def _declared_length_problem(self, declared: str | None) -> tuple[int, str] | None:
+        """A ``Content-Length`` past the limit is refused before a byte of the body is read."""
+        if declared is None:
+            return None
+        if not declared.isdigit():
+            return 400, f"Content-Length {declared[:40]!r} is not a byte count"
+        if int(declared) > self.max_body_bytes:
+            return 413, self._too_large()
+        return None
 
     def _too_large(self) -> str:
         return f"request body exceeds the limit of {self.max_body_bytes} bytes (--max-upload-mb)"
@@ -174,13 +181,16 @@ class _CountedBody:
         return message
 
 
-async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None):
+async def _answer(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """A JSON ``{"detail": ...}`` answer, and the connection closes (the body may be unread)."""
     body = json.dumps({"detail": detail}).encode()
+    extra = {k.lower(): v for k, v in (headers or {}).items()} | {"connection": "close"}
     raw = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+        *((k.encode(), v.encode()) for k, v in extra.items()),
     ]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
