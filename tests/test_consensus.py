@@ -236,6 +236,21 @@ def test_asynchrony_is_seeded_and_reproducible():
     assert times == sorted(times) and len(set(times)) > 1
 
 
+def test_a_run_neither_reads_nor_moves_the_global_torch_seed():
+    """Model builds seed a forked RNG: the caller's global state is untouched and does not
+    change the run (two runs in one process, or one beside other work, never disturb each
+    other)."""
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = run_consensus(seed=1, **TINY)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(456)
+    again = run_consensus(seed=1, **TINY)
+    for i, weights in first.node_weights.items():
+        for name, arr in weights.items():
+            np.testing.assert_array_equal(arr, again.node_weights[i][name])
+
+
 def test_dead_node_is_dropped_and_the_rest_keep_training():
     result = run_consensus(fail_at={1: 0.5}, max_failures=2, **{**TINY, "epochs": 3})
     assert result.final["running"] == [0, 2, 3]

@@ -146,6 +146,7 @@ def node_main(options: NodeOptions) -> dict[str, Any]:
             "joined_from": peer.joined_from,
             "exchanges": node.exchanges,
             "bytes_sent": node.bytes_sent,
+            "refused": node.refused,
             "events": peer.events,
             "wall_time_s": time.time() - started,
         }

@@ -165,8 +165,9 @@ class PeerNode:
         return self
 
     def stop(self) -> None:
-        """Stop the server and release its port."""
-        self._server.shutdown()
+        """Stop the server and release its port (a server never started only releases it)."""
+        if self._thread is not None:
+            self._server.shutdown()
         self._server.server_close()
 
     def __enter__(self) -> PeerNode:
@@ -370,6 +371,7 @@ class _NodeServer(ThreadingHTTPServer):
     and closed by the accepting thread, so no flood of connections can exhaust threads."""
 
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 makes a burst of connections wait on SYN retries
 
     def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
         self.max_connections = max_connections
