@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 
@@ -14,6 +15,7 @@ from fedfuse.cli import main
 from fedfuse.consensus import (
     DPSGD,
     ECL,
+    NODE_TOKEN_ENV,
     AsyncSimulator,
     ConsensusConfig,
     ConsensusNode,
@@ -345,3 +347,32 @@ def test_config_from_toml_and_errors(tmp_path, capsys):
     assert "K >= 2" in capsys.readouterr().err
     assert main(["node", "--id", "0", "--peer", "1:http://x", "--out", str(tmp_path)]) == 2
     assert "--peer wants ID=URL" in capsys.readouterr().err
+
+
+def test_node_token_comes_from_a_file_or_the_environment_not_only_argv(
+    tmp_path, capsys, monkeypatch
+):
+    from fedfuse.cli._consensus import _node_token
+
+    def args(**given):
+        return argparse.Namespace(**{"token": None, "token_file": None, **given})
+
+    secret = tmp_path / "token"
+    secret.write_text("from-the-file\n")
+    monkeypatch.setenv(NODE_TOKEN_ENV, "from-the-environment")
+    assert _node_token(args(token_file=str(secret))) == "from-the-file"
+    assert _node_token(args()) == "from-the-environment"
+    assert _node_token(args(token="from-argv")) == "from-argv"
+    monkeypatch.delenv(NODE_TOKEN_ENV)
+    assert _node_token(args()) is None
+    base = ["node", "--id", "0", "--peer", "1=http://127.0.0.1:9", "--out", str(tmp_path)]
+    (tmp_path / "empty").write_text("\n")
+    assert main([*base, "--token-file", str(tmp_path / "empty")]) == 2
+    assert "the file is empty" in capsys.readouterr().err
+    assert main([*base, "--token", "a", "--token-file", str(secret)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*base, "--token-file", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["node", "--help"])
+    assert "visible to every user in `ps`" in " ".join(capsys.readouterr().out.split())

@@ -15,7 +15,9 @@ import copy
 import http.client
 import json
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +342,49 @@ def test_local_graph_keeps_its_secret_off_command_lines(tmp_path):
             assert graph.token not in path.read_text(errors="replace")
     reports = [json.loads((tmp_path / f"node_{i}.json").read_text()) for i in range(3)]
     assert all(r["exchanges"] > 0 and r["refused"] == 0 for r in reports)
+
+
+class _HostileNeighbour(BaseHTTPRequestHandler):
+    """Serves ``/model`` as the test says: NaN weights, or a body far larger than any model."""
+
+    def log_message(self, format, *args):
+        return
+
+    def do_GET(self):
+        kind, weights = self.server.hostile
+        if kind == "nan":
+            body = to_bytes({n: np.full_like(a, np.nan) for n, a in weights.items()})
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 40))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the joiner hangs up once it has read its cap
+            chunk = b"\0" * (1 << 20)
+            for _ in range(1 << 20):
+                self.wfile.write(chunk)
+
+
+@pytest.mark.parametrize("kind", ["nan", "endless"])
+def test_a_late_joiner_refuses_a_hostile_neighbours_model(kind):
+    node, neighbour = _two_nodes()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileNeighbour)
+    server.daemon_threads = True
+    server.hostile = (kind, neighbour.weights())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    peer = PeerNode(node, {1: url, 3: "http://127.0.0.1:9"}, token=TOKEN, timeout=PATIENCE)
+    try:
+        before = _snapshot(node)
+        assert peer.join() is None
+        _assert_unchanged(node, before)
+        events = [e["event"] for e in peer.events]
+        assert events == (["model_refused", "join_failed"] if kind == "nan" else ["join_failed"])
+    finally:
+        peer.stop()
+        server.shutdown()
+        server.server_close()

@@ -267,8 +267,13 @@ class ConsensusNode:
     def start_from(self, weights: Mapping[str, np.ndarray]) -> None:
         """Take ``weights`` (a neighbour's model) as this node's model: how a late node joins.
 
-        Every edge's state restarts from agreement with the new model.
+        Every edge's state restarts from agreement with the new model. Raises
+        ``WeightsMismatchError`` for weights that do not fit the model or are not finite,
+        changing nothing.
         """
+        for name, arr in weights.items():
+            if not np.isfinite(arr).all():
+                raise WeightsMismatchError(f"parameter {name!r} holds non-finite values")
         self.adapter.set_weights(weights)
         self.learner = self._new_learner(self.learner.peers or self.configured_peers)
 

@@ -34,6 +34,7 @@ exchange that fails (refused, timed out, bad reply) counts towards dropping that
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import io
 import ipaddress
@@ -78,15 +79,34 @@ Transport = Callable[[str, str, bytes | None, Mapping[str, str], float], HttpRep
 
 
 def urllib_transport(
-    method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
+    timeout: float,
+    *,
+    max_bytes: int | None = None,
 ) -> HttpReply:
-    """The default transport: one ``urllib.request`` call, HTTP errors returned, not raised."""
+    """The default transport: one ``urllib.request`` call, HTTP errors returned, not raised.
+
+    With ``max_bytes``, a reply body larger than that raises ``OSError`` once that many bytes
+    have arrived (a neighbour's reply is read as it arrives, never allocated at its word).
+    """
     request = urllib.request.Request(url, data=body, headers=dict(headers), method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return HttpReply(response.status, response.read(), dict(response.headers))
+            return HttpReply(response.status, _read(response, max_bytes), dict(response.headers))
     except urllib.error.HTTPError as exc:
-        return HttpReply(exc.code, exc.read(), dict(exc.headers))
+        return HttpReply(exc.code, _read(exc, max_bytes), dict(exc.headers))
+
+
+def _read(response: Any, max_bytes: int | None) -> bytes:
+    if max_bytes is None:
+        return response.read()
+    body = response.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise OSError(f"the reply is larger than {max_bytes} bytes")
+    return body
 
 
 class PeerNode:
@@ -98,7 +118,8 @@ class PeerNode:
         host, port: where to listen (port 0: any free port; see ``address``).
         timeout: seconds an exchange may take before it counts as failed.
         token: if set, requests must carry it (``X-Fedfuse-Token``) and this node sends it.
-        transport: how requests are sent (``urllib_transport`` by default).
+        transport: how requests are sent (by default ``urllib_transport``, reading replies up
+            to twice the largest message).
         insecure: allow listening on a non-loopback ``host`` without a token.
         request_timeout: seconds a connection has to deliver its whole request.
         max_connections: connections served at once; one more is answered 503.
@@ -113,7 +134,7 @@ class PeerNode:
         port: int = 0,
         timeout: float = 10.0,
         token: str | None = None,
-        transport: Transport = urllib_transport,
+        transport: Transport | None = None,
         insecure: bool = False,
         request_timeout: float = 30.0,
         max_connections: int = 64,
@@ -136,7 +157,6 @@ class PeerNode:
         self.peers = {int(i): url.rstrip("/") for i, url in peers.items()}
         self.timeout = timeout
         self.token = token
-        self.transport = transport
         self.request_timeout = float(request_timeout)
         self.lock = threading.Lock()
         self.done = False
@@ -146,6 +166,9 @@ class PeerNode:
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self._max_body = 2 * num_bytes(node.message_template()) + (1 << 20)
+        self.transport = transport or functools.partial(
+            urllib_transport, max_bytes=2 * self._max_body
+        )
         self._server = _NodeServer((host, port), _handler_for(self), max_connections)
         self._thread: threading.Thread | None = None
 
@@ -262,12 +285,16 @@ class PeerNode:
         return sorted(set(self.peers) - waiting)
 
     def join(self) -> int | None:
-        """Join late: start from the model of the first neighbour that serves one."""
+        """Join late: start from the model of the first neighbour that serves a valid one."""
         for peer in sorted(self.peers):
             weights = self.fetch_model(peer)
             if weights is not None:
-                with self.lock:
-                    self.node.start_from(weights)
+                try:
+                    with self.lock:
+                        self.node.start_from(weights)
+                except ValueError as exc:
+                    self._log("model_refused", peer=peer, error=str(exc)[:200])
+                    continue
                 self.joined_from = peer
                 self._log("joined", peer=peer)
                 self.ready.set()
