@@ -88,7 +88,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    import httpx
+    from fedfuse.runtime import create_federation
 
     form = {
         "fusion_algorithm": args.fusion, "model_type": "pytorch", "num_parties": args.num_parties,
@@ -96,9 +96,9 @@ def _cmd_create(args: argparse.Namespace) -> int:
         "optimizer": args.optimizer, "batch_size": args.batch_size, "quorum": args.quorum,
         "round_timeout": args.round_timeout, "seed": args.seed, "auto_start": "true",
     }  # fmt: skip
-    files = {}
+    model_file = None
     if args.model_file:
-        files["model_file"] = Path(args.model_file).read_bytes()
+        model_file = Path(args.model_file).read_bytes()
     else:
         form |= {
             "model": args.model,
@@ -115,38 +115,15 @@ def _cmd_create(args: argparse.Namespace) -> int:
     for name in ("fusion_params", "train_options"):
         if getattr(args, name):
             form[name] = getattr(args, name)
-    response = httpx.post(
-        f"{args.server.rstrip('/')}/start-aggregator",
-        data=form,
-        files=files or None,
+    answer = create_federation(
+        args.server,
+        model_file=model_file,
         verify=args.ca_cert or True,
-        timeout=60,
+        api_key=_api_key(args),
+        **form,
     )
-    if response.status_code != 200:
-        raise ValueError(f"service refused ({response.status_code}): {response.text}")
-    print(json.dumps(response.json(), indent=1))
+    print(json.dumps(answer, indent=1))
     return 0
-
-
-def _join(client, secret_file: Path | None) -> dict:
-    """Join; with ``secret_file``, a rejoin by name proves it is the same party with the party
-    secret kept there, and the secret the service answers is kept there (owner-only)."""
-    if secret_file is None:
-        return client.join()
-    from fedfuse.runtime._http_party import ProtocolError, _detail, _join_answer
-
-    proof = secret_file.read_text().strip() if secret_file.exists() else None
-    body = {"token": client.token, "name": client.name, "party_secret": proof}
-    response = client._request("POST", "/v1/join", json=body)
-    if response.status_code != 200:
-        raise ProtocolError(f"join refused ({response.status_code}): {_detail(response)}")
-    client.info = _join_answer(response)
-    secret = client.info.get("party_secret")
-    if isinstance(secret, str) and secret != proof:
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret)
-    return client.info
 
 
 def _cmd_party(args: argparse.Namespace) -> int:
@@ -162,8 +139,9 @@ def _cmd_party(args: argparse.Namespace) -> int:
         name=name,
         verify=args.ca_cert or True,
         reconnect_timeout=args.reconnect_timeout,
+        secret_file=args.secret_file,
     ) as client:
-        info = _join(client, Path(args.secret_file) if args.secret_file else None)
+        info = client.join()
         party = party_from_join(client, info, args.data, args.handler)
         print(
             f"joined federation {info['federation_id']} as {info['party_id']} ({name}); "
@@ -261,6 +239,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     create.add_argument("--token", help="join token to use (default: the service makes one)")
     create.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
+    create.add_argument(
+        "--api-key", help="the service's API key (shown by ps: prefer --api-key-file)"
+    )
+    create.add_argument(
+        "--api-key-file", help="read the service's API key from this file (or FEDFUSE_API_KEY)"
+    )
     create.set_defaults(func=_cmd_create)
 
     party = sub.add_parser("party", help="join a federation as a party and train on local data")

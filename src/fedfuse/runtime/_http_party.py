@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -71,6 +73,20 @@ def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
+def _read_secret(path: Path | None) -> str | None:
+    if path is None or not path.exists():
+        return None
+    return path.read_text().strip() or None
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """Owner-only from the start: the file is created with mode 0600, never widened."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         return str(response.json().get("detail", response.text))[:2000]
@@ -101,6 +117,9 @@ class PartyClient:
         poll_wait: seconds each long poll may wait at the service.
         reconnect_timeout: how long to keep retrying while the service is unreachable.
         limits: caps on what the aggregator's answers may make this party allocate.
+        secret_file: where this party keeps the secret the service gives it at its first join
+            (written owner-only); a restarted party that rejoins by ``name`` proves with it that it
+            is the same party. Without it, only this process can rejoin by ``name``.
         transport: an httpx transport (e.g. ``httpx.MockTransport`` in tests); the network
             when not given.
     """
@@ -115,6 +134,7 @@ class PartyClient:
         poll_wait: float = 20.0,
         reconnect_timeout: float = 120.0,
         limits: SizeLimits = _LIMITS,
+        secret_file: str | os.PathLike | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
@@ -123,6 +143,8 @@ class PartyClient:
         self.poll_wait = poll_wait
         self.reconnect_timeout = reconnect_timeout
         self.limits = limits
+        self.secret_file = Path(secret_file) if secret_file is not None else None
+        self.party_secret = _read_secret(self.secret_file)
         self.http = httpx.Client(
             base_url=self.server, verify=verify, timeout=poll_wait + 30, transport=transport
         )
@@ -164,11 +186,20 @@ class PartyClient:
 
     def join(self) -> dict[str, Any]:
         """Join with the token; returns the federation id, this party's id and token, and how
-        to build the model (``info["model"]``)."""
-        response = self._request("POST", "/v1/join", json={"token": self.token, "name": self.name})
+        to build the model (``info["model"]``). A rejoin by ``name`` sends the party secret
+        of the first join; the secret the service answers is kept (in ``secret_file`` if set)."""
+        body = {"token": self.token, "name": self.name}
+        if self.party_secret is not None:
+            body["party_secret"] = self.party_secret
+        response = self._request("POST", "/v1/join", json=body)
         if response.status_code != 200:
             raise ProtocolError(f"join refused ({response.status_code}): {_detail(response)}")
         self.info = _join_answer(response)
+        secret = self.info.get("party_secret")
+        if isinstance(secret, str) and secret != self.party_secret:
+            self.party_secret = secret
+            if self.secret_file is not None:
+                _write_secret(self.secret_file, secret)
         return self.info
 
     @property
@@ -279,6 +310,7 @@ def create_federation(
     initial_weights: Weights | None = None,
     model_file: bytes | None = None,
     verify: bool | str = True,
+    api_key: str | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Create a federation on a running service (``POST /start-aggregator``).
@@ -288,8 +320,8 @@ def create_federation(
     and ``num_classes``. ``settings`` are the form fields: ``num_parties``, ``rounds``,
     ``epochs``, ``learning_rate``, ``optimizer``, ``fusion_algorithm`` (default fedavg),
     ``quorum``, ``round_timeout``, ``auto_start``, ``fusion_params`` and ``train_options``
-    (dicts)... Returns ``aggregator_id`` and
-    ``join_token``.
+    (dicts)... ``api_key`` is the service's key, if it was started with one. Returns
+    ``aggregator_id`` and ``join_token``.
     """
     form = {"fusion_algorithm": "fedavg"} | {k: _form_value(v) for k, v in settings.items()}
     files = {}
@@ -301,6 +333,7 @@ def create_federation(
         f"{server.rstrip('/')}/start-aggregator",
         data=form,
         files=files or None,
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
         verify=verify,
         timeout=120,
     )

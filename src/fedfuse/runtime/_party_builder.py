@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fedfuse.data import get_data_handler, load_party_npz
-from fedfuse.models import TorchAdapter, build_model, get_model_type
+from fedfuse.models import TorchAdapter, build_model, get_model_type, torch_seed
 from fedfuse.party import Party
 from fedfuse.runtime._http_party import PartyClient, ProtocolError
 
@@ -57,6 +57,5 @@ def _zoo_model(model: dict[str, Any], client: PartyClient) -> torch.nn.Module:
         name, shape, classes = model["model"], model["input_shape"], model["num_classes"]
     except KeyError as exc:
         raise ProtocolError(f"the join answer's zoo model has no {exc.args[0]!r}") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch_seed(seed):
         return build_model(str(name), shape, classes, limits=client.limits)

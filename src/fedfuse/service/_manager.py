@@ -38,7 +38,7 @@ from fedfuse.data import get_data_handler, load_party_npz
 from fedfuse.federation import Checkpoint, CheckpointError, Federation, load_checkpoint
 from fedfuse.federation._checkpoint import fsync_directory, write_synced
 from fedfuse.fusion import get_fusion
-from fedfuse.models import TorchAdapter, build_model, get_model_type
+from fedfuse.models import TorchAdapter, build_model, get_model_type, torch_seed
 from fedfuse.party import Party
 from fedfuse.runtime import RemotePool
 from fedfuse.service._spec import FederationSpec, SpecError
@@ -276,9 +276,9 @@ class Manager:
             model_type = get_model_type(spec.model_type)
             return model_type.load(model_bytes, self.allowed_import_paths, limits=self.limits)
         if spec.model is not None:
-            # seeded without touching the process-wide generator other federations draw from
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(spec.seed)
+            # seeded under torch_seed's lock: other federations' threads draw from the same
+            # process-wide generator, and must neither disturb this draw nor be disturbed
+            with torch_seed(spec.seed):
                 model = build_model(
                     spec.model, spec.input_shape, spec.num_classes, limits=self.limits
                 )
