@@ -455,7 +455,9 @@ def test_a_keras_architecture_past_max_params_is_refused_before_keras_builds_it(
         big = keras.Sequential([keras.Input((40000,)), keras.layers.Dense(200000)])
     config = json.dumps(keras.saving.serialize_keras_object(big)).encode()
     data = zip_bytes({"config.json": config, "metadata.json": b"{}", "model.weights.h5": b""})
-    message = refused_cheaply(lambda: get_model_type("keras").load(data, ()), SizeLimitError, "parameters")
+    message = refused_cheaply(
+        lambda: get_model_type("keras").load(data, ()), SizeLimitError, "parameters"
+    )
     assert message == (
         "Keras model file holds 8,000,200,000 parameters; the limit is 100,000,000 "
         "(--max-model-params)"
