@@ -180,7 +180,9 @@ def test_killed_node_process_is_dropped_and_the_others_finish(tmp_path):
     """Three `fedfuse node` processes, all linked; node 1 is killed mid-training (SIGKILL)."""
     # IID data here, so that the two survivors can still learn all classes without node 1.
     config = CONFIG.replace(num_nodes=3, partition="iid", epochs=6, max_failures=2)
-    graph = LocalGraph(config, tmp_path, step_delay=0.004, linger=30, timeout=5)
+    # A dead node is found by "connection refused", whatever the timeout; a long one keeps a
+    # live but slow neighbour (a loaded machine) from being dropped too.
+    graph = LocalGraph(config, tmp_path, step_delay=0.004, linger=30, timeout=60)
     with graph:
         graph.wait_until(1, steps=4, timeout=120)
         graph.kill(1)
