@@ -158,8 +158,8 @@ def test_json_form_fields_of_any_shape_get_an_answer(field, text):
 )
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_json_bodies_of_any_shape_get_an_answer(path, body, deep):
-    _fine(_client.post(path, json=body))
-    _fine(_client.post(path, content=deep, headers={"Content-Type": "application/json"}))
+    for content in (json.dumps(body), deep):  # NaN and Infinity literals included
+        _fine(_client.post(path, content=content, headers={"Content-Type": "application/json"}))
 
 
 def _federation_with_a_task() -> tuple[str, dict, int]:
