@@ -336,6 +336,31 @@ def test_a_full_disk_is_a_507_over_http_and_the_service_still_answers(tmp_path, 
     assert _left_behind(tmp_path) == []
 
 
+def test_a_full_disk_at_registration_stores_no_party(tmp_path, monkeypatch):
+    real_write = manager_module.write_synced
+
+    def no_space(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    app = create_app(ServiceSettings(data_dir=str(tmp_path)))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        fid = client.post(
+            "/start-aggregator",
+            data=FORM | {"rounds": 1},
+            files={"model_file": ("m.pt", _model_file())},
+        ).json()["aggregator_id"]
+        register = {"aggregator_id": fid, "data_handler_class_name": "mnist_pytorch"}
+        monkeypatch.setattr(manager_module, "write_synced", no_space)
+        r = client.post("/start-party", data=register, files={"data": ("p.npz", _npz(0))})
+        assert r.status_code == 507, r.text
+        assert "disk is full" in r.json()["detail"]
+        assert client.get(f"/v1/federations/{fid}").json()["parties"] == []
+        assert list((tmp_path / "federations" / fid / "parties").iterdir()) == []
+        monkeypatch.setattr(manager_module, "write_synced", real_write)
+        r = client.post("/start-party", data=register, files={"data": ("p.npz", _npz(0))})
+        assert r.status_code == 200 and r.json()["party_id"] == "party_0", r.text
+
+
 def test_a_crash_during_creation_leaves_nothing_after_restart(tmp_path):
     manager = Manager(tmp_path)
     fid, _ = manager.create(_spec())

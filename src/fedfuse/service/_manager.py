@@ -447,8 +447,13 @@ class Manager:
                 raise Conflict(f"all {run.spec.num_parties} parties have already registered")
             party_id = f"party_{count}"
             party = self._hosted_party(run, party_id, handler, npz)
-            (run.folder / "parties" / f"{party_id}.npz").write_bytes(npz)
-            self.store.add_party(fid, party_id, "hosted", handler=handler)
+            path = run.folder / "parties" / f"{party_id}.npz"
+            try:  # on disk whole before the store says the party exists
+                write_synced(path, npz)
+                self.store.add_party(fid, party_id, "hosted", handler=handler)
+            except (OSError, sqlite3.Error) as exc:
+                path.unlink(missing_ok=True)
+                raise _storage_error("could not store the party's data", exc) from exc
             run.pool.add_hosted(party_id, party)
             remaining = run.spec.num_parties - count - 1
         self._maybe_ready(fid, run, remaining, fed)
