@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import ipaddress
 import json
 import logging
 import os
 import socket
 from pathlib import Path
+
+from fedfuse._net import is_loopback
 
 __all__ = ["add_parsers"]
 
@@ -34,15 +35,6 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return args.api_key or os.environ.get("FEDFUSE_API_KEY") or None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -52,7 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
     api_key = _api_key(args)
-    if not _is_loopback(args.host) and not args.ssl_certfile and not api_key and not args.insecure:
+    if not is_loopback(args.host) and not args.ssl_certfile and not api_key and not args.insecure:
         raise ValueError(
             f"refusing to serve plain HTTP without an API key on {args.host}: give "
             "--ssl-certfile/--ssl-keyfile and --api-key-file (or FEDFUSE_API_KEY), or --insecure"

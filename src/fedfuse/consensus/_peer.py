@@ -37,7 +37,6 @@ import contextlib
 import functools
 import hmac
 import io
-import ipaddress
 import json
 import math
 import socket
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fedfuse._net import is_loopback
 from fedfuse.consensus._node import ConsensusNode
 from fedfuse.data import ArrayDataset
 from fedfuse.weights import WeightsFormatError, from_bytes, num_bytes, to_bytes
@@ -142,7 +142,7 @@ class PeerNode:
         missing = sorted(set(node.configured_peers) - set(peers))
         if missing:
             raise ValueError(f"node {node.node_id}: no address for neighbour(s) {missing}")
-        if not token and not insecure and not _is_loopback(host):
+        if not token and not insecure and not is_loopback(host):
             raise ValueError(
                 f"node {node.node_id}: refusing to listen on {host!r} without a token (anyone "
                 "who reaches it could read its model and steer its training); give it one "
@@ -360,15 +360,6 @@ class PeerNode:
                 break
             time.sleep(0.05)
         self.stop()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name (or "", every interface): not provably loopback
 
 
 class _DeadlineReader(io.RawIOBase):
