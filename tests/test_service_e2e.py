@@ -221,7 +221,7 @@ def test_a_party_without_the_token_is_refused(service, tmp_path):
 def test_a_killed_party_does_not_stop_training_and_can_rejoin(tmp_path):
     service = Service(tmp_path / "state", "--liveness", "2").start()
     paths = _partition(tmp_path, 3)
-    fed = _create(service, num_parties=3, rounds=30, epochs=15, quorum=2, round_timeout=6)
+    fed = _create(service, num_parties=3, rounds=30, epochs=15, quorum=2, round_timeout=15)
     fid = fed["aggregator_id"]
 
     def party(i):

@@ -466,3 +466,32 @@ def test_the_failure_limiter_forgets_old_failures_and_stays_bounded():
     for i in range(1000):  # an attacker cycling through addresses costs bounded memory
         limiter.failed(f"10.0.{i // 256}.{i % 256}")
     assert len(limiter._failures) == 100
+
+
+def test_a_party_that_hangs_up_mid_poll_stops_looking_live(tmp_path):
+    """A killed party's open long poll must not keep it "connected" (and sampled) until the
+    poll would have timed out: the service notices the hang-up."""
+    with background_service(_settings(tmp_path, liveness=1.0, max_poll_wait=120.0)) as url:
+        fed = _create(url, num_parties=1)
+        joined = httpx.post(f"{url}/v1/join", json={"token": fed["join_token"]}).json()
+        fid = joined["federation_id"]
+        sock = _raw(
+            url,
+            f"GET /v1/federations/{fid}/tasks/next?wait=60 HTTP/1.1\nHost: 127.0.0.1\n"
+            f"Authorization: Bearer {joined['party_token']}\n",
+        )
+
+        def connected() -> bool:
+            status = httpx.get(f"{url}/v1/federations/{fid}", timeout=60).json()
+            return status["parties"][0]["connected"]
+
+        deadline = time.monotonic() + 20
+        while not connected():  # the poll has reached the service
+            assert time.monotonic() < deadline, "the long poll never arrived"
+            time.sleep(0.05)
+        sock.close()  # the party goes away with its poll open (60 s to go)
+        deadline = time.monotonic() + 30
+        while connected():
+            assert time.monotonic() < deadline, "a hung-up poll kept the party live"
+            time.sleep(0.1)
+        assert _still_serves(url)

@@ -550,6 +550,10 @@ def create_app(
             if status in ("completed", "stopped", "failed"):
                 return JSONResponse({"detail": f"federation is {status}"}, status_code=410)
             event.clear()
+            if await request.is_disconnected():
+                # a party that went away (killed, network lost) neither looks live for the rest
+                # of its poll nor takes a task it can never answer
+                return Response(status_code=204)
             pending = pool.next_task(party_id, 0)
             if pending is not None:
                 break
