@@ -317,11 +317,12 @@ def test_a_full_database_at_creation_removes_the_folder(tmp_path, monkeypatch):
     assert manager.store.federations() == []
 
 
-def test_a_full_disk_is_a_507_over_http_and_the_service_still_answers(tmp_path, monkeypatch):
-    def no_space(path, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+def _no_space(path, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(manager_module, "write_synced", no_space)
+
+def test_a_full_disk_is_a_507_over_http_and_the_service_still_answers(tmp_path, monkeypatch):
+    monkeypatch.setattr(manager_module, "write_synced", _no_space)
     app = create_app(ServiceSettings(data_dir=str(tmp_path)))
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.post(
@@ -339,9 +340,6 @@ def test_a_full_disk_is_a_507_over_http_and_the_service_still_answers(tmp_path, 
 def test_a_full_disk_at_registration_stores_no_party(tmp_path, monkeypatch):
     real_write = manager_module.write_synced
 
-    def no_space(path, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     app = create_app(ServiceSettings(data_dir=str(tmp_path)))
     with TestClient(app, raise_server_exceptions=False) as client:
         fid = client.post(
@@ -350,7 +348,7 @@ def test_a_full_disk_at_registration_stores_no_party(tmp_path, monkeypatch):
             files={"model_file": ("m.pt", _model_file())},
         ).json()["aggregator_id"]
         register = {"aggregator_id": fid, "data_handler_class_name": "mnist_pytorch"}
-        monkeypatch.setattr(manager_module, "write_synced", no_space)
+        monkeypatch.setattr(manager_module, "write_synced", _no_space)
         r = client.post("/start-party", data=register, files={"data": ("p.npz", _npz(0))})
         assert r.status_code == 507, r.text
         assert "disk is full" in r.json()["detail"]

@@ -225,16 +225,22 @@ def test_a_slow_reply_holds_up_no_other_party(tmp_path):
         assert httpx.get(f"{url}/v1/federations/{fid}").json()["status"] == "training"
 
 
+def _reply_request(fid: str, party: dict, task: dict) -> tuple[dict, bytes, str, str]:
+    """An honest update for ``task``: its metadata, body, path and raw request head."""
+    update = {"kind": "update", "num_examples": 4, "metrics": {}}
+    body = to_bytes({"w": np.ones((2, 2), np.float32)})
+    path = f"/v1/federations/{fid}/tasks/{task['task_id']}/reply"
+    head = (
+        f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nAuthorization: {party['Authorization']}\n"
+        f"X-Fedfuse-Meta: {json.dumps(update)}\nContent-Length: {len(body)}\n"
+    )
+    return update, body, path, head
+
+
 def test_a_stalled_reply_gets_408_and_the_party_may_send_it_again(tmp_path):
     with background_service(_settings(tmp_path, read_timeout=1.0)) as url:
         fid, (party, _), (task, _) = _two_remote_parties_with_tasks(url)
-        update = {"kind": "update", "num_examples": 4, "metrics": {}}
-        body = to_bytes({"w": np.ones((2, 2), np.float32)})
-        path = f"/v1/federations/{fid}/tasks/{task['task_id']}/reply"
-        head = (
-            f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nAuthorization: {party['Authorization']}\n"
-            f"X-Fedfuse-Meta: {json.dumps(update)}\nContent-Length: {len(body)}\n"
-        )
+        update, body, path, head = _reply_request(fid, party, task)
         status, _, answer = _response(_raw(url, head, body[:10]))
         assert status == 408 and "the read deadline" in answer["detail"]
         r = httpx.post(
@@ -246,13 +252,7 @@ def test_a_stalled_reply_gets_408_and_the_party_may_send_it_again(tmp_path):
 def test_a_second_reply_body_of_the_same_party_is_refused_while_one_arrives(tmp_path):
     with background_service(_settings(tmp_path, read_timeout=120.0)) as url:
         fid, (party, _), (task, _) = _two_remote_parties_with_tasks(url)
-        update = {"kind": "update", "num_examples": 4, "metrics": {}}
-        body = to_bytes({"w": np.ones((2, 2), np.float32)})
-        path = f"/v1/federations/{fid}/tasks/{task['task_id']}/reply"
-        head = (
-            f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nAuthorization: {party['Authorization']}\n"
-            f"X-Fedfuse-Meta: {json.dumps(update)}\nContent-Length: {len(body)}\n"
-        )
+        update, body, path, head = _reply_request(fid, party, task)
         first = _raw(url, head, body[:10])
         deadline = time.monotonic() + 60
         while True:  # until the first body is being received

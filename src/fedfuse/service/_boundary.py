@@ -236,8 +236,8 @@ class FailureLimiter:
 
     def __init__(
         self,
-        max_failures: int = 20,
-        window: float = 60.0,
+        max_failures: int,
+        window: float,
         *,
         clock: Callable[[], float] = time.monotonic,
         max_addresses: int = 10_000,
