@@ -94,6 +94,11 @@ class TorchAdapter:
         state = module.state_dict(keep_vars=True)
         self._float_state = {name: t for name, t in state.items() if t.is_floating_point()}
 
+    def parameter_order(self) -> list[str]:
+        """The names of its weights in the module's own order (``state_dict()`` order), which
+        is how Flower-style clients list their parameters."""
+        return list(self._float_state)
+
     def get_weights(self) -> Weights:
         """A copy of the current weights as named numpy arrays, sorted by name."""
         return {

@@ -214,6 +214,7 @@ class _Run:
     status: str | None = None  # mirrors the store, for the long poll
     tokens: dict[str, str] = field(default_factory=dict)  # token hash -> party id
     hosted_adapter: Any = None  # the model the hosted parties share
+    order: list[list[Any]] | None = None  # [name, shape] in the model's own order, once known
 
 
 class Manager:
@@ -535,11 +536,25 @@ class Manager:
             "model": self._model_description(run),
         }
 
+    def _parameters(self, run: _Run) -> list[list[Any]] | None:
+        """``[name, shape]`` of every weight in the model's own order (a torch module's
+        ``state_dict()`` order), for parties whose code lists parameters by position (Flower
+        clients); ``None`` when the service has no model to read it from."""
+        if run.order is None and (run.model_bytes is not None or run.spec.model is not None):
+            adapter = run.hosted_adapter or self._adapter(run.spec, run.model_bytes)
+            names = getattr(adapter, "parameter_order", None)
+            if names is not None and run.initial:
+                run.order = [[n, list(run.initial[n].shape)] for n in names() if n in run.initial]
+        return run.order
+
     def _model_description(self, run: _Run) -> dict[str, Any]:
+        parameters = self._parameters(run)
+        extra = {"parameters": parameters} if parameters else {}
         if run.model_bytes is not None:
-            return {"source": "model_file", "model_type": run.spec.model_type}
+            return {"source": "model_file", "model_type": run.spec.model_type, **extra}
         if run.spec.model is not None:
             return {
+                **extra,
                 "source": "zoo",
                 "model": run.spec.model,
                 "input_shape": list(run.spec.input_shape),
