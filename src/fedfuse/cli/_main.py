@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedfuse.cli import _consensus, _service, _simulate
+from fedfuse.cli import _consensus, _party, _service, _simulate
 from fedfuse.runtime import ProtocolError
 
 __all__ = ["main"]
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate.add_parsers(sub)
     _consensus.add_parsers(sub)
     _service.add_parsers(sub)
+    _party.add_parsers(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``fedfuse serve``, ``fedfuse create`` and ``fedfuse party``."""
+"""``fedfuse serve`` and ``fedfuse create``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import ctypes
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 
 from fedfuse._net import is_loopback
@@ -118,37 +117,6 @@ def _cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_party(args: argparse.Namespace) -> int:
-    from fedfuse.runtime import PartyClient
-    from fedfuse.runtime._party_builder import party_from_join
-
-    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
-    logging.getLogger("fedfuse").setLevel(logging.INFO)
-    name = args.name or f"{socket.gethostname()}-{Path(args.data).stem}"
-    with PartyClient(
-        args.server,
-        args.token,
-        name=name,
-        verify=args.ca_cert or True,
-        reconnect_timeout=args.reconnect_timeout,
-        secret_file=args.secret_file,
-    ) as client:
-        info = client.join()
-        party = party_from_join(client, info, args.data, args.handler)
-        print(
-            f"joined federation {info['federation_id']} as {info['party_id']} ({name}); "
-            f"{len(party.data.train)} training examples",
-            flush=True,
-        )
-        summary = client.serve(party)
-    print(
-        f"done: answered {summary.tasks} tasks over rounds {summary.rounds}; "
-        f"{summary.final_status}",
-        flush=True,
-    )
-    return 0
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the aggregator service (REST API + party protocol)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -238,17 +206,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--api-key-file", help="read the service's API key from this file (or FEDFUSE_API_KEY)"
     )
     create.set_defaults(func=_cmd_create)
-
-    party = sub.add_parser("party", help="join a federation as a party and train on local data")
-    party.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8080")
-    party.add_argument("--token", required=True, help="the federation's join token")
-    party.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")
-    party.add_argument("--handler", help="data handler name (e.g. mnist_pytorch)")
-    party.add_argument("--name", help="stable name; rejoining with it resumes the same party")
-    party.add_argument(
-        "--secret-file",
-        help="keep this party's secret here: a restarted party proves its --name with it",
-    )
-    party.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
-    party.add_argument("--reconnect-timeout", type=float, default=120.0)
-    party.set_defaults(func=_cmd_party)
