@@ -37,6 +37,7 @@ from fedfuse.data import (
     load_party_npz,
     load_sklearn,
     partition_indices,
+    partition_params,
     quantity_skew,
     shards,
 )
@@ -57,6 +58,7 @@ def test_public_names() -> None:
             "DATASETS",
             "DATA_HANDLERS",
             "DEBIAN_FASHION_MNIST_DIR",
+            "DataSpec",
             "DataHandler",
             "DatasetFormatError",
             "DatasetNotFoundError",
@@ -83,6 +85,7 @@ def test_public_names() -> None:
             "mnist_keras",
             "newsgroup_text",
             "partition_indices",
+            "partition_params",
             "quantity_skew",
             "register_data_handler",
             "shards",
@@ -452,7 +455,7 @@ GROUPS = np.arange(200) % 8
 SCHEMES = [
     ("iid", {}),
     ("dirichlet", {"alpha": 0.5}),
-    ("classes", {"k": 2}),
+    ("classes", {"classes_per_party": 2}),
     ("shards", {"shards_per_party": 2}),
     ("group", {"groups": GROUPS}),
     ("quantity", {"alpha": 1.0}),
@@ -519,11 +522,11 @@ def test_dirichlet_gives_up_with_clear_error() -> None:
         dirichlet(toy_labels(40), 10, min_size=5)
 
 
-@pytest.mark.parametrize(("num_parties", "k"), [(5, 2), (10, 3), (10, 1), (3, 10)])
-def test_classes_per_party_exactly_k(num_parties: int, k: int) -> None:
+@pytest.mark.parametrize(("num_parties", "per_party"), [(5, 2), (10, 3), (10, 1), (3, 10)])
+def test_classes_per_party_exactly_that_many(num_parties: int, per_party: int) -> None:
     labels = toy_labels(300)
-    parts = classes_per_party(labels, num_parties, k=k, seed=3)
-    assert [len(np.unique(labels[p])) for p in parts] == [k] * num_parties
+    parts = classes_per_party(labels, num_parties, classes_per_party=per_party, seed=3)
+    assert [len(np.unique(labels[p])) for p in parts] == [per_party] * num_parties
     held = set(np.concatenate([labels[p] for p in parts]).tolist())
     assert held == set(range(10))  # num_parties * k >= 10 classes: every class is held
     assert sum(len(p) for p in parts) == 300
@@ -531,7 +534,7 @@ def test_classes_per_party_exactly_k(num_parties: int, k: int) -> None:
 
 def test_classes_per_party_leaves_classes_out_by_design() -> None:
     labels = toy_labels(200)
-    parts = classes_per_party(labels, 3, k=2, seed=0)
+    parts = classes_per_party(labels, 3, classes_per_party=2, seed=0)
     held = np.unique(np.concatenate([labels[p] for p in parts]))
     assert len(held) == 6
     assert sum(len(p) for p in parts) == np.isin(labels, held).sum() == 120
@@ -582,8 +585,18 @@ def test_quantity_skew_sizes_vary_labels_do_not() -> None:
         ),
         (lambda: dirichlet(toy_labels(), 4, alpha=0), "alpha must be > 0, got alpha=0"),
         (lambda: quantity_skew(toy_labels(), 4, alpha=-1.0), "alpha must be > 0"),
-        (lambda: classes_per_party(toy_labels(), 4, k=0), "k must be between 1 and the 10"),
-        (lambda: classes_per_party(toy_labels(), 4, k=11), "got k=11"),
+        (
+            lambda: classes_per_party(toy_labels(), 4, classes_per_party=0),
+            "classes_per_party must be between 1 and the 10",
+        ),
+        (
+            lambda: classes_per_party(toy_labels(), 4, classes_per_party=11),
+            "got classes_per_party=11",
+        ),
+        (
+            lambda: partition_indices(toy_labels(), 4, "classes", k=2),
+            "unknown parameter\\(s\\) k for scheme 'classes'; allowed: classes_per_party$",
+        ),
         (
             lambda: partition_indices(toy_labels(), 4, "dirichlet", beta=2),
             "unknown parameter\\(s\\) beta for scheme 'dirichlet'; allowed: alpha, min_size",
@@ -605,6 +618,26 @@ def test_partition_errors_name_the_parameter(call, message: str) -> None:
 
 def test_partitions_names() -> None:
     assert PARTITIONS == ("iid", "dirichlet", "classes", "shards", "group", "quantity")
+
+
+def test_partition_params_are_the_partitioners_own_keywords() -> None:
+    assert {scheme: partition_params(scheme) for scheme in PARTITIONS} == {
+        "iid": (),
+        "dirichlet": ("alpha", "min_size"),
+        "classes": ("classes_per_party",),
+        "shards": ("shards_per_party",),
+        "group": ("groups",),
+        "quantity": ("alpha", "min_size"),
+    }
+    with pytest.raises(ValueError, match="unknown scheme 'zipf'; choose one of: iid, dirichlet"):
+        partition_params("zipf")
+
+
+@pytest.mark.parametrize(("scheme", "params"), SCHEMES, ids=[s for s, _ in SCHEMES])
+def test_every_listed_parameter_is_accepted(scheme: str, params: dict) -> None:
+    assert set(params) <= set(partition_params(scheme))
+    parts = partition_indices(toy_labels(), 8, scheme, **params)
+    assert sum(len(p) for p in parts) == 200
 
 
 # --- federate ----------------------------------------------------------------------------------
@@ -637,8 +670,8 @@ def test_federate_fraction_zero_and_invalid() -> None:
 
 def test_federate_passes_scheme_params_and_is_seeded() -> None:
     train = toy_dataset(300)
-    a = federate(train, None, 5, "classes", k=2, seed=4)
-    b = federate(train, None, 5, "classes", k=2, seed=4)
+    a = federate(train, None, 5, "classes", classes_per_party=2, seed=4)
+    b = federate(train, None, 5, "classes", classes_per_party=2, seed=4)
     for pid in a:
         assert np.count_nonzero(a.label_stats()[pid]) == 2
         np.testing.assert_array_equal(a[pid].train.x, b[pid].train.x)
@@ -649,6 +682,23 @@ def test_federate_by_group_infers_party_count() -> None:
     fed = federate(toy_dataset(), None, None, "group", groups=GROUPS, local_test_fraction=0.0)
     assert len(fed) == 8
     assert [len(p.train) for p in fed.values()] == [25] * 8
+
+
+def test_federate_by_group_names_parties_by_their_keys() -> None:
+    writers = np.array(["f0003", "f0001", "f0003", "f0002", "f0001", "f0003"])
+    train = ArrayDataset(np.arange(6, dtype=np.float32)[:, None], np.array([0, 1, 0, 1, 0, 1]))
+    fed = federate(train, None, None, "group", groups=writers, local_test_fraction=0.0)
+    assert fed.party_ids == ["f0001", "f0002", "f0003"]
+    assert sorted(fed["f0003"].train.x[:, 0].tolist()) == [0.0, 2.0, 5.0]
+    assert fed["f0002"].train.x[:, 0].tolist() == [3.0]
+    numeric = federate(train, None, None, "group", groups=[30, 10, 30, 20, 10, 30])
+    assert numeric.party_ids == ["10", "20", "30"]
+
+
+def test_federate_by_group_merged_groups_keep_numbered_ids() -> None:
+    fed = federate(toy_dataset(), None, 4, "group", groups=GROUPS, local_test_fraction=0.0)
+    assert fed.party_ids == ["party_0", "party_1", "party_2", "party_3"]
+    assert [len(p.train) for p in fed.values()] == [50] * 4
 
 
 def test_federate_num_classes_from_union_of_labels() -> None:

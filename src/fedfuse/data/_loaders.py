@@ -17,7 +17,6 @@ import gzip
 import io
 import math
 import os
-import re
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
+from fedfuse.data._files import DatasetFormatError, DatasetNotFoundError, natural_key
 from fedfuse.weights import SizeLimitError, SizeLimits
 
 __all__ = [
@@ -71,14 +71,6 @@ _MNIST_FILES = {
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LIMITS = SizeLimits()  # the default caps (an immutable value)
-
-
-class DatasetFormatError(ValueError):
-    """A file that exists but is not in the expected format (truncated, wrong magic, bad keys)."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset that is not on this machine; the message says how to provide it."""
 
 
 # --- idx files -------------------------------------------------------------------------------
@@ -423,11 +415,6 @@ def load_party_npz(source: NpzSource, *, limits: SizeLimits = _LIMITS) -> PartyD
     return PartyData(train=train, test=test if len(test) else None)
 
 
-def _natural_key(path: Path) -> list[object]:
-    """Sort ``data_party10`` after ``data_party9``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
 def load_federated_npz(
     paths: Sequence[NpzSource] | str | os.PathLike,
     *,
@@ -445,7 +432,7 @@ def load_federated_npz(
         folder = Path(paths)
         if not folder.is_dir():
             raise DatasetNotFoundError(f"{folder} is not a folder of party .npz files")
-        sources: Sequence[NpzSource] = sorted(folder.glob("*.npz"), key=_natural_key)
+        sources: Sequence[NpzSource] = sorted(folder.glob("*.npz"), key=natural_key)
         if not sources:
             raise DatasetNotFoundError(f"no .npz party files in {folder}")
     else:

@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import heapq
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,22 +34,10 @@ __all__ = [
     "format_label_stats",
     "iid",
     "partition_indices",
+    "partition_params",
     "quantity_skew",
     "shards",
 ]
-
-#: Scheme names accepted by ``partition_indices`` and ``federate``.
-PARTITIONS = ("iid", "dirichlet", "classes", "shards", "group", "quantity")
-
-# Extra keyword parameters each scheme accepts (besides labels, num_parties and seed).
-_SCHEME_PARAMS: dict[str, tuple[str, ...]] = {
-    "iid": (),
-    "dirichlet": ("alpha", "min_size"),
-    "classes": ("k",),
-    "shards": ("shards_per_party",),
-    "group": ("groups",),
-    "quantity": ("alpha", "min_size"),
-}
 
 # How many Dirichlet draws ``dirichlet`` tries before giving up on ``min_size``.
 _MAX_DIRICHLET_TRIES = 1000
@@ -164,25 +153,33 @@ def dirichlet(
 
 
 def classes_per_party(
-    labels: Sequence[object] | np.ndarray, num_parties: int, *, k: int = 2, seed: int = 0
+    labels: Sequence[object] | np.ndarray,
+    num_parties: int,
+    *,
+    classes_per_party: int = 2,
+    seed: int = 0,
 ) -> list[np.ndarray]:
-    """Pathological label skew: each party holds exactly ``k`` distinct classes.
+    """Pathological label skew: each party holds exactly ``classes_per_party`` distinct classes.
 
-    Classes are shuffled, then dealt round-robin, ``k`` consecutive ones per party, so every class
-    is held by at least one party when ``num_parties * k >= num_classes`` (otherwise the classes
-    left over are in no party). The examples of a class are split evenly among its holders.
+    Classes are shuffled, then dealt round-robin, ``classes_per_party`` consecutive ones per
+    party, so every class is held by at least one party when
+    ``num_parties * classes_per_party >= num_classes`` (otherwise the classes left over are in no
+    party). The examples of a class are split evenly among its holders.
     """
     labels = _as_labels(labels)
     _check_num_parties(num_parties, len(labels))
     codes, num_classes = _class_codes(labels)
-    if not 1 <= k <= num_classes:
-        raise ValueError(f"k must be between 1 and the {num_classes} classes, got k={k}")
+    if not 1 <= classes_per_party <= num_classes:
+        raise ValueError(
+            f"classes_per_party must be between 1 and the {num_classes} classes, "
+            f"got classes_per_party={classes_per_party}"
+        )
     rng = np.random.default_rng(seed)
     class_order = rng.permutation(num_classes)
     holders: list[list[int]] = [[] for _ in range(num_classes)]
     for party in range(num_parties):
-        for j in range(k):
-            holders[class_order[(party * k + j) % num_classes]].append(party)
+        for j in range(classes_per_party):
+            holders[class_order[(party * classes_per_party + j) % num_classes]].append(party)
     parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
     for c, held_by in enumerate(holders):
         if not held_by:
@@ -190,8 +187,9 @@ def classes_per_party(
         members = rng.permutation(np.flatnonzero(codes == c))
         if len(members) < len(held_by):
             raise ValueError(
-                f"class {c} has {len(members)} examples but k={k} assigns it to {len(held_by)} "
-                "parties; use fewer parties or a smaller k"
+                f"class {c} has {len(members)} examples but "
+                f"classes_per_party={classes_per_party} assigns it to {len(held_by)} parties; "
+                "use fewer parties or a smaller classes_per_party"
             )
         for party, piece in zip(held_by, np.array_split(members, len(held_by)), strict=True):
             parts[party].append(piece)
@@ -288,6 +286,34 @@ def quantity_skew(
 
 # --- dispatch ---------------------------------------------------------------------------------
 
+# Scheme name -> partitioner. The one table: ``PARTITIONS`` and ``partition_params`` read it.
+_SCHEMES = {
+    "iid": iid,
+    "dirichlet": dirichlet,
+    "classes": classes_per_party,
+    "shards": shards,
+    "group": by_group,
+    "quantity": quantity_skew,
+}
+
+#: Scheme names accepted by ``partition_indices`` and ``federate``.
+PARTITIONS = tuple(_SCHEMES)
+
+# Arguments every scheme receives from ``partition_indices`` itself, not from ``params``.
+_COMMON_ARGS = ("labels", "num_parties", "seed")
+
+
+def partition_params(scheme: str) -> tuple[str, ...]:
+    """The extra parameter names ``scheme`` takes, read from its partitioner's signature.
+
+    ``partition_params("classes") == ("classes_per_party",)``; ``labels``, ``num_parties`` and
+    ``seed`` are given to every scheme and are not listed.
+    """
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; choose one of: {', '.join(PARTITIONS)}")
+    names = inspect.signature(_SCHEMES[scheme]).parameters
+    return tuple(name for name in names if name not in _COMMON_ARGS)
+
 
 def partition_indices(
     labels: Sequence[object] | np.ndarray,
@@ -297,19 +323,23 @@ def partition_indices(
     seed: int = 0,
     **params: object,
 ) -> list[np.ndarray]:
-    """Partition by scheme name, one of ``PARTITIONS``, with that scheme's extra parameters.
+    """Partition by scheme name, one of ``PARTITIONS``, with that scheme's own parameters.
 
-    - ``"iid"``: no parameters.
+    The parameters are the partitioner's keyword names (``partition_params(scheme)``):
+
+    - ``"iid"``: none (see ``iid``).
     - ``"dirichlet"``: ``alpha``, ``min_size`` (see ``dirichlet``).
-    - ``"classes"``: ``k`` (see ``classes_per_party``).
-    - ``"shards"``: ``shards_per_party``.
+    - ``"classes"``: ``classes_per_party`` (see ``classes_per_party``).
+    - ``"shards"``: ``shards_per_party`` (see ``shards``).
     - ``"group"``: ``groups`` (required, one key per example); ``num_parties`` may be ``None`` for
-      one party per group. ``seed`` is not used.
+      one party per group. ``seed`` is not used (see ``by_group``).
     - ``"quantity"``: ``alpha``, ``min_size`` (see ``quantity_skew``).
+
+    Raises:
+        ValueError: an unknown scheme or parameter (the message lists the allowed ones), or a
+            value the partitioner refuses.
     """
-    if scheme not in _SCHEME_PARAMS:
-        raise ValueError(f"unknown scheme {scheme!r}; choose one of: {', '.join(PARTITIONS)}")
-    allowed = _SCHEME_PARAMS[scheme]
+    allowed = partition_params(scheme)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(
@@ -320,14 +350,7 @@ def partition_indices(
         return _partition_by_group(labels, num_parties, params)
     if num_parties is None:
         raise ValueError(f"scheme {scheme!r} needs num_parties (only 'group' can infer it)")
-    functions = {
-        "iid": iid,
-        "dirichlet": dirichlet,
-        "classes": classes_per_party,
-        "shards": shards,
-        "quantity": quantity_skew,
-    }
-    return functions[scheme](labels, num_parties, seed=seed, **params)
+    return _SCHEMES[scheme](labels, num_parties, seed=seed, **params)
 
 
 def _partition_by_group(
@@ -360,6 +383,22 @@ def _local_split(data: ArrayDataset, fraction: float, rng: np.random.Generator) 
     return PartyData(train=data.subset(order[n_test:]), test=data.subset(order[:n_test]))
 
 
+def _group_names(groups: object, parts: Sequence[np.ndarray]) -> list[str] | None:
+    """Each party's group key as a string, when every party holds exactly one group.
+
+    ``None`` when ``by_group`` merged groups (a party of several keys has no one name) or two
+    keys print the same (``1`` and ``"1"``).
+    """
+    keys = np.asarray(groups)
+    names = []
+    for idx in parts:
+        held = np.unique(keys[idx])
+        if len(held) != 1:
+            return None
+        names.append(str(held[0].item() if hasattr(held[0], "item") else held[0]))
+    return names if len(set(names)) == len(names) else None
+
+
 def federate(
     train: ArrayDataset,
     test: ArrayDataset | None,
@@ -373,7 +412,9 @@ def federate(
 ) -> FederatedDataset:
     """Split ``train`` among parties by ``scheme`` and give each party a local test split.
 
-    Party ids are ``party_0``, ``party_1``, ... in partition order. Each party's examples are
+    Party ids are ``party_0``, ``party_1``, ... in partition order, except for the ``"group"``
+    scheme with one party per group, where each party is named by its group key (``str(key)``,
+    in sorted key order), so a writer or hospital keeps its own id. Each party's examples are
     shuffled (seeded) and ``round(local_test_fraction * n)`` of them become its local test set
     (``local_test_fraction=0`` gives ``test=None``). ``test`` becomes the central test set held by
     the aggregator. ``params`` go to the partitioner (see ``partition_indices``).
@@ -389,11 +430,12 @@ def federate(
             f"local_test_fraction must be in [0, 1), got local_test_fraction={local_test_fraction}"
         )
     parts = partition_indices(train.y, num_parties, scheme, seed=seed, **params)
+    names = _group_names(params["groups"], parts) if scheme == "group" else None
+    if names is None:
+        names = [f"{party_prefix}{i}" for i in range(len(parts))]
     parties = {
-        f"{party_prefix}{i}": _local_split(
-            train.subset(idx), local_test_fraction, np.random.default_rng([seed, i])
-        )
-        for i, idx in enumerate(parts)
+        name: _local_split(train.subset(idx), local_test_fraction, np.random.default_rng([seed, i]))
+        for i, (name, idx) in enumerate(zip(names, parts, strict=True))
     }
     all_labels = [train.y] if test is None else [train.y, test.y]
     num_classes = int(max(int(y.max(initial=-1)) for y in all_labels)) + 1
