@@ -1,4 +1,8 @@
-"""``fedfuse party``: join a federation from the command line and train on local data."""
+"""``fedfuse party``: join a federation from the command line and train on local data.
+
+It exits 0 when the federation ends, 1 when every task it answered failed (each failure is
+printed with its round and reason), 2 on an error before serving.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +38,15 @@ def _cmd_party(args: argparse.Namespace) -> int:
         )
         summary = client.serve(party)
     print(
-        f"done: answered {summary.tasks} tasks over rounds {summary.rounds}; "
-        f"{summary.final_status}",
+        f"done: answered {summary.tasks} tasks over rounds {summary.rounds}, "
+        f"{summary.failed} failed; {summary.final_status}",
         flush=True,
     )
+    for round_, reason in summary.failures.items():
+        print(f"round {round_} failed: {reason}", flush=True)
+    if summary.all_failed:
+        print(f"every one of the {summary.tasks} tasks failed", flush=True)
+        return 1
     return 0
 
 

@@ -22,7 +22,15 @@ from typing import Any, Protocol
 
 import httpx
 
-from fedfuse.party import ClientParty, Evaluation, NumPyClient, Reply, Task, TrainTask
+from fedfuse.party import (
+    ClientParty,
+    Evaluation,
+    NumPyClient,
+    Reply,
+    Task,
+    TaskError,
+    TrainTask,
+)
 from fedfuse.runtime._wire import decode_meta, reply_to_wire, task_from_wire
 from fedfuse.weights import SizeLimits, Weights, to_bytes
 
@@ -51,11 +59,26 @@ class ProtocolError(RuntimeError):
 
 @dataclass
 class PartyRunSummary:
+    """What one party's ``serve`` did: ``tasks`` answered over ``rounds``, ``failed`` of them
+    failed (the party's ``TaskError`` or a refused reply), with the first reason of each
+    round in ``failures`` (round -> reason); ``final_status`` is the service's last word."""
+
     federation_id: str
     party_id: str
     tasks: int = 0
     final_status: str = ""
     rounds: list[int] = field(default_factory=list)
+    failed: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def all_failed(self) -> bool:
+        """True when the party answered tasks and every one of them failed."""
+        return self.tasks > 0 and self.failed == self.tasks
+
+    def _fail(self, round_: int, reason: str) -> None:
+        self.failed += 1
+        self.failures.setdefault(round_, reason)
 
 
 def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
@@ -246,7 +269,15 @@ class PartyClient:
                 decode_meta(response.headers.get(META_HEADER)), response.content
             )
             reply = party.handle(pending.task)
-            if isinstance(pending.task, TrainTask) and hasattr(reply, "metrics"):
+            if isinstance(reply, TaskError):
+                log.warning(
+                    "round %d: %s task failed: %s",
+                    pending.task.round,
+                    "train" if isinstance(pending.task, TrainTask) else "evaluate",
+                    reply.message,
+                )
+                summary._fail(pending.task.round, reply.message)
+            elif isinstance(pending.task, TrainTask) and hasattr(reply, "metrics"):
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in reply.metrics.items())
                 log.info("round %d: trained locally (%s)", pending.task.round, shown)
             elif isinstance(reply, Evaluation):
@@ -260,12 +291,10 @@ class PartyClient:
                 content=to_bytes(weights) if weights is not None else b"",
             )
             if response.status_code != 200:
-                log.warning(
-                    "reply to task %s refused (%s): %s",
-                    pending.task_id,
-                    response.status_code,
-                    _detail(response),
-                )
+                refused = f"reply refused ({response.status_code}): {_detail(response)}"
+                log.warning("round %d: task %s: %s", pending.task.round, pending.task_id, refused)
+                if not isinstance(reply, TaskError):
+                    summary._fail(pending.task.round, refused)
             summary.tasks += 1
             if pending.task.round not in summary.rounds:
                 summary.rounds.append(pending.task.round)
@@ -284,14 +313,25 @@ def run_party(
     """Join the federation behind ``token`` and answer its tasks until it ends.
 
     ``party`` is a ``Party`` (or anything with ``handle(task)``), or a Flower-style client
-    with ``fit(parameters, config)`` and ``evaluate(parameters, config)``.
+    with ``fit(parameters, config)`` and ``evaluate(parameters, config)`` (and optionally
+    ``get_parameters(config)``). A Flower-style client gets its arrays in the model's own
+    order, which the service names at join; a client whose ``get_parameters`` shapes do not
+    match it is refused (``ValueError``) before any task. The summary counts failed tasks.
     """
     handler = party if hasattr(party, "handle") else ClientParty(party)
     with PartyClient(server, token, name=name, verify=verify, **client_options) as client:
         info = client.join()
         if isinstance(handler, ClientParty):
             handler.party_id = info["party_id"]
+            handler.check(_model_parameters(info))
         return client.serve(handler)
+
+
+def _model_parameters(info: dict[str, Any]) -> Any:
+    """The join answer's ``model.parameters`` (``[[name, shape], ...]`` in the model's own
+    order), ``None`` when the service sent none."""
+    model = info.get("model")
+    return model.get("parameters") if isinstance(model, dict) else None
 
 
 def _form_value(value: Any) -> Any:
