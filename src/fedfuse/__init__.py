@@ -2,37 +2,40 @@
 
 The names most users need are re-exported here; each layer (``fedfuse.weights``,
 ``fedfuse.data``, ``fedfuse.models``, ``fedfuse.fusion``, ``fedfuse.party``,
-``fedfuse.runtime``, ``fedfuse.federation``) lists the rest of its public API in ``__all__``.
+``fedfuse.runtime``, ``fedfuse.federation``, ``fedfuse.recipes``) lists the rest of its public
+API in ``__all__``.
 """
 
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData, federate, load_dataset
-from fedfuse.federation import (
-    Federation,
+from fedfuse.federation import Aggregation, Federation, Sampling
+from fedfuse.fusion import FusionTransform, Update, chain, fedavg, iter_avg
+from fedfuse.models import TorchAdapter, TrainConfig, build_model
+from fedfuse.party import Party
+from fedfuse.recipes import (
+    FederationSpec,
     ServerState,
-    SimulationConfig,
     SimulationResult,
     build_fedavg_process,
     build_federated_evaluation,
     simulate,
 )
-from fedfuse.fusion import FusionTransform, Update, chain, fedavg, iter_avg
-from fedfuse.models import TorchAdapter, TrainConfig, build_model
-from fedfuse.party import Party
 from fedfuse.runtime import LocalPool
 from fedfuse.weights import Weights, load_weights, save_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregation",
     "ArrayDataset",
     "FederatedDataset",
     "Federation",
+    "FederationSpec",
     "FusionTransform",
     "LocalPool",
     "Party",
     "PartyData",
     "ServerState",
-    "SimulationConfig",
+    "Sampling",
     "SimulationResult",
     "TorchAdapter",
     "TrainConfig",

@@ -8,9 +8,12 @@ import ctypes
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 from fedfuse._net import is_loopback
+from fedfuse.cli._spec_flags import add_spec_flags, spec_from_args
+from fedfuse.recipes import FederationSpec
 
 __all__ = ["add_parsers"]
 
@@ -62,56 +65,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
     logging.getLogger("fedfuse").setLevel(logging.INFO)
     scheme = "https" if args.ssl_certfile else "http"
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))  # bound here, so --port 0 can say which port it got
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     print(
-        f"fedfuse service on {scheme}://{args.host}:{args.port} (state in {args.data_dir}); "
+        f"fedfuse service on {scheme}://{host}:{port} (state in {args.data_dir}); "
         f"API docs at /docs",
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=args.host,
-        port=args.port,
         log_level=args.log_level,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _create_defaults() -> FederationSpec:
+    """``fedfuse create``'s starting point: the service's defaults, a zoo MLP for the digits,
+    and training that starts once every party joined."""
+    from fedfuse.service import SERVICE_DEFAULTS
+
+    flat = {"model": "mlp", "input_shape": (64,), "num_classes": 10, "learning_rate": 0.05}
+    return FederationSpec.from_flat({**flat, "auto_start": True}, base=SERVICE_DEFAULTS)
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
     from fedfuse.runtime import create_federation
 
-    form = {
-        "fusion_algorithm": args.fusion, "model_type": "pytorch", "num_parties": args.num_parties,
-        "rounds": args.rounds, "epochs": args.epochs, "learning_rate": args.learning_rate,
-        "optimizer": args.optimizer, "batch_size": args.batch_size, "quorum": args.quorum,
-        "round_timeout": args.round_timeout, "seed": args.seed, "auto_start": "true",
-    }  # fmt: skip
+    spec = spec_from_args(args, _create_defaults())
     model_file = None
     if args.model_file:
         model_file = Path(args.model_file).read_bytes()
-    else:
-        form |= {
-            "model": args.model,
-            "input_shape": args.input_shape,
-            "num_classes": args.num_classes,
-        }
-    if args.fraction is not None:
-        form["fraction"] = args.fraction
-    for name in ("max_update_norm", "max_update_ratio"):
-        if getattr(args, name) is not None:
-            form[name] = getattr(args, name)
-    if args.token:
-        form["join_token"] = args.token
-    for name in ("fusion_params", "train_options"):
-        if getattr(args, name):
-            form[name] = getattr(args, name)
+        spec = spec.replace(model={"name": None, "input_shape": None, "num_classes": None})
     answer = create_federation(
         args.server,
+        spec,
         model_file=model_file,
+        join_token=args.token,
         verify=args.ca_cert or True,
         api_key=_api_key(args),
-        **form,
     )
     print(json.dumps(answer, indent=1))
     return 0
@@ -119,9 +117,15 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the aggregator service (REST API + party protocol)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--data-dir", default="fedfuse-data", help="SQLite file and checkpoints")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=8080, help="port (0: any free one, printed) (default: 8080)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        default="fedfuse-data",
+        help="SQLite file and checkpoints (default: %(default)s)",
+    )
     serve.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     serve.add_argument("--max-upload-mb", type=int, default=256, help="request size limit")
@@ -166,38 +170,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="seconds a request body may send nothing before it is refused (408)",
     )
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument(
+        "--log-level", default="warning", help="uvicorn's log level (default: %(default)s)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     create = sub.add_parser("create", help="create a federation on a running service")
-    create.add_argument("--server", required=True)
-    create.add_argument("--model", default="mlp", help="zoo model (default mlp)")
-    create.add_argument("--model-file", help="or a torch.save(model) file")
-    create.add_argument("--input-shape", default="64", help="e.g. 1,28,28 (default 64: digits)")
-    create.add_argument("--num-classes", type=int, default=10)
-    create.add_argument("--num-parties", type=int, default=2)
-    create.add_argument("--rounds", type=int, default=5)
-    create.add_argument("--epochs", type=int, default=1)
-    create.add_argument("--batch-size", type=int, default=32)
-    create.add_argument("--optimizer", default="sgd")
-    create.add_argument("--learning-rate", type=float, default=0.05)
-    create.add_argument("--fusion", default="fedavg")
-    create.add_argument("--fusion-params", help="JSON, e.g. '{\"server_learning_rate\": 0.01}'")
-    create.add_argument("--train-options", help='JSON, e.g. \'{"compression": "int8"}\'')
-    create.add_argument("--fraction", type=float)
-    create.add_argument("--quorum", type=int, default=1)
-    create.add_argument("--round-timeout", type=float, default=600.0)
-    create.add_argument("--seed", type=int, default=0)
     create.add_argument(
-        "--max-update-norm", type=float, help="reject updates with a larger L2 norm (default: off)"
+        "--server", required=True, help="the service's URL, e.g. http://127.0.0.1:8080"
     )
     create.add_argument(
-        "--max-update-ratio",
-        type=float,
-        help="reject updates moving the model by more than this many times its norm "
-        "(service default 10; 0 turns it off)",
+        "--model-file", help="a torch.save(model) file instead of the zoo model (default: none)"
     )
-    create.add_argument("--token", help="join token to use (default: the service makes one)")
+    add_spec_flags(create, _create_defaults())
+    create.add_argument(
+        "--token", help="the join token to use, 16-256 characters (default: the service makes one)"
+    )
     create.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
     create.add_argument(
         "--api-key", help="the service's API key (shown by ps: prefer --api-key-file)"

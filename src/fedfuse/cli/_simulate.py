@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedfuse.cli._spec_flags import add_spec_flags, spec_from_args
 from fedfuse.data import format_label_stats
-from fedfuse.federation import (
-    SimulationConfig,
+from fedfuse.recipes import (
+    SIMULATION_DEFAULTS,
+    FederationSpec,
     SimulationResult,
     build_federated_dataset,
     format_use_report,
@@ -23,57 +24,21 @@ from fedfuse.federation import (
 
 __all__ = ["add_parsers"]
 
-DEMO_CONFIG = SimulationConfig(
-    model="mlp",
-    dataset="digits",
-    partition="dirichlet",
-    alpha=0.5,
-    num_parties=10,
-    rounds=25,
-    epochs=2,
-    batch_size=16,
-    optimizer="sgd",
-    learning_rate=0.1,
+DEMO_SPEC = FederationSpec.from_flat(
+    {
+        "model": "mlp",
+        "dataset": "digits",
+        "partition": "dirichlet",
+        "alpha": 0.5,
+        "num_parties": 10,
+        "rounds": 25,
+        "epochs": 2,
+        "batch_size": 16,
+        "optimizer": "sgd",
+        "learning_rate": 0.1,
+    }
 )
 DEMO_OUT = "fedfuse-demo-output"
-
-_TYPES = {
-    "data_dir": str,
-    "fraction": float,
-    "count": int,
-    "skip_cosine": float,
-    "max_update_norm": float,
-    "max_update_ratio": float,
-    "server_learning_rate": float,
-    "server_momentum": float,
-    "server_beta2": float,
-    "server_epsilon": float,
-    "trim_fraction": float,
-    "num_byzantine": int,
-    "num_selected": int,
-    "clip_norm": float,
-}
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(SimulationConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = _TYPES.get(f.name, type(f.default))
-            parser.add_argument(flag, type=kind, default=None, help=f"default: {f.default}")
-
-
-def _config_from_args(args: argparse.Namespace, base: SimulationConfig) -> SimulationConfig:
-    if getattr(args, "config", None):
-        base = SimulationConfig.from_toml(args.config)
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(SimulationConfig)
-        if getattr(args, f.name) is not None
-    }
-    return base.replace(**given)
 
 
 def _pct(metrics: dict[str, Any] | None, key: str = "accuracy") -> str:
@@ -111,10 +76,12 @@ def _round_table(result: SimulationResult) -> Table:
     return table
 
 
-def _run(config: SimulationConfig, out_dir: str, console: Console) -> SimulationResult:
+def _run(spec: FederationSpec, out_dir: str, console: Console) -> SimulationResult:
+    data = spec.data
     console.print(
-        f"[bold]fedfuse[/] {config.fusion} on [bold]{config.dataset}[/]: {config.num_parties} "
-        f"parties ({config.partition} partition), model {config.model}, {config.rounds} rounds"
+        f"[bold]fedfuse[/] {spec.fusion.name} on [bold]{data.dataset}[/]: {spec.num_parties} "
+        f"parties ({data.partition} partition), model {spec.model.name or 'mlp'}, "
+        f"{spec.rounds} rounds"
     )
     columns = (
         TextColumn("round"),
@@ -124,15 +91,15 @@ def _run(config: SimulationConfig, out_dir: str, console: Console) -> Simulation
         TextColumn("{task.description}"),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("", total=config.rounds)
+        task = progress.add_task("", total=spec.rounds)
 
         def on_round(record: dict[str, Any]) -> None:
             progress.update(task, advance=1, description=f"acc {_pct(record.get('central'))}%")
 
-        result = simulate(config, out_dir=out_dir, on_round=on_round)
+        result = simulate(spec, out_dir=out_dir, on_round=on_round)
     console.print(format_label_stats(result.dataset), highlight=False)
     if result.report:
-        console.print(format_use_report(config.use, result.report), highlight=False)
+        console.print(format_use_report(spec.use.name, result.report), highlight=False)
         for name, path in result.files.items():
             console.print(f"{name}: {path}")
         return result
@@ -166,19 +133,19 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _set_threads(args)
-    config = DEMO_CONFIG if args.rounds is None else DEMO_CONFIG.replace(rounds=args.rounds)
-    _run(config, args.out, Console())
+    spec = DEMO_SPEC if args.rounds is None else DEMO_SPEC.replace(rounds=args.rounds)
+    _run(spec, args.out, Console())
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     _set_threads(args)
-    _run(_config_from_args(args, SimulationConfig()), args.out, Console())
+    _run(spec_from_args(args, SIMULATION_DEFAULTS), args.out, Console())
     return 0
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
-    fed = build_federated_dataset(_config_from_args(args, SimulationConfig()))
+    fed = build_federated_dataset(spec_from_args(args, SIMULATION_DEFAULTS))
     paths = fed.save_npz(args.out)
     print(format_label_stats(fed))
     print(f"wrote {len(paths)} party files to {Path(args.out).resolve()}")
@@ -194,10 +161,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_threads_flag(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    sim = sub.add_parser("simulate", help="run a simulated federation from flags or a TOML file")
-    sim.add_argument("--config", help="TOML file of settings (flags override it)")
-    sim.add_argument("--out", default="fedfuse-output", help="output folder")
-    _add_config_flags(sim)
+    sim = sub.add_parser(
+        "simulate", help="run a simulated federation from flags or a TOML/JSON spec file"
+    )
+    sim.add_argument("--out", default="fedfuse-output", help="output folder (default: %(default)s)")
+    add_spec_flags(sim, SIMULATION_DEFAULTS)
     _add_threads_flag(sim)
     sim.set_defaults(func=_cmd_simulate)
 
@@ -205,7 +173,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "partition",
         help="split a dataset into one .npz per party (x_train, y_train, x_test, y_test)",
     )
-    part.add_argument("--config", help="TOML file of settings (flags override it)")
     part.add_argument("--out", required=True, help="folder for data_party<i>.npz files")
-    _add_config_flags(part)
+    add_spec_flags(part, SIMULATION_DEFAULTS)
     part.set_defaults(func=_cmd_partition)

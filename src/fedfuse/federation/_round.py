@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from fedfuse.federation._validate import (
     check_num_examples,
     validate_update,
 )
-from fedfuse.fusion import FusionError, FusionTransform, Update, fuse
+from fedfuse.fusion import FusionError, FusionTransform, Update, apply_update, fuse, with_info
 from fedfuse.models import TrainConfig
 from fedfuse.party import (
     EvaluateTask,
@@ -30,9 +30,16 @@ from fedfuse.party import (
     TrainTask,
 )
 from fedfuse.runtime import PartyPool
-from fedfuse.weights import Codec, CodecError, Weights, add, get_codec, num_bytes
+from fedfuse.weights import Codec, CodecError, Weights, get_codec, num_bytes
 
-__all__ = ["RoundResult", "evaluate_parties", "fuse_safely", "screen_reply", "train_round"]
+__all__ = [
+    "RoundResult",
+    "evaluate_parties",
+    "fold_replies",
+    "fuse_safely",
+    "screen_reply",
+    "train_round",
+]
 
 
 @dataclass
@@ -52,6 +59,7 @@ class RoundResult:
     skipped: list[str] = field(default_factory=list)
     bytes_up: int = 0
     bytes_dense: int = 0
+    staleness: list[int] = field(default_factory=list)
 
 
 def train_round(
@@ -69,28 +77,55 @@ def train_round(
     max_update_norm: float | None = None,
     max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
 ) -> RoundResult:
-    """Run round ``round_num`` from global ``weights`` with ``party_ids`` and fuse the result.
+    """Run one synchronous round ``round_num`` from global ``weights`` with ``party_ids``.
 
-    Every update is decoded (``config.compression``) and validated against ``weights``
-    (``validate_update`` with the two magnitude bounds); rejected updates, failed parties and
-    parties that skipped sending are recorded and left out. The global weights and the fusion
-    state stay as they were (``fused`` is False, ``not_fused`` says why) when fewer than
-    ``quorum`` updates are accepted (none at all when every party skipped: nothing meaningful
-    arrived), when the fusion cannot fuse what arrived (a ``FusionError``, e.g. Krum with too
-    few updates) or when the fused model is not finite. No reply ends the round with an
-    exception.
+    The parties' tasks go out through ``pool.dispatch`` and what comes back is folded by
+    ``fold_replies`` (see there for validation, quorum and the reasons a round is not fused).
     """
-    start = time.perf_counter()
     tasks = {
         pid: TrainTask(round_num, weights, config.with_seed(derive_seed(seed, round_num, pid)))
         for pid in party_ids
     }
-    result = RoundResult(round_num, weights, fusion_state, {})
+    replies = ((pid, reply, 0) for pid, reply in pool.dispatch(tasks, timeout=timeout))
+    return fold_replies(
+        RoundResult(round_num, weights, fusion_state, {}),
+        replies,
+        fusion,
+        get_codec(config.compression, topk_fraction=config.topk_fraction),
+        quorum=quorum,
+        max_update_norm=max_update_norm,
+        max_update_ratio=max_update_ratio,
+    )
+
+
+def fold_replies(
+    result: RoundResult,
+    replies: Iterable[tuple[str, Reply, int]],
+    fusion: FusionTransform,
+    codec: Codec,
+    *,
+    quorum: int = 1,
+    max_update_norm: float | None = None,
+    max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
+    expect_delta: bool | None = True,
+) -> RoundResult:
+    """Screen ``(party_id, reply, staleness)`` arrivals into ``result`` and fuse the accepted.
+
+    Every update is decoded (``codec``) and validated against ``result.weights``
+    (``screen_reply``); rejected updates, failed parties and parties that skipped sending are
+    recorded and left out. An accepted update carries its ``staleness`` in ``info`` for the
+    transforms. Replies are folded as they arrive (memory O(model) for a mean). The global
+    weights and the fusion state stay as they were (``fused`` False, ``not_fused`` says why)
+    when fewer than ``quorum`` updates are accepted (none at all when every party skipped),
+    when the fusion cannot fuse what arrived (a ``FusionError``) or when the fused model is not
+    finite. No reply ends the round with an exception.
+    """
+    start = time.perf_counter()
+    weights, fusion_state = result.weights, result.fusion_state
     metrics = WeightedMetrics()
-    codec = get_codec(config.compression, topk_fraction=config.topk_fraction)
 
     def accepted() -> Iterator[Update]:
-        for pid, reply in pool.dispatch(tasks, timeout=timeout):
+        for pid, reply, staleness in replies:
             update = screen_reply(
                 pid,
                 reply,
@@ -100,15 +135,16 @@ def train_round(
                 metrics,
                 max_update_norm=max_update_norm,
                 max_update_ratio=max_update_ratio,
-                expect_delta=tasks[pid].send_delta,
+                expect_delta=expect_delta,
             )
             if update is not None:
-                yield update
+                result.staleness.append(staleness)
+                yield with_info(update, staleness=staleness) if staleness else update
 
     updates = accepted()
     first = next(updates, None)
     if first is None:
-        result.not_fused = "no update was accepted"
+        result.not_fused = result.not_fused or "no update was accepted"
     else:
         fused = fuse_safely(fusion, _prepend(first, updates), fusion_state, weights)
         for _ in updates:  # a fusion that raised early leaves replies to gather and record
@@ -122,6 +158,7 @@ def train_round(
         else:
             new_weights, new_state = fused
             result.weights, result.fusion_state, result.fused = new_weights, new_state, True
+            result.not_fused = ""
     result.train_metrics = metrics.result()
     result.seconds = time.perf_counter() - start
     return result
@@ -139,7 +176,7 @@ def fuse_safely(
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # judged by the finite check below
             fused, new_state = fuse(fusion, updates, state, weights)
-            new_weights = add(weights, fused.weights) if fused.is_delta else fused.weights
+            new_weights = apply_update(weights, fused)
     except FusionError as exc:
         return f"fusion failed: {exc}"
     for name, arr in new_weights.items():

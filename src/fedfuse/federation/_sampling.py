@@ -8,24 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_sampling", "derive_seed", "sample_parties", "sampled_count"]
+from fedfuse.federation._policy import Sampling
 
-
-def check_sampling(fraction: float | None, count: int | None) -> None:
-    """Raise ``ValueError`` unless at most one of ``fraction`` in (0, 1], ``count`` >= 1 is set."""
-    if fraction is not None and count is not None:
-        raise ValueError("give either fraction or count per round, not both")
-    if fraction is not None and not (
-        isinstance(fraction, int | float) and not isinstance(fraction, bool) and 0 < fraction <= 1
-    ):
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+__all__ = ["derive_seed", "sample_parties", "sampled_count"]
 
 
 def sampled_count(num_parties: int, fraction: float | None, count: int | None) -> int:
     """How many of ``num_parties`` parties take part in a round with ``fraction`` or ``count``."""
-    check_sampling(fraction, count)
+    Sampling(fraction, count).check("sampling.")
     if num_parties == 0:
         raise ValueError("there are no parties to sample from")
     if fraction is not None:

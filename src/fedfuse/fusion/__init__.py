@@ -1,7 +1,16 @@
 """Composable fusion transforms (optax style): reducers, robust rules, server optimizers, and
 the ``chain`` that composes them."""
 
-from fedfuse.fusion._base import FusionError, FusionTransform, Update, chain, fuse, stateless
+from fedfuse.fusion._base import (
+    FusionError,
+    FusionTransform,
+    Update,
+    apply_update,
+    chain,
+    fuse,
+    stateless,
+    with_info,
+)
 from fedfuse.fusion._doc2vec import doc2vec_fusion
 from fedfuse.fusion._matching import (
     Layer,
@@ -12,7 +21,7 @@ from fedfuse.fusion._matching import (
     matched_fusion,
 )
 from fedfuse.fusion._mean import fedavg, iter_avg, weighted_mean
-from fedfuse.fusion._registry import FUSIONS, check_fusion_size, get_fusion
+from fedfuse.fusion._registry import FUSIONS, check_fusion_size, fusion_params, get_fusion
 from fedfuse.fusion._robust import (
     clip_by_norm,
     krum,
@@ -22,8 +31,15 @@ from fedfuse.fusion._robust import (
     trimmed_mean,
 )
 from fedfuse.fusion._server import server_adagrad, server_adam, server_momentum, server_yogi
+from fedfuse.fusion._spec import FusionSpec
+from fedfuse.fusion._staleness import scale_by_staleness, staleness_weight
 
 __all__ = [
+    "FusionSpec",
+    "apply_update",
+    "scale_by_staleness",
+    "staleness_weight",
+    "with_info",
     "Layer",
     "align",
     "average",
@@ -40,6 +56,7 @@ __all__ = [
     "clip_by_norm",
     "fedavg",
     "fuse",
+    "fusion_params",
     "get_fusion",
     "iter_avg",
     "krum",

@@ -17,7 +17,8 @@ has not yet seen, so memory stays O(model) from the transport to the reducer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,7 +26,16 @@ import numpy as np
 
 from fedfuse.weights import Weights
 
-__all__ = ["FusionError", "FusionTransform", "Update", "chain", "fuse", "stateless"]
+__all__ = [
+    "FusionError",
+    "FusionTransform",
+    "Update",
+    "apply_update",
+    "chain",
+    "fuse",
+    "stateless",
+    "with_info",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +48,10 @@ class Update:
         metrics: the party's training metrics (e.g. ``loss``, ``accuracy``).
         is_delta: whether ``weights`` is a delta.
         party_id: who sent it (filled in by the round loop).
+        info: side information for the transforms (optax's ``extra_args``): the round loop
+            puts ``staleness`` (model versions since the party's task started) here; a party
+            may send plain data such as ``label_counts``. Transforms read what they need and
+            pass the rest on; nothing in ``info`` is averaged.
     """
 
     weights: Weights
@@ -45,6 +59,19 @@ class Update:
     metrics: Mapping[str, float] = field(default_factory=dict)
     is_delta: bool = True
     party_id: str = ""
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+def with_info(update: Update, **info: Any) -> Update:
+    """``update`` with ``info`` added to its side information."""
+    return dataclasses.replace(update, info={**update.info, **info})
+
+
+def apply_update(global_weights: Weights, fused: Update) -> Weights:
+    """The new global model: ``global + fused`` for a delta, the fused weights otherwise."""
+    if not fused.is_delta:
+        return dict(fused.weights)
+    return {name: global_weights[name] + fused.weights[name] for name in global_weights}
 
 
 class FusionError(ValueError):
@@ -93,8 +120,11 @@ def chain(*transforms: FusionTransform) -> FusionTransform:
 def fuse(
     transform: FusionTransform, updates: Iterable[Update], state: State, global_weights: Weights
 ) -> tuple[Update, State]:
-    """Run ``transform`` and return its single fused update and the new state."""
-    out, new_state = transform.update(updates, state, global_weights)
+    """Run ``transform`` and return its single fused update and the new state.
+
+    The updates must be all deltas or all full weights (a ``FusionError`` otherwise): this is
+    the one place that is checked, for every chain."""
+    out, new_state = transform.update(_one_kind(updates), state, global_weights)
     out = list(out)
     if len(out) != 1:
         raise FusionError(
@@ -102,6 +132,16 @@ def fuse(
             "put a reducer such as fedavg() in the chain"
         )
     return out[0], new_state
+
+
+def _one_kind(updates: Iterable[Update]) -> Iterator[Update]:
+    kind = None
+    for u in updates:
+        if kind is None:
+            kind = u.is_delta
+        elif u.is_delta != kind:
+            raise FusionError("cannot fuse deltas together with full weights")
+        yield u
 
 
 def _float_accumulator(w: Mapping[str, np.ndarray]) -> Weights:

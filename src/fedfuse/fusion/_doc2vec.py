@@ -45,10 +45,7 @@ def doc2vec_fusion() -> FusionTransform:
         row_weight: dict[str, np.ndarray] = {}
         total_examples, is_delta = 0, None
         for u in updates:
-            if is_delta is None:
-                is_delta = u.is_delta
-            elif u.is_delta != is_delta:
-                raise FusionError("cannot fuse deltas together with full weights")
+            is_delta = u.is_delta  # all of one kind: fuse() checks it
             n = float(u.num_examples)
             for name, arr in u.weights.items():
                 delta = _rows(np.asarray(arr, dtype=np.float64))

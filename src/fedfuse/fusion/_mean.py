@@ -22,10 +22,7 @@ def weighted_mean(weight_of: Callable[[Update], float]) -> FusionTransform:
         total_weight, total_examples, is_delta = 0.0, 0, None
         metrics: dict[str, float] = {}
         for u in updates:
-            if is_delta is None:
-                is_delta = u.is_delta
-            elif u.is_delta != is_delta:
-                raise FusionError("cannot average deltas together with full weights")
+            is_delta = u.is_delta  # all of one kind: fuse() checks it
             c = float(weight_of(u))
             if c < 0:
                 raise FusionError(f"update from {u.party_id!r} has negative weight {c}")

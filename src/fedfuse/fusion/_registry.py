@@ -18,7 +18,7 @@ from fedfuse.fusion._matching import matched_fusion
 from fedfuse.fusion._mean import fedavg, iter_avg
 from fedfuse.fusion._robust import clip_by_norm, krum, median, multi_krum, trimmed_mean
 
-__all__ = ["FUSIONS", "check_fusion_size", "get_fusion"]
+__all__ = ["FUSIONS", "check_fusion_size", "fusion_params", "get_fusion"]
 
 
 def _fedavgm(server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> FusionTransform:
@@ -84,6 +84,13 @@ _FACTORIES: dict[str, Callable[..., FusionTransform]] = {
     "matched_avg": matched_fusion,
 }
 FUSIONS: tuple[str, ...] = tuple(sorted(_FACTORIES))
+
+
+def fusion_params(name: str) -> tuple[str, ...]:
+    """The parameter names fusion ``name`` takes (read from its factory), ``clip_norm`` last."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}")
+    return (*inspect.signature(_FACTORIES[name]).parameters, "clip_norm")
 
 
 def get_fusion(name: str, **params: Any) -> FusionTransform:

@@ -8,6 +8,7 @@ O(parties x model) while they run.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -35,13 +36,7 @@ def clip_by_norm(max_norm: float) -> FusionTransform:
         for u in updates:
             norm = global_norm(u.weights)
             if norm > max_norm:
-                u = Update(
-                    scale(u.weights, max_norm / norm),
-                    u.num_examples,
-                    u.metrics,
-                    u.is_delta,
-                    u.party_id,
-                )
+                u = dataclasses.replace(u, weights=scale(u.weights, max_norm / norm))
             yield u
 
     return stateless(clip)
@@ -51,8 +46,6 @@ def _all(updates: Iterable[Update], rule: str) -> list[Update]:
     updates = list(updates)
     if not updates:
         raise FusionError("no updates to fuse")
-    if len({u.is_delta for u in updates}) > 1:
-        raise FusionError(f"{rule}: cannot combine deltas together with full weights")
     return updates
 
 

@@ -17,6 +17,7 @@ from fedfuse.models._keras import KerasAdapter, keras_optimizer, load_keras_mode
 from fedfuse.models._optim import OPTIMIZERS, make_optimizer, resolve_optimizer
 from fedfuse.models._registry import MODEL_TYPES, ModelType, get_model_type, register_model_type
 from fedfuse.models._sklearn import SklearnAdapter
+from fedfuse.models._spec import ModelSpec
 from fedfuse.models._torch import LossFn, TorchAdapter, torch_seed
 from fedfuse.models._zoo import (
     MODELS,
@@ -40,6 +41,7 @@ __all__ = [
     "get_model_type",
     "register_model_type",
     "MODELS",
+    "ModelSpec",
     "SklearnAdapter",
     "OPTIMIZERS",
     "LossFn",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
+from fedfuse._settings import Interval, Options, Settings
 from fedfuse.weights import CODECS
 
 __all__ = ["TrainConfig"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """How a party trains locally in one round, and how it sends its update back.
 
     Stored as given and validated where it is used (the optimizer name when the optimizer is
@@ -36,6 +38,23 @@ class TrainConfig:
       global model stands still and the same deltas would be skipped forever.
     """
 
+    kind: ClassVar[str] = "training"
+    constraints: ClassVar[dict[str, list[Any]]] = {
+        "epochs": [Interval(Integral, 1)],
+        "batch_size": [Interval(Integral, 1)],
+        "optimizer": [str],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "seed": [None, Interval(Integral, 0)],
+        "proximal_mu": [Interval(Real, 0)],
+        "compression": [Options(CODECS)],
+        "topk_fraction": [Interval(Real, 0, 1, closed="right")],
+        "error_feedback": [bool],
+        "skip_relative_norm": [Interval(Real, 0)],
+        "skip_cosine": [None, Interval(Real, -1, 1)],
+        "skip_cosine_to": [Options(("last_sent", "global"))],
+        "max_consecutive_skips": [Interval(Integral, 0)],
+    }
+
     epochs: int = 1
     batch_size: int = 32
     optimizer: str = "sgd"
@@ -53,42 +72,6 @@ class TrainConfig:
     def with_seed(self, seed: int) -> TrainConfig:
         return replace(self, seed=seed)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first out-of-range field."""
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a number > 0, got {self.learning_rate!r}")
-        if not (isinstance(self.proximal_mu, int | float) and self.proximal_mu >= 0):
-            raise ValueError(f"proximal_mu must be a number >= 0, got {self.proximal_mu!r}")
-        if self.compression not in CODECS:
-            raise ValueError(
-                f"unknown compression {self.compression!r}; choose one of: {', '.join(CODECS)}"
-            )
-        if not (isinstance(self.topk_fraction, int | float) and 0 < self.topk_fraction <= 1):
-            raise ValueError(f"topk_fraction must be in (0, 1], got {self.topk_fraction!r}")
-        if not (isinstance(self.skip_relative_norm, int | float) and self.skip_relative_norm >= 0):
-            raise ValueError(
-                f"skip_relative_norm must be a number >= 0, got {self.skip_relative_norm!r}"
-            )
-        if self.skip_cosine is not None and not (
-            isinstance(self.skip_cosine, int | float) and -1 <= self.skip_cosine <= 1
-        ):
-            raise ValueError(f"skip_cosine must be in [-1, 1] or None, got {self.skip_cosine!r}")
-        if self.skip_cosine_to not in ("last_sent", "global"):
-            raise ValueError(
-                f"skip_cosine_to must be 'last_sent' or 'global', got {self.skip_cosine_to!r}"
-            )
-        if (
-            isinstance(self.max_consecutive_skips, bool)
-            or not isinstance(self.max_consecutive_skips, int)
-            or self.max_consecutive_skips < 0
-        ):
-            raise ValueError(
-                f"max_consecutive_skips must be an integer >= 0, got {self.max_consecutive_skips!r}"
-            )
+        """Raise ``ValueError`` naming the first out-of-range field (from ``constraints``)."""
+        self.check()

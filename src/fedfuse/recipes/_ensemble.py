@@ -26,9 +26,7 @@ import torch
 from torch import nn
 
 from fedfuse.data import ArrayDataset, FederatedDataset
-from fedfuse.federation._federation import Federation
-from fedfuse.federation._sampling import derive_seed
-from fedfuse.federation._validate import validate_update
+from fedfuse.federation import Federation, Sampling, derive_seed, validate_update
 from fedfuse.fusion import Update
 from fedfuse.models import TorchAdapter, TrainConfig, make_optimizer, torch_seed
 from fedfuse.party import EvaluateTask, Evaluation, TaskError, TrainTask
@@ -203,8 +201,7 @@ def compare_ensemble(
     *,
     weighting: str = "validation",
     distill_epochs: int = 10,
-    fraction: float | None = None,
-    count: int | None = None,
+    sampling: Sampling | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """FedAvg against an ensemble of edge models (and its distillation) on the same parties.
@@ -237,7 +234,7 @@ def compare_ensemble(
         adapter.set_weights(weights)
         return adapter.evaluate(scored)["accuracy"]
 
-    fedavg = Federation(pool, initial, config=config, fraction=fraction, count=count, seed=seed)
+    fedavg = Federation(pool, initial, config=config, sampling=sampling, seed=seed)
     history = fedavg.run(rounds)
     local = dataclasses.replace(config, epochs=rounds * config.epochs)
     edges = train_edge_models(pool, initial, local, seed=seed)

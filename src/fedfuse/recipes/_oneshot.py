@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from fedfuse.data import ArrayDataset, FederatedDataset
-from fedfuse.federation._ensemble import train_edge_models
-from fedfuse.federation._sampling import derive_seed
+from fedfuse.federation import derive_seed
 from fedfuse.fusion import Layer, average, infer_layers, matched_average
 from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
+from fedfuse.recipes._ensemble import train_edge_models
 from fedfuse.runtime import LocalPool, PartyPool
 from fedfuse.weights import Weights
 

@@ -20,9 +20,7 @@ from typing import Any
 from torch import nn
 
 from fedfuse.data import FederatedDataset
-from fedfuse.federation._federation import Federation
-from fedfuse.federation._metrics import WeightedMetrics
-from fedfuse.federation._sampling import derive_seed
+from fedfuse.federation import Federation, Sampling, WeightedMetrics, derive_seed
 from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
 from fedfuse.party import Party, PersonalAdapter, head_layer
 from fedfuse.runtime import LocalPool
@@ -56,8 +54,7 @@ def compare_personalization(
     *,
     personal: str | Sequence[str] = "head",
     finetune_epochs: int = 2,
-    fraction: float | None = None,
-    count: int | None = None,
+    sampling: Sampling | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Per-party test accuracy of local-only, global, fine-tuned and personal-layer models.
@@ -86,7 +83,7 @@ def compare_personalization(
         adapter.fit(fed[pid].train, local_config.with_seed(derive_seed(seed, 0, pid)))
         score("local", pid, adapter)
 
-    options = {"config": config, "fraction": fraction, "count": count, "seed": seed}
+    options = {"config": config, "sampling": sampling, "seed": seed}
     fedavg = Federation(LocalPool.from_dataset(fed, adapter), initial, **options)
     history = fedavg.run(rounds)
     finetune = dataclasses.replace(config, epochs=finetune_epochs)

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData
-from fedfuse.federation._round import evaluate_parties, train_round
+from fedfuse.federation import evaluate_parties, train_round
 from fedfuse.fusion import FusionTransform, get_fusion
 from fedfuse.models import LossFn, TorchAdapter, TrainConfig, resolve_optimizer, torch_seed
 from fedfuse.runtime import LocalPool

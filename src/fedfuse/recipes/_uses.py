@@ -1,6 +1,6 @@
-"""The three uses of the Model Fusion API from one simulation configuration.
+"""The three uses of the Model Fusion API from one federation spec.
 
-``SimulationConfig.use`` picks one:
+``FederationSpec.use`` picks one:
 
 - ``aggregate`` (default): one aggregate model from the edges (FedAvg and friends);
 - ``personalize``: independent edge models improved by model sharing
@@ -20,43 +20,28 @@ from typing import Any
 from torch import nn
 
 from fedfuse.data import FederatedDataset
-from fedfuse.federation._ensemble import compare_ensemble
-from fedfuse.federation._oneshot import compare_oneshot
-from fedfuse.federation._personalize import PERSONALIZATION_MODELS, compare_personalization
+from fedfuse.recipes._ensemble import compare_ensemble
+from fedfuse.recipes._oneshot import compare_oneshot
+from fedfuse.recipes._personalize import PERSONALIZATION_MODELS, compare_personalization
 
 __all__ = ["USES", "format_use_report", "run_use"]
 
 USES = ("aggregate", "personalize", "ensemble", "oneshot")
 
 
-def run_use(config: Any, fed: FederatedDataset, model_fn: Callable[[], nn.Module]) -> dict:
-    """Run ``config.use`` (not ``aggregate``) on ``fed``; returns its report."""
-    train = config.train_config()
-    common = {"fraction": config.fraction, "count": config.count, "seed": config.seed}
-    if config.use == "personalize":
-        return compare_personalization(
-            fed,
-            model_fn,
-            train,
-            config.rounds,
-            personal=config.personal_layers,
-            finetune_epochs=config.finetune_epochs,
-            **common,
-        )
-    if config.use == "ensemble":
-        return compare_ensemble(
-            fed,
-            model_fn,
-            train,
-            config.rounds,
-            weighting=config.ensemble_weighting,
-            distill_epochs=config.distill_epochs,
-            **common,
-        )
-    if config.use == "oneshot":
-        local = dataclasses.replace(train, epochs=config.rounds * config.epochs)
-        return compare_oneshot(fed, model_fn, local, seed=config.seed)
-    raise ValueError(f"unknown use {config.use!r}; choose one of: {', '.join(USES)}")
+def run_use(spec: Any, fed: FederatedDataset, model_fn: Callable[[], nn.Module]) -> dict:
+    """Run ``spec.use`` (not ``aggregate``) on ``fed`` with ``spec.use.params``; returns its
+    report."""
+    train, use = spec.training, spec.use
+    common = {"sampling": spec.sampling, "seed": spec.seed, **use.params}
+    if use.name == "personalize":
+        return compare_personalization(fed, model_fn, train, spec.rounds, **common)
+    if use.name == "ensemble":
+        return compare_ensemble(fed, model_fn, train, spec.rounds, **common)
+    if use.name == "oneshot":
+        local = dataclasses.replace(train, epochs=spec.rounds * train.epochs)
+        return compare_oneshot(fed, model_fn, local, seed=spec.seed)
+    raise ValueError(f"unknown use {use.name!r}; choose one of: {', '.join(USES)}")
 
 
 def _pct(value: float) -> str:

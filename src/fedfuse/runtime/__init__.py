@@ -8,11 +8,12 @@ from fedfuse.runtime._http_party import (
     create_federation,
     run_party,
 )
-from fedfuse.runtime._local import LocalPool
+from fedfuse.runtime._local import LocalPool, MockPool, spread_task_seconds
 from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
 
 __all__ = [
     "LocalPool",
+    "MockPool",
     "PartyClient",
     "PartyPool",
     "PartyRunSummary",
@@ -22,4 +23,5 @@ __all__ = [
     "UnexpectedReplyError",
     "create_federation",
     "run_party",
+    "spread_task_seconds",
 ]

@@ -13,8 +13,14 @@ __all__ = ["PartyPool"]
 class PartyPool(Protocol):
     """Parties reachable through one transport.
 
-    ``dispatch`` sends each party its task and yields ``(party_id, reply)`` as replies arrive.
-    A party that fails, or does not answer within ``timeout`` seconds, yields a ``TaskError``.
+    Synchronous rounds use ``dispatch``: it sends each party its task and yields
+    ``(party_id, reply)`` as replies arrive; a party that fails, or does not answer within
+    ``timeout`` seconds, yields a ``TaskError``.
+
+    Buffered aggregation uses the three others: ``start`` hands one party a task and returns at
+    once; ``next_arrival`` is the next reply of any started task (``None`` if none arrived within
+    ``timeout`` seconds: of simulated time in ``LocalPool``, real time in ``RemotePool``);
+    ``cancel`` forgets a party's task (its reply, if it ever comes, is refused).
     """
 
     def party_ids(self) -> list[str]: ...
@@ -22,3 +28,9 @@ class PartyPool(Protocol):
     def dispatch(
         self, tasks: Mapping[str, Task], timeout: float | None = None
     ) -> Iterator[tuple[str, Reply]]: ...
+
+    def start(self, party_id: str, task: Task) -> None: ...
+
+    def next_arrival(self, timeout: float | None = None) -> tuple[str, Reply] | None: ...
+
+    def cancel(self, party_id: str) -> None: ...

@@ -334,49 +334,54 @@ def _model_parameters(info: dict[str, Any]) -> Any:
     return model.get("parameters") if isinstance(model, dict) else None
 
 
-def _form_value(value: Any) -> Any:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple | list):
-        return ",".join(map(str, value))
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return value
-
-
 def create_federation(
     server: str,
+    spec: Any = None,
     *,
     initial_weights: Weights | None = None,
     model_file: bytes | None = None,
+    join_token: str | None = None,
     verify: bool | str = True,
     api_key: str | None = None,
-    **settings: Any,
+    **flat: Any,
 ) -> dict[str, Any]:
-    """Create a federation on a running service (``POST /start-aggregator``).
+    """Create a federation on a running service.
 
-    Give the starting model as ``initial_weights`` (parties bring their own model), as
-    ``model_file`` (``torch.save(model)`` bytes), or as ``model="mlp"`` with ``input_shape``
-    and ``num_classes``. ``settings`` are the form fields: ``num_parties``, ``rounds``,
-    ``epochs``, ``learning_rate``, ``optimizer``, ``fusion_algorithm`` (default fedavg),
-    ``quorum``, ``round_timeout``, ``auto_start``, ``fusion_params`` and ``train_options``
-    (dicts)... ``api_key`` is the service's key, if it was started with one. Returns
-    ``aggregator_id`` and ``join_token``.
+    ``spec`` is a ``fedfuse.FederationSpec`` (or its nested dict); flat settings
+    (``num_parties=3, rounds=5, learning_rate=0.05, fusion_algorithm="fedadam"``, any name of
+    ``fedfuse.recipes.flat_names``) are applied on top of it. The model comes from the spec
+    (``model={"name": "mlp", "input_shape": [64], "num_classes": 10}``), from ``model_file``
+    (``torch.save(model)`` bytes) or from ``initial_weights`` (parties bring their own model).
+    ``api_key`` is the service's key, if it was started with one. Returns ``aggregator_id`` and
+    ``join_token``.
     """
-    form = {"fusion_algorithm": "fedavg"} | {k: _form_value(v) for k, v in settings.items()}
-    files = {}
-    if initial_weights is not None:
-        files["initial_weights"] = ("weights.safetensors", to_bytes(initial_weights))
-    if model_file is not None:
-        files["model_file"] = ("model.pt", model_file)
-    response = httpx.post(
-        f"{server.rstrip('/')}/start-aggregator",
-        data=form,
-        files=files or None,
-        headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
-        verify=verify,
-        timeout=120,
-    )
+    from fedfuse.recipes import FederationSpec  # the spec is a recipe-level shape
+
+    if spec is None or isinstance(spec, dict):
+        spec = FederationSpec.from_dict(spec or {})
+    document = FederationSpec.from_flat(flat, base=spec).to_dict()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    url = server.rstrip("/")
+    if model_file is None and initial_weights is None:
+        body = document | ({"join_token": join_token} if join_token else {})
+        response = httpx.post(
+            f"{url}/v1/federations", json=body, headers=headers, verify=verify, timeout=120
+        )
+    else:
+        files = {}
+        if initial_weights is not None:
+            files["initial_weights"] = ("weights.safetensors", to_bytes(initial_weights))
+        if model_file is not None:
+            files["model_file"] = ("model.pt", model_file)
+        form = {"spec": json.dumps(document)} | ({"join_token": join_token} if join_token else {})
+        response = httpx.post(
+            f"{url}/start-aggregator",
+            data=form,
+            files=files,
+            headers=headers,
+            verify=verify,
+            timeout=120,
+        )
     if response.status_code != 200:
         raise ProtocolError(f"service refused ({response.status_code}): {_detail(response)}")
     return response.json()

@@ -13,12 +13,13 @@ ready to fold it, which keeps the aggregator's memory O(model) however many part
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fedfuse.party import Party, Reply, Task, TaskError
 
@@ -33,14 +34,6 @@ class UnexpectedReplyError(ValueError):
 class PendingTask:
     task_id: int
     task: Task
-
-
-@dataclass
-class _Dispatch:
-    task_ids: dict[str, int]
-    replies: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1))
-    answered: set[str] = field(default_factory=set)
-    open: bool = True
 
 
 class RemotePool:
@@ -59,7 +52,9 @@ class RemotePool:
         self._mail: dict[str, PendingTask] = {}
         self._busy: set[str] = set()  # fetched a task of the open dispatch, not answered yet
         self._hosted_work = threading.Lock()
-        self._dispatch: _Dispatch | None = None
+        self._issued: dict[str, int] = {}  # party id -> its task the loop still waits for
+        self._answered: set[int] = set()  # task ids whose reply is on its way to the loop
+        self._replies: queue.Queue[tuple[str, int, Reply]] = queue.Queue(maxsize=1)
         self._ids = itertools.count(1)
         # called with the ids of remote parties that have a new task (e.g. to wake long polls)
         self.on_post: Callable[[list[str]], None] | None = None
@@ -88,6 +83,7 @@ class RemotePool:
             self._remote.pop(party_id, None)
             self._hosted.pop(party_id, None)
             self._mail.pop(party_id, None)
+            self._issued.pop(party_id, None)
 
     def party_ids(self) -> list[str]:
         """Hosted parties, remote parties working on a task, and remote parties that polled
@@ -111,68 +107,90 @@ class RemotePool:
         return True
 
     # the round loop's side ------------------------------------------------------------------
+    def start(self, party_id: str, task: Task) -> None:
+        """Hand ``party_id`` a task (its mailbox, or a worker thread for a hosted party); the
+        reply comes out of ``next_arrival``. ``KeyError`` if it is not a member."""
+        with self._lock:
+            if party_id not in self._remote and party_id not in self._hosted:
+                raise KeyError(party_id)
+            task_id = next(self._ids)
+            self._issued[party_id] = task_id
+            pending = PendingTask(task_id, task)
+            hosted = party_id in self._hosted
+            remote = party_id in self._remote
+            if remote:
+                self._mail[party_id] = pending
+                self._lock.notify_all()
+        if hosted:
+            threading.Thread(target=self._run_hosted, args=(party_id, pending), daemon=True).start()
+        elif remote and self.on_post is not None:
+            self.on_post([party_id])
+
+    def next_arrival(self, timeout: float | None = None) -> tuple[str, Reply] | None:
+        """The next reply to a started task, waiting up to ``timeout`` seconds (``None``:
+        until one comes). Replies to cancelled tasks are dropped on the way."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                party_id, task_id, reply = self._replies.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            with self._lock:
+                self._answered.discard(task_id)
+                if self._issued.get(party_id) == task_id:
+                    del self._issued[party_id]
+                    return party_id, reply
+
+    def cancel(self, party_id: str) -> None:
+        """Forget ``party_id``'s task: a reply to it is refused, and its mail is withdrawn."""
+        with self._lock:
+            task_id = self._issued.pop(party_id, None)
+            self._busy.discard(party_id)
+            pending = self._mail.get(party_id)
+            if pending is not None and pending.task_id == task_id:
+                del self._mail[party_id]
+
     def dispatch(
         self, tasks: Mapping[str, Task], timeout: float | None = None
     ) -> Iterator[tuple[str, Reply]]:
-        """Post ``tasks``; yield replies as they arrive, then a ``TaskError`` for each party
-        that did not answer within ``timeout`` seconds."""
+        """Start ``tasks``; yield replies as they arrive, then a ``TaskError`` for each party
+        that did not answer within ``timeout`` seconds (its task is cancelled)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        current = _Dispatch({pid: next(self._ids) for pid in tasks})
-        hosted: list[tuple[str, PendingTask]] = []
-        with self._lock:
-            self._dispatch = current
-            for pid, task in tasks.items():
-                pending = PendingTask(current.task_ids[pid], task)
-                if pid in self._hosted:
-                    hosted.append((pid, pending))
-                elif pid in self._remote:
-                    self._mail[pid] = pending
-            self._lock.notify_all()
-        if hosted:
-            threading.Thread(target=self._run_hosted, args=(hosted,), daemon=True).start()
-        if self.on_post is not None:
-            self.on_post([pid for pid in tasks if pid in self._remote])
-        missing = set(tasks)
-        unknown = [pid for pid in tasks if pid not in self._hosted and pid not in self._remote]
-        try:
-            for pid in unknown:
-                missing.discard(pid)
+        waiting = set()
+        for pid, task in tasks.items():
+            if not self.knows(pid):
                 yield pid, TaskError(f"unknown party {pid!r}")
-            while missing:
+                continue
+            self.start(pid, task)
+            waiting.add(pid)
+        try:
+            while waiting:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                try:
-                    pid, reply = current.replies.get(timeout=remaining)
-                except queue.Empty:
+                arrival = self.next_arrival(remaining)
+                if arrival is None:
                     break
-                missing.discard(pid)
-                yield pid, reply
+                if arrival[0] in waiting:
+                    waiting.discard(arrival[0])
+                    yield arrival
         finally:
-            with self._lock:
-                current.open = False
-                self._dispatch = None
-                self._busy.clear()
-                for pid in tasks:
-                    pending = self._mail.get(pid)
-                    if pending is not None and pending.task_id == current.task_ids[pid]:
-                        del self._mail[pid]
-        for pid in sorted(missing, key=list(tasks).index):
+            for pid in waiting:
+                self.cancel(pid)
+        for pid in [p for p in tasks if p in waiting]:
             yield pid, TaskError("no reply before the round's deadline")
 
-    def _run_hosted(self, hosted: list[tuple[str, PendingTask]]) -> None:
-        for pid, pending in hosted:
-            # one hosted task at a time, across dispatches too: hosted parties may share a model
-            with self._hosted_work:
-                with self._lock:
-                    party = self._hosted.get(pid)
-                    if self._dispatch is None or not self._dispatch.open:
-                        return
-                reply = party.handle(pending.task) if party else TaskError("party was removed")
-            try:
-                self.submit(pid, pending.task_id, reply)
-            except UnexpectedReplyError:
-                return
+    def _run_hosted(self, party_id: str, pending: PendingTask) -> None:
+        # one hosted task at a time: hosted parties may share a model
+        with self._hosted_work:
+            with self._lock:
+                party = self._hosted.get(party_id)
+                if self._issued.get(party_id) != pending.task_id:
+                    return  # cancelled while it waited its turn
+            reply = party.handle(pending.task) if party else TaskError("party was removed")
+        with contextlib.suppress(UnexpectedReplyError):
+            self.submit(party_id, pending.task_id, reply)
 
     # the parties' side ----------------------------------------------------------------------
     def next_task(self, party_id: str, wait: float = 0.0) -> PendingTask | None:
@@ -193,43 +211,38 @@ class RemotePool:
                 self._lock.wait(min(remaining, 1.0))
 
     def expects(self, party_id: str, task_id: int) -> None:
-        """Raise ``UnexpectedReplyError`` unless ``party_id`` was asked ``task_id`` in the open
-        round and has not answered it: checked before a reply's body is read, so only parties
-        the round waits for can make the service receive an update."""
+        """Raise ``UnexpectedReplyError`` unless ``party_id`` holds task ``task_id`` and has not
+        answered it: checked before a reply's body is read, so only parties the loop waits for
+        can make the service receive an update."""
         with self._lock:
-            self._open_dispatch_for(party_id, task_id)
+            self._check_issued(party_id, task_id)
 
-    def _open_dispatch_for(self, party_id: str, task_id: int) -> _Dispatch:
-        current = self._dispatch
-        if (
-            current is None
-            or not current.open
-            or current.task_ids.get(party_id) != task_id
-            or party_id in current.answered
-        ):
+    def _check_issued(self, party_id: str, task_id: int) -> None:
+        if self._issued.get(party_id) != task_id or task_id in self._answered:
             raise UnexpectedReplyError(
-                f"party {party_id!r} was not asked task {task_id} in the current round "
-                "(or already answered it)"
+                f"party {party_id!r} was not asked task {task_id} (or already answered it, or "
+                "the round is over)"
             )
-        return current
 
     def submit(self, party_id: str, task_id: int, reply: Reply, wait: float = 60.0) -> None:
         """Hand a party's reply to the round loop (blocks while the loop folds earlier ones).
 
         Raises ``UnexpectedReplyError`` if ``party_id`` was not asked ``task_id``, has already
-        answered it, or the round is over.
+        answered it, or its task was cancelled (the round is over).
         """
         with self._lock:
-            current = self._open_dispatch_for(party_id, task_id)
-            current.answered.add(party_id)
+            self._check_issued(party_id, task_id)
+            self._answered.add(task_id)
             self._busy.discard(party_id)
             if party_id in self._remote:
                 self._remote[party_id] = time.monotonic()
         deadline = time.monotonic() + wait
-        while current.open and time.monotonic() < deadline:
+        while self._issued.get(party_id) == task_id and time.monotonic() < deadline:
             try:
-                current.replies.put((party_id, reply), timeout=0.2)
+                self._replies.put((party_id, task_id, reply), timeout=0.2)
                 return
             except queue.Full:
                 continue
+        with self._lock:
+            self._answered.discard(task_id)
         raise UnexpectedReplyError(f"the round closed before the reply of {party_id!r} was taken")

@@ -4,13 +4,13 @@ from fedfuse.service._app import ServiceSettings, create_app
 from fedfuse.service._background import background_service
 from fedfuse.service._boundary import FailureLimiter
 from fedfuse.service._manager import Conflict, Manager, NotFound, StorageError, Unauthorized
-from fedfuse.service._spec import FederationSpec, SpecError
+from fedfuse.service._spec import SERVICE_DEFAULTS, SpecError
 from fedfuse.service._store import Store, StoreError
 
 __all__ = [
+    "SERVICE_DEFAULTS",
     "Conflict",
     "FailureLimiter",
-    "FederationSpec",
     "Manager",
     "NotFound",
     "ServiceSettings",

@@ -26,6 +26,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from fedfuse.party import Malformed
+from fedfuse.recipes import (
+    FederationSpec,
+    field_types,
+    flat_names,
+    flat_table,
+    parse_json_object,
+)
 from fedfuse.runtime import UnexpectedReplyError
 from fedfuse.runtime._wire import (
     decode_meta,
@@ -41,7 +48,7 @@ from fedfuse.service._boundary import (
     same_secret,
 )
 from fedfuse.service._manager import Conflict, Manager, NotFound, Unauthorized
-from fedfuse.service._spec import FederationSpec, SpecError
+from fedfuse.service._spec import SpecError, spec_from_form, spec_from_json
 from fedfuse.weights import SizeLimits, Weights, num_bytes, to_bytes
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -128,34 +135,55 @@ async def _read_upload(upload: UploadFile | None, name: str, limit: int) -> byte
     return data
 
 
-def _depth(value: Any) -> int:
-    """How deeply ``value`` nests lists and objects (iteratively: any depth is safe)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (
-                item.values() if isinstance(item, dict) else item
-            ))  # fmt: skip
-    return deepest
+_UPLOADS = ("model_file", "initial_weights")
+_MAX_FIELD = 64 * 1024
 
 
-def _json_object(text: str | None, name: str, max_depth: int = 32) -> dict[str, Any]:
-    """``text`` as a JSON object nesting at most ``max_depth`` levels (settings are flat)."""
-    if not text:
-        return {}
+async def _form(request: Request) -> tuple[dict[str, str], dict[str, Any]]:
+    """A multipart (or urlencoded) form's text fields and its uploads, refused field by field:
+    at most 2 files (``model_file``, ``initial_weights``) and short text values."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{name} must be a JSON object: {exc}") from None
-    except RecursionError:
-        raise SpecError(f"{name} nests deeper than {max_depth} levels") from None
-    if not isinstance(value, dict):
-        raise SpecError(f"{name} must be a JSON object, got {type(value).__name__}")
-    if _depth(value) > max_depth:
-        raise SpecError(f"{name} nests deeper than {max_depth} levels")
-    return value
+        form = await request.form(max_files=len(_UPLOADS), max_fields=256)
+    except Exception as exc:  # starlette raises its own parser errors for malformed bodies
+        if isinstance(exc, MemoryError | OSError):
+            raise
+        raise SpecError(f"the form cannot be read: {exc}") from None
+    fields: dict[str, str] = {}
+    uploads: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            if len(value) > _MAX_FIELD:
+                raise SpecError(f"form field {key!r} is longer than {_MAX_FIELD} characters")
+            fields[key] = value
+        elif key in _UPLOADS:
+            uploads[key] = value
+        else:
+            raise SpecError(f"unexpected file {key!r}; upload only {', '.join(_UPLOADS)}")
+    return fields, uploads
+
+
+def _form_schema() -> dict[str, Any]:
+    """The form's OpenAPI schema, derived from the spec's flat names (not listed by hand)."""
+    kinds = {"int": "integer", "float": "number", "bool": "boolean"}
+    properties: dict[str, Any] = {name: {"type": "string", "format": "binary"} for name in _UPLOADS}
+    table, types = flat_table(), field_types()
+    for name in flat_names():
+        kind = types.get(table.get(name, ""), "str").split(" ")[0].split("[")[0]
+        properties[name] = {"type": kinds.get(kind, "string")}
+    properties["join_token"] = {"type": "string", "minLength": 16, "maxLength": 256}
+    schema = {"type": "object", "properties": properties, "required": ["fusion_algorithm"]}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": schema},
+            },
+        }
+    }
+
+
+_FORM_SCHEMA = _form_schema()
 
 
 def _json_weights(weights: Weights) -> dict[str, Any]:
@@ -332,52 +360,12 @@ def create_app(
         counted(request, lambda: None)
 
     # ---- the Model Fusion tutorial's endpoints ------------------------------------------------
-    @app.post("/start-aggregator", tags=["model fusion"], responses={200: {"links": _CREATED}})
-    @before_body(control)
-    async def start_aggregator(
-        fusion_algorithm: Annotated[str, Form(max_length=64)],
-        model_type: Annotated[str, Form(max_length=64)] = "pytorch",
-        num_parties: Annotated[int, Form()] = 2,
-        rounds: Annotated[int, Form()] = 5,
-        epochs: Annotated[int, Form()] = 1,
-        learning_rate: Annotated[float, Form()] = 0.01,
-        optimizer: Annotated[str, Form(max_length=64)] = "sgd",
-        batch_size: Annotated[int, Form()] = 32,
-        fraction: Annotated[float | None, Form()] = None,
-        count: Annotated[int | None, Form()] = None,
-        quorum: Annotated[int, Form()] = 1,
-        round_timeout: Annotated[float, Form()] = 600.0,
-        seed: Annotated[int, Form()] = 0,
-        model: Annotated[str | None, Form(max_length=64)] = None,
-        input_shape: Annotated[str | None, Form(max_length=64, pattern=r"^\d+(,\d+)*$")] = None,
-        num_classes: Annotated[int | None, Form()] = None,
-        auto_start: Annotated[bool, Form()] = False,
-        max_update_norm: Annotated[float | None, Form()] = None,
-        max_update_ratio: Annotated[float | None, Form()] = FederationSpec.max_update_ratio,
-        join_token: Annotated[str | None, Form(max_length=256)] = None,
-        fusion_params: Annotated[str | None, Form(max_length=4096)] = None,
-        train_options: Annotated[str | None, Form(max_length=4096)] = None,
-        model_file: Annotated[UploadFile | None, File()] = None,
-        initial_weights: Annotated[UploadFile | None, File()] = None,
-        authorization: Annotated[str | None, Header()] = None,
+    async def _create(
+        spec: FederationSpec,
+        model_file: Any,
+        initial_weights: Any,
+        join_token: str | None,
     ) -> dict[str, Any]:
-        """Create a federation (an aggregator). Upload ``model_file`` written by
-        ``torch.save(model)``, or name a zoo ``model``, or upload ``initial_weights``
-        (safetensors). ``fusion_params`` (JSON, e.g. ``{"server_learning_rate": 0.01}`` for
-        ``fedadam``) parametrize the fusion; ``train_options`` (JSON, e.g.
-        ``{"compression": "int8"}`` or ``{"proximal_mu": 0.1}``) the parties' local training.
-        Returns ``aggregator_id`` and the ``join_token`` remote parties use."""
-        spec = FederationSpec(
-            fusion_algorithm=fusion_algorithm, model_type=model_type, num_parties=num_parties,
-            rounds=rounds, epochs=epochs, learning_rate=learning_rate, optimizer=optimizer,
-            batch_size=batch_size, fraction=fraction, count=count, quorum=quorum,
-            round_timeout=round_timeout, seed=seed, model=model,
-            input_shape=tuple(int(d) for d in input_shape.split(",")) if input_shape else None,
-            num_classes=num_classes, auto_start=auto_start,
-            max_update_norm=max_update_norm, max_update_ratio=max_update_ratio,
-            fusion_params=_json_object(fusion_params, "fusion_params"),
-            train_options=_json_object(train_options, "train_options"),
-        )  # fmt: skip
         limit = settings.max_upload_bytes
         model_bytes = await _read_upload(model_file, "model_file", limit)
         weights_bytes = await _read_upload(initial_weights, "initial_weights", limit)
@@ -387,6 +375,57 @@ def create_app(
             )
         )
         return {"aggregator_id": fid, "join_token": token, "status": "registering"}
+
+    @app.post(
+        "/start-aggregator",
+        tags=["model fusion"],
+        responses={200: {"links": _CREATED}},
+        openapi_extra=_FORM_SCHEMA,
+    )
+    @before_body(control)
+    async def start_aggregator(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Create a federation (an aggregator) from the tutorial's form: ``fusion_algorithm``,
+        ``model_type``, ``num_parties``, ``rounds``, ``epochs``, ``learning_rate``,
+        ``optimizer``... any flat setting of the federation spec (``fedfuse.recipes.flat_names``)
+        and the chosen fusion's parameters. Upload ``model_file`` written by
+        ``torch.save(model)``, or name a zoo ``model`` (with ``input_shape`` and
+        ``num_classes``), or upload ``initial_weights`` (safetensors). ``fusion_params`` and
+        ``train_options`` may be JSON objects. Returns ``aggregator_id`` and the
+        ``join_token`` remote parties use."""
+        fields, uploads = await _form(request)
+        join_token = fields.pop("join_token", None)
+        if "spec" in fields:  # the nested spec as one JSON field, beside uploaded files
+            document = parse_json_object(fields.pop("spec"), "spec")
+            if fields:
+                raise SpecError(f"give the nested spec or flat fields, not both: {sorted(fields)}")
+            spec = spec_from_json(document)
+        elif "fusion_algorithm" not in fields:
+            raise SpecError("fusion_algorithm is required (e.g. fedavg)")
+        else:
+            spec = spec_from_form(fields)
+        return await _create(
+            spec, uploads.get("model_file"), uploads.get("initial_weights"), join_token
+        )
+
+    @app.post("/v1/federations", tags=["federations"], responses={200: {"links": _CREATED}})
+    @before_body(control)
+    async def create_federation(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Create a federation from a nested JSON spec (``{"rounds": 10, "training":
+        {"learning_rate": 0.05}, "fusion": {"name": "fedadam", "params": {...}},
+        "aggregation": {"mode": "buffered", "buffer_size": 4}, "model": {"name": "mlp",
+        "input_shape": [64], "num_classes": 10}}``), the same document ``fedfuse create
+        --config`` sends. A ``join_token`` key sets the join token. The model is a zoo model or
+        comes from parties (upload files through ``/start-aggregator``)."""
+        body = await request.body()  # bounded by the boundary's body limit
+        document = parse_json_object(body.decode("utf-8", errors="replace"), "the spec")
+        join_token = document.pop("join_token", None)
+        if join_token is not None and not isinstance(join_token, str):
+            raise SpecError("join_token must be a string")
+        return await _create(spec_from_json(document), None, None, join_token)
 
     @app.post("/start-party", tags=["model fusion"])
     @before_body(control)

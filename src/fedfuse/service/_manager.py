@@ -35,13 +35,19 @@ import numpy as np
 import torch
 
 from fedfuse.data import get_data_handler, load_party_npz
-from fedfuse.federation import Checkpoint, CheckpointError, Federation, load_checkpoint
-from fedfuse.federation._checkpoint import fsync_directory, write_synced
-from fedfuse.fusion import get_fusion
+from fedfuse.federation import (
+    Checkpoint,
+    CheckpointError,
+    Federation,
+    fsync_directory,
+    load_checkpoint,
+    write_synced,
+)
 from fedfuse.models import TorchAdapter, build_model, get_model_type, torch_seed
 from fedfuse.party import Party
+from fedfuse.recipes import FederationSpec
 from fedfuse.runtime import RemotePool
-from fedfuse.service._spec import FederationSpec, SpecError
+from fedfuse.service._spec import SpecError, check_spec, stored_spec
 from fedfuse.service._store import Store, hash_token
 from fedfuse.weights import (
     SizeLimits,
@@ -274,21 +280,24 @@ class Manager:
 
     def _adapter(self, spec: FederationSpec, model_bytes: bytes | None) -> Any:
         if model_bytes is not None:
-            model_type = get_model_type(spec.model_type)
+            model_type = get_model_type(spec.model.model_type)
             return model_type.load(model_bytes, self.allowed_import_paths, limits=self.limits)
-        if spec.model is not None:
+        if spec.model.name is not None:
             # seeded under torch_seed's lock: other federations' threads draw from the same
             # process-wide generator, and must neither disturb this draw nor be disturbed
             with torch_seed(spec.seed):
                 model = build_model(
-                    spec.model, spec.input_shape, spec.num_classes, limits=self.limits
+                    spec.model.name,
+                    spec.model.input_shape,
+                    spec.model.num_classes,
+                    limits=self.limits,
                 )
                 return TorchAdapter(model)
         return None
 
     def _prepared_later(self, spec: FederationSpec, model_bytes: bytes | None) -> bool:
         """Model types such as doc2vec fix their weights only once all parties are known."""
-        return model_bytes is not None and get_model_type(spec.model_type).prepare is not None
+        return model_bytes is not None and get_model_type(spec.model.model_type).prepare is not None
 
     def _run(self, fid: str) -> _Run:
         with self._lock:
@@ -307,8 +316,8 @@ class Manager:
         join_token: str | None = None,
     ) -> tuple[str, str]:
         """Validate and register a federation; returns ``(aggregator_id, join_token)``."""
-        spec.validate()
-        sources = sum(x is not None for x in (model_bytes, initial_weights, spec.model))
+        check_spec(spec)
+        sources = sum(x is not None for x in (model_bytes, initial_weights, spec.model.name))
         if sources != 1:
             raise SpecError(
                 "give exactly one model source: a model_file, a zoo model name, or initial_weights"
@@ -382,7 +391,10 @@ class Manager:
     def list(self) -> list[dict[str, Any]]:
         return [
             {k: f[k] for k in ("id", "created", "status", "rounds_done", "error")}
-            | {k: (f["config"] or {}).get(k) for k in ("rounds", "fusion_algorithm")}
+            | {
+                "rounds": (f["config"] or {}).get("rounds"),
+                "fusion": ((f["config"] or {}).get("fusion") or {}).get("name"),
+            }
             for f in self.store.federations()
         ]
 
@@ -411,7 +423,7 @@ class Manager:
         return fed
 
     def _hosted_party(self, run: _Run, party_id: str, handler: str, npz: bytes) -> Party:
-        if run.model_bytes is None and run.spec.model is None:
+        if run.model_bytes is None and run.spec.model.name is None:
             raise SpecError(
                 "this federation was created from initial weights only; a party hosted by the "
                 "service needs a model (create the federation with a model_file or a zoo model)"
@@ -502,8 +514,8 @@ class Manager:
         run = self._run(fid)
         if self._prepared_later(run.spec, run.model_bytes):
             raise Conflict(
-                f"model_type {run.spec.model_type!r} agrees on its vocabulary among the parties "
-                "the service hosts (POST /start-party); remote parties cannot join it"
+                f"model_type {run.spec.model.model_type!r} agrees on its vocabulary among the "
+                "parties the service hosts (POST /start-party); remote parties cannot join it"
             )
         with run.lock:
             parties = self.store.parties(fid)
@@ -540,7 +552,7 @@ class Manager:
         """``[name, shape]`` of every weight in the model's own order (a torch module's
         ``state_dict()`` order), for parties whose code lists parameters by position (Flower
         clients); ``None`` when the service has no model to read it from."""
-        if run.order is None and (run.model_bytes is not None or run.spec.model is not None):
+        if run.order is None and (run.model_bytes is not None or run.spec.model.name is not None):
             adapter = run.hosted_adapter or self._adapter(run.spec, run.model_bytes)
             names = getattr(adapter, "parameter_order", None)
             if names is not None and run.initial:
@@ -551,14 +563,14 @@ class Manager:
         parameters = self._parameters(run)
         extra = {"parameters": parameters} if parameters else {}
         if run.model_bytes is not None:
-            return {"source": "model_file", "model_type": run.spec.model_type, **extra}
-        if run.spec.model is not None:
+            return {"source": "model_file", "model_type": run.spec.model.model_type, **extra}
+        if run.spec.model.name is not None:
             return {
                 **extra,
                 "source": "zoo",
-                "model": run.spec.model,
-                "input_shape": list(run.spec.input_shape),
-                "num_classes": run.spec.num_classes,
+                "model": run.spec.model.name,
+                "input_shape": list(run.spec.model.input_shape),
+                "num_classes": run.spec.model.num_classes,
                 "seed": run.spec.seed,
             }
         return {"source": "party"}
@@ -626,7 +638,7 @@ class Manager:
         try:
             if self._prepared_later(spec, run.model_bytes):
                 hosted = run.pool.hosted()
-                get_model_type(spec.model_type).prepare(
+                get_model_type(spec.model.model_type).prepare(
                     [p.adapter for p in hosted], [p.data.train for p in hosted]
                 )
                 run.initial = hosted[0].adapter.get_weights()
@@ -634,17 +646,13 @@ class Manager:
             federation = Federation(
                 run.pool,
                 run.initial,
-                fusion=get_fusion(spec.fusion_algorithm, **spec.fusion_params),
-                config=spec.train_config(),
-                fraction=spec.fraction,
-                count=spec.count,
+                fusion=spec.fusion,
+                config=spec.training,
+                sampling=spec.sampling,
+                aggregation=spec.aggregation,
                 seed=spec.seed,
-                quorum=spec.quorum,
-                timeout=spec.round_timeout,
-                federated_eval=True,
+                federated_eval=spec.evaluation.federated,
                 checkpoint_dir=run.folder / "checkpoint",
-                max_update_norm=spec.max_update_norm,
-                max_update_ratio=spec.max_update_ratio,
             )
             run.federation = federation
             # the checkpoint is the truth: rounds recorded after it (its newest file was
@@ -662,7 +670,7 @@ class Manager:
             while federation.round < spec.rounds and not run.stop.is_set():
                 # a round starts once a quorum of parties is live (after a restart, remote
                 # parties come back as they poll again)
-                if run.pool.wait_for_parties(spec.quorum, timeout=1.0):
+                if run.pool.wait_for_parties(spec.aggregation.quorum, timeout=1.0):
                     on_round(federation.run_round())
             if not run.stop.is_set():
                 self._set_status(run.fid, "completed")
@@ -743,11 +751,11 @@ class Manager:
         fid = fed["id"]
         if fed["config"] is None:
             raise ValueError("its stored settings are damaged (not a JSON object)")
-        spec = FederationSpec.from_dict(fed["config"])
+        spec = stored_spec(fed["config"])
         if fed["status"] == "failed":  # keep its reason; its files may be what failed it
             self._keep_failed(fed)
             return False
-        spec.validate()
+        check_spec(spec)
         folder = self.data_dir / "federations" / fid
         if not folder.is_dir():
             raise ValueError(f"its folder {folder} is missing")
@@ -807,7 +815,7 @@ class Manager:
         if fed["config"] is None:
             return
         try:
-            spec = FederationSpec.from_dict(fed["config"])
+            spec = stored_spec(fed["config"])
         except (TypeError, ValueError):
             return
         folder = self.data_dir / "federations" / fed["id"]
