@@ -59,6 +59,7 @@ def test_public_names() -> None:
             "DATA_HANDLERS",
             "DEBIAN_FASHION_MNIST_DIR",
             "DataSpec",
+            "FEDERATED_DATASETS",
             "DataHandler",
             "DatasetFormatError",
             "DatasetNotFoundError",
@@ -74,9 +75,14 @@ def test_public_names() -> None:
             "format_label_stats",
             "get_data_handler",
             "iid",
+            "load_cifar10",
+            "load_csv",
             "load_dataset",
+            "load_federated_dataset",
+            "load_federated_emnist",
             "load_federated_npz",
             "load_idx",
+            "load_leaf",
             "load_lee_corpus",
             "load_lee_similarity",
             "load_mnist_idx",
@@ -276,9 +282,17 @@ def test_load_dataset_unknown_name() -> None:
         load_dataset("foo")
     assert str(info.value) == (
         "unknown dataset 'foo'; choose one of: "
-        "breast_cancer, digits, fashion_mnist, iris, mnist, wine"
+        "breast_cancer, cifar10, digits, fashion_mnist, iris, mnist, wine"
     )
-    assert DATASETS == ("breast_cancer", "digits", "fashion_mnist", "iris", "mnist", "wine")
+    assert DATASETS == (
+        "breast_cancer",
+        "cifar10",
+        "digits",
+        "fashion_mnist",
+        "iris",
+        "mnist",
+        "wine",
+    )
 
 
 # --- scikit-learn ----------------------------------------------------------------------------

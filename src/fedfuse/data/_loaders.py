@@ -7,8 +7,13 @@ Supported sources:
 - scikit-learn's bundled sets that need no download: ``load_sklearn``.
 - Party ``.npz`` files with ``x_train, y_train, x_test, y_test`` (the Model Fusion API tutorial
   layout): ``load_party_npz``, ``load_federated_npz``.
+- CIFAR-10's binary or python batches (``load_cifar10``), a CSV file with a label column
+  (``load_csv``), TFF's federated EMNIST HDF5 files (``load_federated_emnist``) and LEAF's json
+  files (``load_leaf``), each in its own module.
 
-``load_dataset(name)`` is the one entry point over the named sets in ``DATASETS``.
+``load_dataset(name)`` is the one entry point over the centralized sets in ``DATASETS`` (a
+``(train, test)`` pair); ``load_federated_dataset(name)`` over the naturally federated ones in
+``FEDERATED_DATASETS`` (a ``FederatedDataset``, one party per writer or user).
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from fedfuse.data._cifar import load_cifar10
 from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
+from fedfuse.data._emnist import load_federated_emnist
 from fedfuse.data._files import DatasetFormatError, DatasetNotFoundError, natural_key
+from fedfuse.data._leaf import load_leaf
 from fedfuse.weights import SizeLimitError, SizeLimits
 
 __all__ = [
@@ -34,8 +42,10 @@ __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "FEDERATED_DATASETS",
     "fashion_mnist_dir",
     "load_dataset",
+    "load_federated_dataset",
     "load_federated_npz",
     "load_idx",
     "load_mnist_idx",
@@ -264,7 +274,11 @@ def load_sklearn(
 # --- the registry -----------------------------------------------------------------------------
 
 #: Names accepted by ``load_dataset``.
-DATASETS = ("breast_cancer", "digits", "fashion_mnist", "iris", "mnist", "wine")
+DATASETS = ("breast_cancer", "cifar10", "digits", "fashion_mnist", "iris", "mnist", "wine")
+
+
+def _needs_data_dir(name: str, what: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(f"dataset {name!r} needs data_dir: {what}")
 
 
 def load_dataset(
@@ -276,8 +290,12 @@ def load_dataset(
       ``seed`` (see ``load_sklearn``).
     - ``fashion_mnist``: idx files from ``data_dir``, else from ``fashion_mnist_dir()``.
     - ``mnist``: idx files from ``data_dir``, which is required.
+    - ``cifar10``: the binary or python batches from ``data_dir``, which is required: the
+      ``cifar-10-batches-bin`` or ``cifar-10-batches-py`` folder, or one holding it (see
+      ``load_cifar10``).
 
-    The idx sets come with their own fixed train/test split, so ``seed`` does not affect them.
+    The file-based sets come with their own fixed train/test split, so ``seed`` does not affect
+    them.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -285,12 +303,54 @@ def load_dataset(
         return load_sklearn(name, seed=seed)
     if name == "fashion_mnist":
         return load_mnist_idx(data_dir if data_dir is not None else fashion_mnist_dir())
+    if name == "cifar10":
+        if data_dir is None:
+            raise _needs_data_dir(
+                name, "a folder holding cifar-10-batches-bin/ or cifar-10-batches-py/"
+            )
+        return load_cifar10(data_dir)
     if data_dir is None:
-        raise DatasetNotFoundError(
-            "dataset 'mnist' needs data_dir: a folder holding the four MNIST idx files "
-            f"({', '.join(f'{s}[.gz]' for s in _MNIST_FILES.values())})"
+        raise _needs_data_dir(
+            name,
+            "a folder holding the four MNIST idx files "
+            f"({', '.join(f'{s}[.gz]' for s in _MNIST_FILES.values())})",
         )
     return load_mnist_idx(data_dir)
+
+
+#: Names accepted by ``load_federated_dataset``.
+FEDERATED_DATASETS = ("emnist", "femnist")
+
+_FEMNIST_CLASSES = 62
+
+
+def load_federated_dataset(
+    name: str, *, data_dir: str | os.PathLike | None = None, max_clients: int | None = None
+) -> FederatedDataset:
+    """Load a naturally federated dataset, one party per writer or user, with their own ids.
+
+    - ``emnist``: TensorFlow Federated's HDF5 files (``fed_emnist[_digitsonly]_{train,test}.h5``)
+      in ``data_dir`` (see ``load_federated_emnist``; needs ``pip install 'fedfuse[emnist]'``).
+    - ``femnist``: LEAF's FEMNIST json files, ``data_dir/train/*.json`` and
+      ``data_dir/test/*.json`` (see ``load_leaf``), as ``(N, 1, 28, 28)`` images of 62 classes.
+
+    ``max_clients`` keeps only the first writers or users. Nothing is ever downloaded.
+    """
+    if name not in FEDERATED_DATASETS:
+        raise ValueError(
+            f"unknown federated dataset {name!r}; choose one of: {', '.join(FEDERATED_DATASETS)}"
+        )
+    if data_dir is None:
+        where = {
+            "emnist": "a folder holding fed_emnist_train.h5 or fed_emnist_digitsonly_train.h5",
+            "femnist": "a folder holding LEAF's train/ and test/ folders of .json files",
+        }
+        raise _needs_data_dir(name, where[name])
+    if name == "emnist":
+        return load_federated_emnist(data_dir, max_clients=max_clients)
+    return load_leaf(
+        data_dir, shape=(1, 28, 28), num_classes=_FEMNIST_CLASSES, max_clients=max_clients
+    )
 
 
 # --- party .npz files -------------------------------------------------------------------------
