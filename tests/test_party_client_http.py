@@ -192,6 +192,35 @@ def test_every_failed_task_is_logged_counted_and_reported_by_round(app_client, c
     assert all(r["participants"] == [] for r in rounds)
 
 
+class RefusingFirstReply(InApp):
+    """Delivers every reply but answers the first one with a refusal, as a service that
+    closed the task would."""
+
+    refused = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.endswith("/reply") and not self.refused:
+            response.close()
+            self.refused = True
+            return httpx.Response(409, json={"detail": "task 1 is closed"})
+        return response
+
+
+def test_a_refused_reply_counts_as_a_failed_task(app_client, caplog):
+    fed = create(app_client, rounds=1)
+    torch.manual_seed(0)
+    transport = RefusingFirstReply(app_client)
+    with PartyClient(SERVER, fed["join_token"], transport=transport, poll_wait=5) as client:
+        client.join()
+        start_training(app_client, fed["aggregator_id"])
+        with caplog.at_level(logging.WARNING, "fedfuse.party"):
+            summary = client.serve(ClientParty(FlowerClient(Net(), *loaders())))
+    assert (summary.tasks, summary.failed, summary.all_failed) == (2, 1, False)
+    assert summary.failures == {1: "reply refused (409): task 1 is closed"}
+    assert "round 1: task 1: reply refused (409): task 1 is closed" in caplog.text
+
+
 def test_fedfuse_party_exits_1_when_every_task_failed(app_client, tmp_path, monkeypatch, capsys):
     """Data of the wrong width fails every task: the CLI says so and exits non-zero."""
     fed = create(app_client, auto_start="true")  # training starts once the party has joined

@@ -146,7 +146,7 @@ class ClientParty:
         self.client = client
         self.party_id = party_id
         self.order = order
-        self.order_: list[str] | None = list(order) if order is not None else None
+        self.order_: list[str] | None = None
 
     def _client_shapes(self) -> list[Shape] | None:
         get = getattr(self.client, "get_parameters", None)
@@ -184,6 +184,8 @@ class ClientParty:
         self.order_ = names
 
     def _order_for(self, task: Task) -> list[str]:
+        if self.order_ is None and self.order is not None:
+            self.order_ = list(self.order)
         if self.order_ is None:
             names = list(task.weights)
             shapes = self._client_shapes()
