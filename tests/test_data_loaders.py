@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import sys
 from pathlib import Path
 
@@ -121,6 +122,37 @@ def test_cifar_python_batches(tmp_path: Path, protocol: int, str_keys: bool) -> 
     assert_cifar_equals(*load_cifar10(tmp_path / "cifar-10-batches-py"), arrays)
 
 
+def python2_batch(pixels: np.ndarray, labels: np.ndarray) -> bytes:
+    """A batch as Python 2's cPickle wrote the distributed files: str (not unicode) keys and
+    data, ``numpy.core.multiarray._reconstruct`` spelled the numpy 1 way, protocol 2 opcodes."""
+
+    def string(value: bytes) -> bytes:  # SHORT_BINSTRING or BINSTRING: a Python 2 str
+        if len(value) < 256:
+            return b"U" + bytes([len(value)]) + value
+        return b"T" + struct.pack("<i", len(value)) + value
+
+    def small_int(value: int) -> bytes:
+        return b"K" + bytes([value]) if value < 256 else b"M" + struct.pack("<H", value)
+
+    flat = pixels.reshape(len(pixels), -1)
+    dtype = b"cnumpy\ndtype\n" + string(b"u1") + b"\x89\x88\x87R"  # dtype('u1', False, True)
+    dtype += b"(K\x03" + string(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + string(b"b")
+    array += b"\x87R(K\x01" + small_int(len(flat)) + small_int(flat.shape[1]) + b"\x86"
+    array += dtype + b"\x89" + string(flat.tobytes()) + b"tb"
+    label_list = b"]q\x00(" + b"".join(small_int(int(v)) for v in labels) + b"e"
+    return b"\x80\x02}(" + string(b"data") + array + string(b"labels") + label_list + b"u."
+
+
+def test_cifar_python2_pickles_as_distributed(tmp_path: Path) -> None:
+    arrays = cifar_arrays(2)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, (pixels, labels) in arrays.items():
+        (folder / name).write_bytes(python2_batch(pixels, labels))
+    assert_cifar_equals(*load_cifar10(tmp_path), arrays)
+
+
 def test_cifar_through_load_dataset(tmp_path: Path) -> None:
     arrays = cifar_arrays()
     write_cifar_py(tmp_path / "cifar-10-batches-py", arrays)
@@ -191,6 +223,15 @@ class HugeArray:
             return (np.ndarray, ((1 << 40,),))
         reconstruct = np.zeros(1).__reduce__()[0]  # numpy's own _reconstruct, either spelling
         return (reconstruct, (np.ndarray, (1 << 40,), b"b"))
+
+
+def test_cifar_pickle_bytes_only_through_latin1(tmp_path: Path) -> None:
+    folder = write_cifar_py(tmp_path, cifar_arrays())
+    (folder / "test_batch").write_bytes(
+        b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R."
+    )
+    with pytest.raises(DatasetFormatError, match="test_batch: _codecs.encode with encoding 'zlib'"):
+        load_cifar10(folder)
 
 
 def test_cifar_pickle_cannot_allocate_an_array_of_its_choosing(tmp_path: Path) -> None:

@@ -119,6 +119,12 @@ def _numpy_global(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+_RECONSTRUCT = frozenset(
+    {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"}
+)
+_FROMBUFFER = frozenset({"numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer"})
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """An unpickler that admits only the globals a plain numpy array's pickle names.
 
@@ -141,17 +147,11 @@ class _BatchUnpickler(pickle.Unpickler):
         if qualified == "numpy.ndarray":
             return _NDARRAY
         if qualified == "_codecs.encode":
-            return _latin1_encode
+            return _checked_encode(self._name)
         raise DatasetFormatError(
             f"{self._name}: refusing to unpickle {qualified}: a CIFAR-10 python batch holds only "
             "a numpy array, dicts, lists, bytes, str and int"
         )
-
-
-_RECONSTRUCT = frozenset(
-    {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"}
-)
-_FROMBUFFER = frozenset({"numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer"})
 
 
 def _checked_reconstruct(reconstruct: Any, name: str) -> Any:
@@ -167,10 +167,13 @@ def _checked_reconstruct(reconstruct: Any, name: str) -> Any:
     return build
 
 
-def _latin1_encode(text: object, encoding: object = "utf-8") -> bytes:
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise DatasetFormatError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return _codecs.encode(text, "latin1")
+def _checked_encode(name: str) -> Any:
+    def encode(text: object, encoding: object = "utf-8") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise DatasetFormatError(f"{name}: _codecs.encode with encoding {encoding!r}")
+        return _codecs.encode(text, "latin1")
+
+    return encode
 
 
 def _entry(batch: dict, key: str, path: Path) -> Any:
