@@ -56,6 +56,7 @@ class RemotePool:
         self._answered: set[int] = set()  # task ids whose reply is on its way to the loop
         self._replies: queue.Queue[tuple[str, int, Reply]] = queue.Queue(maxsize=1)
         self._ids = itertools.count(1)
+        self._interrupted = threading.Event()
         # called with the ids of remote parties that have a new task (e.g. to wake long polls)
         self.on_post: Callable[[list[str]], None] | None = None
 
@@ -130,17 +131,25 @@ class RemotePool:
         """The next reply to a started task, waiting up to ``timeout`` seconds (``None``:
         until one comes). Replies to cancelled tasks are dropped on the way."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        while not self._interrupted.is_set():
+            remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             try:
-                party_id, task_id, reply = self._replies.get(timeout=remaining)
+                party_id, task_id, reply = self._replies.get(timeout=max(0.0, remaining))
             except queue.Empty:
-                return None
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             with self._lock:
                 self._answered.discard(task_id)
                 if self._issued.get(party_id) == task_id:
                     del self._issued[party_id]
                     return party_id, reply
+        return None
+
+    def interrupt(self) -> None:
+        """End every wait of ``next_arrival`` (and so of ``dispatch``) now and from now on: the
+        federation is stopping."""
+        self._interrupted.set()
 
     def cancel(self, party_id: str) -> None:
         """Forget ``party_id``'s task: a reply to it is refused, and its mail is withdrawn."""

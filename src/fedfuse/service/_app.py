@@ -578,7 +578,7 @@ def create_app(
         ``X-Fedfuse-Meta`` header, weights as a safetensors body), 204 if none came within
         ``wait`` seconds, 410 once the federation has ended."""
         party_id = request.state.party_id
-        pool = manager._run(fid).pool
+        pool = manager.pool(fid)
         loop = asyncio.get_running_loop()
         if pool.on_post is None:
             pool.on_post = lambda ids, fid=fid: loop.call_soon_threadsafe(_wake, fid, ids)
@@ -628,7 +628,7 @@ def create_app(
         memory a federation spends on replies is O(model)."""
         party_id = request.state.party_id
         meta = decode_meta(x_fedfuse_meta)
-        pool = manager._run(fid).pool
+        pool = manager.pool(fid)
         pool.expects(party_id, task_id)
         if (fid, party_id) in receiving:
             raise Conflict(f"a reply of {party_id!r} is already being received")

@@ -598,6 +598,10 @@ class Manager:
             run.pool.add_remote(party_id)
         return party_id
 
+    def pool(self, fid: str) -> RemotePool:
+        """The transport of federation ``fid``, which the party protocol's routes feed."""
+        return self._run(fid).pool
+
     def when_done(self, fid: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the training thread) once training of ``fid`` ends."""
         self._run(fid).done.when_set(callback)
@@ -707,6 +711,7 @@ class Manager:
             # its model and history stay available
             self._set_status(fid, "stopped")
             run.stop.set()
+            run.pool.interrupt()  # a step waiting for replies ends now, not at its deadline
 
     # restart ----------------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -832,6 +837,7 @@ class Manager:
         """Ask training threads to end after their current round (the store stays usable)."""
         for run in list(self._runs.values()):
             run.stop.set()
+            run.pool.interrupt()
 
 
 class _Stopped(Exception):
