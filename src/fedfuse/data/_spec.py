@@ -8,7 +8,12 @@ from typing import Any, ClassVar
 
 from fedfuse._settings import Interval, Options, Settings
 from fedfuse.data._dataset import FederatedDataset
-from fedfuse.data._loaders import DATASETS, load_dataset
+from fedfuse.data._loaders import (
+    DATASETS,
+    FEDERATED_DATASETS,
+    load_dataset,
+    load_federated_dataset,
+)
 from fedfuse.data._partition import PARTITIONS, federate, partition_params
 
 __all__ = ["DataSpec"]
@@ -16,7 +21,9 @@ __all__ = ["DataSpec"]
 
 @dataclass(frozen=True)
 class DataSpec(Settings):
-    """A named dataset (``load_dataset``) split among parties by a named partition.
+    """A named dataset (``load_dataset``) split among parties by a named partition, or a
+    naturally federated one (``emnist``, ``femnist``: one party per writer, with its own id; the
+    first ``num_parties`` writers, and ``partition`` is not used).
 
     ``partition_params`` are the partitioner's own parameters (``{"alpha": 0.3}`` for
     ``dirichlet``, ``{"classes_per_party": 2}`` for ``classes``; see
@@ -26,7 +33,7 @@ class DataSpec(Settings):
 
     kind: ClassVar[str] = "data"
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "dataset": [Options(DATASETS)],
+        "dataset": [Options(DATASETS + FEDERATED_DATASETS)],
         "data_dir": [None, str],
         "partition": [Options(PARTITIONS)],
         "partition_params": [dict],
@@ -49,6 +56,10 @@ class DataSpec(Settings):
     def build(self, num_parties: int, seed: int = 0) -> FederatedDataset:
         """Load the dataset and split it among ``num_parties`` parties (seeded)."""
         self.check("data.")
+        if self.dataset in FEDERATED_DATASETS:
+            return load_federated_dataset(
+                self.dataset, data_dir=self.data_dir, max_clients=num_parties
+            )
         train, test = load_dataset(self.dataset, data_dir=self.data_dir, seed=seed)
         return federate(
             train,

@@ -51,7 +51,8 @@ class Federation:
             (``Aggregation``; synchronous by default).
         seed: makes sampling and every party's local training reproducible.
         central_eval: ``weights -> metrics`` on data the aggregator holds, run each step.
-        federated_eval: also ask every party to evaluate the new model on its test split.
+        federated_eval: also ask every party to evaluate the new model on its test split
+            (in buffered mode, the parties not training at that moment).
         checkpoint_dir: where a checkpoint is written after each step; if it already holds
             one, the federation resumes from it.
 
@@ -237,13 +238,19 @@ class Federation:
         if self.central_eval is not None:
             record["central"] = self.central_eval(self.weights)
         if self.federated_eval:
+            not_evaluated: dict[str, str] = {}
+            # a party still training (buffered) keeps its task: only idle parties evaluate
+            idle = [p for p in self.pool.party_ids() if p not in self._started]
             record["federated"] = evaluate_parties(
                 self.pool,
-                self.pool.party_ids(),
+                idle,
                 self.weights,
                 round_num=result.round,
                 timeout=self.aggregation.deadline,
+                failed=not_evaluated,
             )
+            if not_evaluated:  # e.g. a party without a test split: say so, do not hide it
+                record["not_evaluated"] = not_evaluated
         return record
 
     def run(

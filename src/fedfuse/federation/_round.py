@@ -266,17 +266,25 @@ def evaluate_parties(
     round_num: int = 0,
     split: str = "test",
     timeout: float | None = None,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Federated evaluation: each party evaluates ``weights`` on its own data.
 
     Returns metrics averaged weighted by ``num_examples``. Parties without data, and
-    evaluations with a bad count or metrics that are not finite numbers, are left out.
+    evaluations with a bad count or metrics that are not finite numbers, are left out; their
+    reasons go into ``failed`` (party -> reason) when it is given.
     """
     task = EvaluateTask(round_num, weights, split)  # type: ignore[arg-type]
     metrics = WeightedMetrics()
-    for _, reply in pool.dispatch(dict.fromkeys(party_ids, task), timeout=timeout):
-        if isinstance(reply, Evaluation) and not (
-            check_num_examples(reply.num_examples) or check_metrics(reply.metrics)
-        ):
-            metrics.add(reply.metrics, reply.num_examples)
+    for pid, reply in pool.dispatch(dict.fromkeys(party_ids, task), timeout=timeout):
+        if isinstance(reply, Evaluation):
+            reason = check_num_examples(reply.num_examples) or check_metrics(reply.metrics)
+            if reason is None:
+                metrics.add(reply.metrics, reply.num_examples)
+                continue
+        else:
+            reason = getattr(reply, "message", None) or getattr(reply, "reason", None)
+            reason = reason or f"expected an evaluation, got {type(reply).__name__}"
+        if failed is not None:
+            failed[pid] = reason
     return metrics.result()

@@ -36,6 +36,12 @@ class TrainConfig(Settings):
       the federation already does; a party whose data differs keeps sending). A party never
       skips more than ``max_consecutive_skips`` rounds in a row: when every party skips, the
       global model stands still and the same deltas would be skipped forever.
+
+    What an update's ``num_examples`` (the FedAvg weight, and the weight of its metrics) counts:
+    ``count_examples="dataset"`` (default), the examples in the party's training set, as in
+    McMahan et al.'s FedAvg and Flower's ``len(trainloader.dataset)``; ``"processed"``, the
+    examples processed over all local epochs (``epochs x`` that), as TFF reports it. With the
+    same epochs everywhere both give the same fused model.
     """
 
     kind: ClassVar[str] = "training"
@@ -53,6 +59,7 @@ class TrainConfig(Settings):
         "skip_cosine": [None, Interval(Real, -1, 1)],
         "skip_cosine_to": [Options(("last_sent", "global"))],
         "max_consecutive_skips": [Interval(Integral, 0)],
+        "count_examples": [Options(("dataset", "processed"))],
     }
 
     epochs: int = 1
@@ -68,6 +75,7 @@ class TrainConfig(Settings):
     skip_cosine: float | None = None
     skip_cosine_to: str = "last_sent"
     max_consecutive_skips: int = 3
+    count_examples: str = "dataset"
 
     def with_seed(self, seed: int) -> TrainConfig:
         return replace(self, seed=seed)

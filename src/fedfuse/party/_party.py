@@ -79,6 +79,8 @@ class Party:
         metrics = self.adapter.fit(self.data.train, config)
         local = self.adapter.get_weights()
         num_examples = len(self.data.train)
+        if config.count_examples == "processed":  # TFF's count: over all local epochs
+            num_examples *= config.epochs
         if not task.send_delta:
             return Update(local, num_examples, metrics, is_delta=False, party_id=self.party_id)
         delta = subtract(local, task.weights)

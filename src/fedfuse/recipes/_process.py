@@ -33,7 +33,7 @@ __all__ = [
     "build_federated_evaluation",
 ]
 
-FederatedData = FederatedDataset | Mapping[str, ArrayDataset] | Sequence[ArrayDataset]
+FederatedData = FederatedDataset | Mapping[str, Any] | Sequence[ArrayDataset]
 ModelFn = Callable[[], nn.Module]
 
 
@@ -47,20 +47,20 @@ class ServerState:
 
 
 def _local_pool(data: FederatedData, adapter: TorchAdapter) -> LocalPool:
+    """A pool of the parties in ``data``: a ``FederatedDataset``, a mapping ``id -> data``
+    (anything ``FederatedDataset.from_dict`` takes: ``(x, y)``, ``{"x", "y"}``, ``ArrayDataset``,
+    ``PartyData``), or a list of datasets (ids ``party_0``, ...). A party given one dataset is
+    evaluated on it too (as TFF evaluates on the data it is given)."""
     if isinstance(data, FederatedDataset):
         return LocalPool.from_dataset(data, adapter)
-    if isinstance(data, Mapping):
-        items = list(data.items())
-    else:
-        items = [(f"party_{i}", d) for i, d in enumerate(data)]
-    if not items:
+    mapping = data if isinstance(data, Mapping) else {f"party_{i}": d for i, d in enumerate(data)}
+    if not mapping:
         raise ValueError("federated data must hold at least one party's dataset")
-    parties = {}
-    for pid, dataset in items:
-        if not isinstance(dataset, ArrayDataset):
-            kind = type(dataset).__name__
-            raise TypeError(f"party {pid!r}: expected an ArrayDataset, got {kind}")
-        parties[pid] = PartyData(train=dataset, test=dataset)
+    fed = FederatedDataset.from_dict(mapping)
+    parties = {
+        pid: fed[pid] if fed[pid].test is not None else PartyData(fed[pid].train, fed[pid].train)
+        for pid in fed.party_ids
+    }
     return LocalPool.from_dataset(FederatedDataset(parties), adapter)
 
 
@@ -103,10 +103,11 @@ class FederatedProcess:
             self.config,
             seed=self.seed,
         )
-        metrics = dict(result.train_metrics)
+        metrics: dict[str, Any] = dict(result.train_metrics)
         if result.rejected or result.failed:
             metrics["rejected"] = len(result.rejected)
             metrics["failed"] = len(result.failed)
+            metrics["failures"] = {**result.failed, **result.rejected}  # party -> reason
         if result.skipped:
             metrics["skipped"] = len(result.skipped)
         return ServerState(result.weights, result.round, result.fusion_state), metrics
@@ -143,6 +144,13 @@ def build_federated_evaluation(
 
     def evaluation(weights: Weights, federated_data: FederatedData) -> dict[str, float]:
         pool = _local_pool(federated_data, adapter)
-        return evaluate_parties(pool, pool.party_ids(), weights)
+        failed: dict[str, str] = {}
+        metrics = evaluate_parties(pool, pool.party_ids(), weights, failed=failed)
+        if not metrics:
+            reasons = "; ".join(f"{pid}: {why}" for pid, why in list(failed.items())[:5])
+            raise ValueError(f"no party could evaluate the model ({reasons})")
+        if failed:
+            metrics["failures"] = failed  # type: ignore[assignment]
+        return metrics
 
     return evaluation

@@ -82,8 +82,11 @@ def simulate(
     spec.validate()
     resolve_optimizer(spec.training.optimizer)  # simulations train torch models
     fed = federated_data if federated_data is not None else build_federated_dataset(spec)
-    if fed.test is None:
-        raise ValueError("the federated dataset needs a central test set (FederatedDataset.test)")
+    if fed.test is None and not fed.test_data():
+        raise ValueError(
+            "the federated dataset has no test data: give it a central test set "
+            "(FederatedDataset.test) or local test splits"
+        )
     input_shape = fed[fed.party_ids[0]].train.x.shape[1:]
 
     def model_fn() -> torch.nn.Module:
@@ -107,12 +110,12 @@ def simulate(
         sampling=spec.sampling,
         aggregation=spec.aggregation,
         seed=spec.seed,
-        central_eval=central_eval,
+        central_eval=central_eval if fed.test is not None else None,
         federated_eval=spec.evaluation.federated and bool(fed.test_data()),
     )
     history = federation.run(spec.rounds, on_round=on_round)
     result = SimulationResult(spec, history, federation.weights, fed)
-    if spec.evaluation.centralized:
+    if spec.evaluation.centralized and fed.test is not None:
         result.centralized = train_centralized(
             model_fn,
             fed.pooled_train(),

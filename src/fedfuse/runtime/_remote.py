@@ -13,6 +13,7 @@ ready to fold it, which keeps the aggregator's memory O(model) however many part
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import queue
@@ -57,6 +58,9 @@ class RemotePool:
         self._replies: queue.Queue[tuple[str, int, Reply]] = queue.Queue(maxsize=1)
         self._ids = itertools.count(1)
         self._interrupted = threading.Event()
+        # replies that arrived while a dispatch waited for other tasks (buffered training
+        # replies during a federated evaluation): next_arrival hands them out first
+        self._stash: collections.deque[tuple[str, Reply]] = collections.deque()
         # called with the ids of remote parties that have a new task (e.g. to wake long polls)
         self.on_post: Callable[[list[str]], None] | None = None
 
@@ -130,6 +134,11 @@ class RemotePool:
     def next_arrival(self, timeout: float | None = None) -> tuple[str, Reply] | None:
         """The next reply to a started task, waiting up to ``timeout`` seconds (``None``:
         until one comes). Replies to cancelled tasks are dropped on the way."""
+        if self._stash:
+            return self._stash.popleft()
+        return self._next_reply(timeout)
+
+    def _next_reply(self, timeout: float | None) -> tuple[str, Reply] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._interrupted.is_set():
             remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
@@ -156,6 +165,7 @@ class RemotePool:
         with self._lock:
             task_id = self._issued.pop(party_id, None)
             self._busy.discard(party_id)
+            self._stash = collections.deque(a for a in self._stash if a[0] != party_id)
             pending = self._mail.get(party_id)
             if pending is not None and pending.task_id == task_id:
                 del self._mail[party_id]
@@ -178,12 +188,14 @@ class RemotePool:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                arrival = self.next_arrival(remaining)
+                arrival = self._next_reply(remaining)
                 if arrival is None:
                     break
                 if arrival[0] in waiting:
                     waiting.discard(arrival[0])
                     yield arrival
+                else:  # a task started outside this dispatch: kept for next_arrival
+                    self._stash.append(arrival)
         finally:
             for pid in waiting:
                 self.cancel(pid)

@@ -186,6 +186,17 @@ def _form_schema() -> dict[str, Any]:
 _FORM_SCHEMA = _form_schema()
 
 
+def _party_problems(rounds: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """Per party: in how many rounds it ``failed`` (or was ``rejected``), and the last reason."""
+    problems: dict[str, dict[str, Any]] = {}
+    for record in rounds:
+        for pid, reason in (record.get(key) or {}).items():
+            entry = problems.setdefault(pid, {"rounds": 0, "reason": ""})
+            entry["rounds"] += 1
+            entry["reason"] = reason
+    return problems
+
+
 def _json_weights(weights: Weights) -> dict[str, Any]:
     return {name: arr.tolist() for name, arr in weights.items()}
 
@@ -485,7 +496,10 @@ def create_app(
                 f"{settings.max_json_model_bytes} bytes; download it as safetensors from "
                 f"GET /v1/federations/{fid}/model"
             )
-        answer["metrics"] = await to_thread.run_sync(manager.store.rounds, fid)
+        rounds = await to_thread.run_sync(manager.store.rounds, fid)
+        answer["metrics"] = rounds
+        answer["failed_parties"] = _party_problems(rounds, "failed")
+        answer["rejected_parties"] = _party_problems(rounds, "rejected")
         return answer
 
     @app.post("/stop", tags=["model fusion"])

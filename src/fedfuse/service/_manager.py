@@ -75,10 +75,11 @@ def _describe(fid: str, record: dict[str, Any]) -> str:
                 f"{key} loss {metrics.get('loss', float('nan')):.4f} "
                 f"accuracy {metrics['accuracy']:.4f} ({metrics['num_examples']} examples)"
             )
-    if record.get("rejected"):
-        parts.append(f"rejected {sorted(record['rejected'])}")
-    if record.get("failed"):
-        parts.append(f"failed {sorted(record['failed'])}")
+    for key in ("rejected", "failed"):
+        for pid, reason in sorted((record.get(key) or {}).items()):
+            parts.append(f"{key} {pid}: {str(reason)[:200]}")
+    if record.get("not_fused"):
+        parts.append(f"not fused: {record['not_fused']}")
     return f"federation {fid[:8]} round {record['round']}: " + ", ".join(parts)
 
 
