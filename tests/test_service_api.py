@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from torch import nn
 
-from fedfuse.service import ServiceSettings, create_app
+from fedfuse.service import SERVICE_DEFAULTS, ServiceSettings, create_app
 from fedfuse.weights import SizeLimits, to_bytes
 
 MNIST_CNN = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
@@ -76,14 +76,14 @@ def party(client, agg_id, data=None, handler="mnist_pytorch"):
 @pytest.mark.parametrize(
     ("form", "detail"),
     [
-        ({"fusion_algorithm": "doc2vecc"}, "fusion_algorithm: unknown fusion 'doc2vecc'"),
-        ({"model_type": "caffe"}, "model_type: unknown model type 'caffe'"),
+        ({"fusion_algorithm": "doc2vecc"}, "fusion.name must be one of 'doc2vec', 'fedadagrad'"),
+        ({"model_type": "caffe"}, "model.model_type must be a registered model type, got 'caffe'"),
         ({"optimizer": "optim.Adamm"}, "optimizer: unknown optimizer 'optim.Adamm'"),
         ({"num_parties": 0}, "num_parties must be an integer >= 1"),
         ({"rounds": -3}, "rounds must be an integer >= 1"),
-        ({"learning_rate": 0}, "learning_rate must be > 0"),
-        ({"fraction": 1.5}, "fraction must be in (0, 1]"),
-        ({"quorum": 5}, "quorum=5 exceeds num_parties=2"),
+        ({"learning_rate": 0}, "training.learning_rate must be a number > 0, got 0"),
+        ({"fraction": 1.5}, "sampling.fraction must be None or a number > 0 and <= 1, got 1.5"),
+        ({"quorum": 5}, "aggregation.quorum=5 exceeds num_parties=2"),
     ],
 )
 def test_start_aggregator_rejects_bad_settings(client, form, detail):
@@ -98,13 +98,14 @@ def test_start_aggregator_form_errors(client):
         data={"model_type": "pytorch"},
         files={"model_file": ("m.pt", model_bytes())},
     )
-    assert r.status_code == 422 and "fusion_algorithm" in json.dumps(r.json())
+    assert r.status_code == 400
+    assert r.json()["detail"] == "fusion_algorithm is required (e.g. fedavg)"
     r = client.post(
         "/start-aggregator",
         data=FORM | {"num_parties": "two"},
         files={"model_file": ("m.pt", model_bytes())},
     )
-    assert r.status_code == 422 and "num_parties" in json.dumps(r.json())
+    assert r.status_code == 400 and r.json()["detail"] == "num_parties must be int, got 'two'"
     r = client.post("/start-aggregator", data=FORM)
     assert r.status_code == 400 and "exactly one model source" in r.json()["detail"]
 
@@ -401,7 +402,8 @@ def test_fusion_names_and_training_options_through_rest(client):
     last = r.json()["metrics"][-1]
     assert last["fused"] and last["bytes_up"] < 0.3 * last["bytes_dense"]
     config = client.get(f"/v1/federations/{agg}").json()["config"]
-    assert config["fusion_params"] == {"server_learning_rate": 0.01}
+    assert config["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.01}}
+    assert config["training"]["compression"] == "int8"
 
 
 @pytest.mark.parametrize(
@@ -410,9 +412,12 @@ def test_fusion_names_and_training_options_through_rest(client):
         ({"fusion_params": "{oops"}, "fusion_params must be a JSON object"),
         ({"fusion_params": "[1]"}, "fusion_params must be a JSON object, got list"),
         ({"fusion_algorithm": "krum", "fusion_params": '{"f": 1}'}, "unknown ['f']"),
-        ({"train_options": '{"compresion": "int8"}'}, "train_options: unknown ['compresion']"),
-        ({"train_options": '{"compression": "zip"}'}, "train_options:"),
-        ({"train_options": '{"seed": 3}'}, "train_options: unknown ['seed']"),
+        ({"train_options": '{"compresion": "int8"}'}, "setting(s) ['compresion']; known: epochs"),
+        (
+            {"train_options": '{"compression": "zip"}'},
+            "training.compression must be one of 'none', 'fp16', 'int8', 'topk', got 'zip'",
+        ),
+        ({"train_options": '{"seed": 3}'}, "train_options: seed is derived per party and round"),
     ],
 )
 def test_bad_fusion_params_and_train_options(client, form, detail):
@@ -514,3 +519,213 @@ def test_the_operators_model_size_cap_applies_to_uploads_and_zoo_models(tmp_path
         r = c.post("/start-aggregator", data=FORM | zoo)
         assert r.status_code == 400 and "the limit is 1,000" in r.json()["detail"], r.text
         assert c.get("/v1/federations").json() == []
+
+
+# ---- the nested spec: POST /v1/federations, and /start-aggregator's ``spec`` field ------------
+ZOO = {"model": {"name": "mlp", "input_shape": [64], "num_classes": 10}}
+
+
+def test_create_federation_from_a_nested_json_spec(client):
+    document = ZOO | {
+        "rounds": 3,
+        "num_parties": 2,
+        "training": {"learning_rate": 0.05, "epochs": 2},
+        "fusion": {"name": "fedadam", "params": {"server_learning_rate": 0.01}},
+        "aggregation": {"mode": "buffered", "buffer_size": 2},
+    }
+    r = client.post("/v1/federations", json=document)
+    assert r.status_code == 200, r.text
+    created = r.json()
+    assert created["status"] == "registering" and len(created["join_token"]) >= 16
+    fid = created["aggregator_id"]
+    status = client.get(f"/v1/federations/{fid}").json()
+    config = status["config"]
+    # nested, with what was given ...
+    assert (config["rounds"], config["num_parties"]) == (3, 2)
+    assert config["training"]["learning_rate"] == 0.05 and config["training"]["epochs"] == 2
+    assert config["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.01}}
+    assert config["aggregation"]["mode"] == "buffered"
+    assert config["aggregation"]["buffer_size"] == 2
+    assert config["model"] == {
+        "name": "mlp",
+        "model_type": "pytorch",
+        "input_shape": [64],
+        "num_classes": 10,
+    }
+    # ... on the service's defaults for the rest (the tutorial's 600 s round deadline)
+    assert config["aggregation"]["deadline"] == 600.0
+    assert config == SERVICE_DEFAULTS.replace(**document).to_dict()
+    assert "join_token" not in config
+    assert status["parties_remaining"] == 2
+    (row,) = client.get("/v1/federations").json()
+    assert row["id"] == fid and row["fusion"] == "fedadam" and row["rounds"] == 3
+    # the parties' side sees the same federation: its join token works
+    joined = client.post("/v1/join", json={"token": created["join_token"]})
+    assert joined.status_code == 200 and joined.json()["party_id"] == "party_0"
+
+
+def test_nested_spec_sets_the_join_token(client):
+    token = "a-join-token-of-our-own"
+    r = client.post("/v1/federations", json=ZOO | {"num_parties": 1, "join_token": token})
+    assert r.status_code == 200, r.text
+    assert r.json()["join_token"] == token
+    fid = r.json()["aggregator_id"]
+    assert "join_token" not in client.get(f"/v1/federations/{fid}").json()["config"]
+    joined = client.post("/v1/join", json={"token": token}).json()
+    assert joined["party_id"] == "party_0"
+    r = client.post("/v1/federations", json=ZOO | {"join_token": token})
+    assert r.status_code == 409 and "already used by another federation" in r.json()["detail"]
+    for bad, detail in [(5, "join_token must be a string"), ("short", "16 to 256 characters")]:
+        r = client.post("/v1/federations", json=ZOO | {"join_token": bad})
+        assert r.status_code == 400 and detail in r.json()["detail"], r.text
+    assert len(client.get("/v1/federations").json()) == 1
+
+
+@pytest.mark.parametrize(
+    ("document", "detail"),
+    [
+        (
+            ZOO | {"training": {"learning_rate": 0}},
+            "training.learning_rate must be a number > 0, got 0",
+        ),
+        (ZOO | {"training": {"epochs": 0}}, "training.epochs must be an integer >= 1, got 0"),
+        (
+            ZOO | {"sampling": {"fraction": 1.5}},
+            "sampling.fraction must be None or a number > 0 and <= 1, got 1.5",
+        ),
+        (
+            ZOO | {"num_parties": 2, "aggregation": {"quorum": 5}},
+            "aggregation.quorum=5 exceeds num_parties=2",
+        ),
+        (
+            ZOO | {"aggregation": {"mode": "buffered", "buffer_size": 0}},
+            "aggregation.buffer_size must be an integer >= 1, got 0",
+        ),
+        (ZOO | {"fusion": {"name": "nope"}}, "fusion.name must be one of 'doc2vec', 'fedadagrad'"),
+        (
+            ZOO | {"fusion": {"name": "fedavg", "params": {"server_learning_rate": 0.1}}},
+            "fusion.params: bad parameters for fusion 'fedavg': unknown ['server_learning_rate']",
+        ),
+        (ZOO | {"rounds": "3"}, "rounds must be an integer >= 1 and <= 100000, got '3'"),
+        (ZOO | {"roundz": 3}, "unknown federation setting(s) ['roundz']; known: rounds"),
+        (ZOO | {"training": {"lr": 1}}, "unknown training setting(s) ['lr']; known: epochs"),
+        ({"model": {"name": "mlp"}}, "model.input_shape is required with a zoo model"),
+        ({}, "give exactly one model source"),
+    ],
+)
+def test_nested_spec_errors_are_400_naming_the_path(client, document, detail):
+    r = client.post("/v1/federations", json=document)
+    assert r.status_code == 400 and detail in r.json()["detail"], r.text
+    assert client.get("/v1/federations").json() == []
+
+
+def test_a_nested_part_that_is_not_a_table_is_a_400_naming_it(client):
+    r = client.post("/v1/federations", json=ZOO | {"training": 5})
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("training") and "must be a table (mapping), got int" in detail
+    assert client.get("/v1/federations").json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"[1, 2]", "the spec must be a JSON object, got list"),
+        (b'"fedavg"', "the spec must be a JSON object, got str"),
+        (b"null", "the spec must be a JSON object, got NoneType"),
+        (b"{not json", "the spec must be a JSON object: Expecting property name"),
+        (b"\xff\xfe", "the spec must be a JSON object: Expecting value"),
+        (b'{"a": ' * 40 + b"1" + b"}" * 40, "the spec nests deeper than 32 levels"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "the spec nests deeper than 32"),
+        (b'{"a": ' + b"[" * 4000, "the spec"),
+    ],
+)
+def test_a_spec_that_is_not_a_shallow_json_object_is_a_400(tmp_path, body, detail):
+    with TestClient(
+        create_app(ServiceSettings(data_dir=str(tmp_path))), raise_server_exceptions=False
+    ) as c:
+        r = c.post("/v1/federations", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"].startswith(detail), r.json()
+        assert c.get("/v1/federations").json() == []
+
+
+SPEC_WITH_MODEL_FILE = {
+    "num_parties": 2,
+    "rounds": 1,
+    "training": {"learning_rate": 0.1, "optimizer": "optim.Adadelta"},
+    "fusion": {"name": "fedavg"},
+    "model": {"model_type": "pytorch"},
+}
+
+
+def test_start_aggregator_takes_a_nested_spec_field_beside_the_model_file(client):
+    r = client.post(
+        "/start-aggregator",
+        data={"spec": json.dumps(SPEC_WITH_MODEL_FILE), "join_token": "j" * 20},
+        files={"model_file": ("m.pt", model_bytes())},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["join_token"] == "j" * 20
+    agg = r.json()["aggregator_id"]
+    config = client.get(f"/v1/federations/{agg}").json()["config"]
+    assert config["training"]["optimizer"] == "optim.Adadelta"
+    assert config["training"]["learning_rate"] == 0.1
+    assert (config["rounds"], config["num_parties"]) == (1, 2)
+    assert config["model"]["name"] is None and config["model"]["model_type"] == "pytorch"
+    assert config["aggregation"]["deadline"] == 600.0  # the service's default
+    assert party(client, agg).json()["parties_remaining"] == 1
+    assert party(client, agg).json()["parties_remaining"] == 0
+    r = client.post("/train", json={"aggregator_id": agg})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.json()
+    assert r.json()["rounds_done"] == 1 and len(r.json()["metrics"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        (
+            {"spec": json.dumps(SPEC_WITH_MODEL_FILE), "rounds": "2"},
+            "give the nested spec or flat fields, not both: ['rounds']",
+        ),
+        ({"spec": "[1]"}, "spec must be a JSON object, got list"),
+        ({"spec": "{oops"}, "spec must be a JSON object: Expecting property name"),
+        (
+            {"spec": json.dumps(SPEC_WITH_MODEL_FILE | {"training": {"epochs": 0}})},
+            "training.epochs must be an integer >= 1, got 0",
+        ),
+        (
+            {"spec": json.dumps(SPEC_WITH_MODEL_FILE | {"sampling": {"count": 0}})},
+            "sampling.count",
+        ),
+    ],
+)
+def test_a_bad_spec_field_is_a_400_naming_the_problem(client, fields, detail):
+    r = client.post("/start-aggregator", data=fields, files={"model_file": ("m.pt", model_bytes())})
+    assert r.status_code == 400 and detail in r.json()["detail"], r.text
+    assert client.get("/v1/federations").json() == []
+
+
+@pytest.mark.parametrize(
+    ("form", "name"),
+    [
+        ({"bogus": "1"}, "bogus"),
+        ({"fusion": "fedavg"}, "fusion"),  # the flat name is fusion_algorithm now
+        ({"server_learning_rate": "0.1"}, "server_learning_rate"),  # fedavg takes no such thing
+        ({"fusion_algorithm": "krum", "alphaa": "0.5"}, "alphaa"),
+    ],
+)
+def test_a_flat_form_field_the_spec_does_not_know_is_a_400_naming_it(client, form, name):
+    r = start(client, **form)
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"unknown setting {name!r}; flat settings are: ")
+    assert "fusion_algorithm" in detail and "learning_rate" in detail
+    assert client.get("/v1/federations").json() == []
+
+
+def test_a_fusion_parameter_is_a_flat_form_field_of_its_fusion(client):
+    r = start(client, fusion_algorithm="fedadam", server_learning_rate="0.01")
+    assert r.status_code == 200, r.text
+    config = client.get(f"/v1/federations/{r.json()['aggregator_id']}").json()["config"]
+    assert config["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.01}}
