@@ -57,32 +57,26 @@ def _check_buffers(rounds: list[dict], buffer_size: int) -> None:
 
 def test_buffered_federation_through_the_service_with_party_processes(tmp_path):
     log = tmp_path / "service.log"
-    service = fedfuse_process(
-        "serve", "--port", "0", "--data-dir", str(tmp_path / "data"), log=log
-    )
+    service = fedfuse_process("serve", "--port", "0", "--data-dir", str(tmp_path / "data"), log=log)
     parties = []
     try:
         url = _bound_url(log, service)  # `--port 0` says which port it got
         created = tmp_path / "created.json"
-        with open(created, "wb") as out:
-            create = fedfuse_process(
-                "create", "--server", url, "--num-parties", "3", "--rounds", "4",
-                "--mode", "buffered", "--buffer-size", "2", "--round-timeout", "120",
-                "--learning-rate", "0.1", "--epochs", "2", log=created,
-            )  # fmt: skip
-            assert create.wait(120) == 0, created.read_text()
+        create = fedfuse_process(
+            *("create", "--server", url, "--num-parties", "3", "--rounds", "4"),
+            *("--mode", "buffered", "--buffer-size", "2", "--round-timeout", "120"),
+            *("--learning-rate", "0.1", "--epochs", "2"),
+            log=created,
+        )
+        assert create.wait(120) == 0, created.read_text()
         answer = json.loads(created.read_text())
         fid = answer["aggregator_id"]
         spec = httpx.get(f"{url}/v1/federations/{fid}").json()["config"]
         assert spec["aggregation"]["mode"] == "buffered"
         assert spec["aggregation"]["buffer_size"] == 2
         for i, path in enumerate(_party_files(tmp_path, 3)):
-            parties.append(
-                fedfuse_process(
-                    "party", "--server", url, "--token", answer["join_token"],
-                    "--data", str(path), log=tmp_path / f"party{i}.log",
-                )  # fmt: skip
-            )
+            args = ("party", "--server", url, "--token", answer["join_token"], "--data", str(path))
+            parties.append(fedfuse_process(*args, log=tmp_path / f"party{i}.log"))
         status = _wait(url, fid, lambda s: s["status"] in ("completed", "failed"))
         assert status["status"] == "completed", status
         assert [p.wait(120) for p in parties] == [0, 0, 0]
@@ -110,12 +104,9 @@ def test_a_killed_buffered_federation_resumes_from_its_checkpoint(tmp_path):
         assert r.status_code == 200, r.text
         fid = r.json()["aggregator_id"]
         for i, path in enumerate(_party_files(tmp_path, 2)):
-            parties.append(
-                fedfuse_process(
-                    "party", "--server", service.url, "--token", token, "--data", str(path),
-                    "--name", f"site{i}", log=tmp_path / f"party{i}.log",
-                )  # fmt: skip
-            )
+            args = ("party", "--server", service.url, "--token", token, "--data", str(path))
+            args += ("--name", f"site{i}")
+            parties.append(fedfuse_process(*args, log=tmp_path / f"party{i}.log"))
         _wait(service.url, fid, lambda s: s["rounds_done"] >= 2)
         service.kill()  # SIGKILL mid-training
         service.start()  # same folder and port: the parties reconnect
