@@ -20,20 +20,15 @@ import numpy as np
 import pytest
 from torch import nn
 
+from fedfuse._settings import SettingsError
 from fedfuse.data import federate
-from fedfuse.federation import (
-    MAX_NUM_EXAMPLES,
-    AsyncFederation,
-    Federation,
-    simulate,
-    validate_update,
-)
+from fedfuse.federation import MAX_NUM_EXAMPLES, Aggregation, Federation, validate_update
 from fedfuse.fusion import Update, check_fusion_size, krum
 from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
 from fedfuse.party import Malformed, Party, Skipped, TaskError
-from fedfuse.runtime import LocalPool
+from fedfuse.recipes import FederationSpec, simulate
+from fedfuse.runtime import LocalPool, MockPool
 from fedfuse.runtime._wire import decode_meta, reply_from_wire, reply_to_wire
-from fedfuse.service import FederationSpec, SpecError
 from fedfuse.weights import to_bytes
 from helpers import blobs
 
@@ -58,16 +53,16 @@ def _parties(num_parties: int = 4):
     return fed, adapter
 
 
-def _run(rewrite, rounds: int = 2, **options):
+def _run(rewrite, rounds: int = 2, aggregation: Aggregation | None = None):
     """Rounds with party_3 hostile, and the same rounds with the honest parties alone."""
     fed, adapter = _parties()
     start = adapter.get_weights()
     parties = {pid: Party(adapter, fed[pid], pid) for pid in fed.party_ids}
     hostile = dict(parties, **{HOSTILE: Hostile(parties[HOSTILE], rewrite)})
-    attacked = Federation(LocalPool(hostile), start, config=CONFIG, seed=3, **options)
+    attacked = Federation(LocalPool(hostile), start, config=CONFIG, seed=3, aggregation=aggregation)
     history = attacked.run(rounds)
     honest = {pid: p for pid, p in parties.items() if pid != HOSTILE}
-    clean = Federation(LocalPool(honest), start, config=CONFIG, seed=3, **options)
+    clean = Federation(LocalPool(honest), start, config=CONFIG, seed=3, aggregation=aggregation)
     clean.run(rounds)
     return attacked, clean, history
 
@@ -137,13 +132,14 @@ def test_a_party_that_answers_nothing_usable_has_failed_and_the_round_goes_on(re
 
 
 def test_the_default_bound_is_visible_and_can_be_turned_off():
-    attacked, _, history = _run(_scaled_to(1e3), rounds=1, max_update_ratio=None)
+    unbounded = Aggregation(max_update_ratio=None)
+    attacked, _, history = _run(_scaled_to(1e3), rounds=1, aggregation=unbounded)
     assert HOSTILE in history[0]["participants"] and not history[0]["rejected"]
     assert np.abs(attacked.weights["weight"]).max() > 100  # what the default bound prevents
 
 
 def test_an_absolute_bound_and_a_ratio_bound_both_apply():
-    _, _, history = _run(_scaled_to(0.5), rounds=1, max_update_norm=1.0)
+    _, _, history = _run(_scaled_to(0.5), rounds=1, aggregation=Aggregation(max_update_norm=1.0))
     assert "exceeds the limit 1" in history[0]["rejected"][HOSTILE]
 
 
@@ -163,10 +159,12 @@ def test_full_weights_are_bounded_by_how_far_they_move_the_model():
 def test_bound_settings_that_mean_nothing_are_refused(bad):
     fed, adapter = _parties()
     pool = LocalPool.from_dataset(fed, adapter)
-    with pytest.raises(ValueError, match="max_update_ratio must be a finite number >= 0"):
-        Federation(pool, adapter.get_weights(), max_update_ratio=bad)
-    with pytest.raises(ValueError, match="max_update_norm must be a finite number >= 0"):
-        Federation(pool, adapter.get_weights(), max_update_norm=bad)
+    ratio = r"aggregation\.max_update_ratio must be None or a number >= 0, got "
+    with pytest.raises(SettingsError, match=ratio):
+        Federation(pool, adapter.get_weights(), aggregation=Aggregation(max_update_ratio=bad))
+    norm = r"aggregation\.max_update_norm must be None or a number >= 0, got "
+    with pytest.raises(SettingsError, match=norm):
+        Federation(pool, adapter.get_weights(), aggregation=Aggregation(max_update_norm=bad))
 
 
 class Silent:
@@ -203,21 +201,16 @@ def test_krum_short_of_updates_is_not_fused_and_the_federation_completes():
         np.testing.assert_array_equal(fresh.weights[name], start[name])
 
 
-class Constant:
-    """A Party-like object that always sends the same delta, whatever it is asked."""
-
-    def __init__(self, delta) -> None:
-        self.delta = delta
-
-    def handle(self, task):
-        return Update(self.delta, 10, {"loss": 1.0})
+def constant(party_ids, delta, task_seconds=None) -> MockPool:
+    """Parties that always send the same delta, whatever they are asked."""
+    return MockPool(party_ids, lambda pid, task: Update(delta, 10, {"loss": 1.0}), task_seconds)
 
 
 def test_a_fused_model_that_is_not_finite_is_never_installed():
     start = {"w": np.full(3, 2e38, np.float32)}  # finite; 2e38 + 2e38 overflows float32
     delta = {"w": np.full(3, 2e38, np.float32)}
-    pool = LocalPool({"a": Constant(delta), "b": Constant(delta)})
-    federation = Federation(pool, start, max_update_ratio=None)
+    pool = constant(["a", "b"], delta)
+    federation = Federation(pool, start, aggregation=Aggregation(max_update_ratio=None))
     history = federation.run(2)
     assert [r["fused"] for r in history] == [False, False]
     assert history[0]["participants"] == ["a", "b"]
@@ -253,24 +246,32 @@ def test_krum_that_can_never_run_is_refused_at_creation():
     with pytest.raises(ValueError, match="krum with num_byzantine=1 needs more than 4 updates"):
         check_fusion_size("krum", {}, 4)
     check_fusion_size("krum", {}, 5)
-    with pytest.raises(SpecError, match=r"multi_krum with num_byzantine=2 .* at most 5 parties"):
-        FederationSpec(
-            fusion_algorithm="multi_krum",
-            num_parties=10,
-            fraction=0.5,
-            fusion_params={"num_byzantine": 2},
+    with pytest.raises(
+        SettingsError, match=r"^fusion: multi_krum with num_byzantine=2 .* at most 5 parties"
+    ):
+        FederationSpec.from_flat(
+            {
+                "fusion_algorithm": "multi_krum",
+                "num_parties": 10,
+                "fraction": 0.5,
+                "num_byzantine": 2,
+            }
         ).validate()
     with pytest.raises(ValueError, match="krum with num_byzantine=1 needs more than 4 updates"):
-        simulate(fusion="krum", num_parties=4, rounds=1, centralized=False)
+        simulate(fusion_algorithm="krum", num_parties=4, rounds=1, centralized=False)
 
 
 def test_the_service_spec_carries_both_bounds():
-    spec = FederationSpec.from_dict({"max_update_norm": 5.0, "max_update_ratio": 0})
+    spec = FederationSpec.from_flat({"max_update_norm": 5.0, "max_update_ratio": 0})
     spec.validate()
-    assert (spec.max_update_norm, spec.max_update_ratio) == (5.0, 0)
-    assert FederationSpec().max_update_ratio == 10.0
-    with pytest.raises(SpecError, match="max_update_ratio must be a finite number >= 0"):
-        FederationSpec(max_update_ratio=-2).validate()
+    assert (spec.aggregation.max_update_norm, spec.aggregation.max_update_ratio) == (5.0, 0)
+    nested = FederationSpec.from_dict({"aggregation": {"max_update_norm": 5.0}})
+    assert nested.aggregation == spec.aggregation.replace(max_update_ratio=10.0)
+    assert FederationSpec().aggregation.max_update_ratio == 10.0
+    with pytest.raises(
+        SettingsError, match=r"^aggregation\.max_update_ratio must be None or a number >= 0"
+    ):
+        FederationSpec.from_flat({"max_update_ratio": -2}).validate()
 
 
 @pytest.fixture
@@ -292,7 +293,8 @@ def test_the_rest_form_sets_both_bounds_and_refuses_krum_that_can_never_run(clie
     )
     assert r.status_code == 400 and "krum with num_byzantine=1 needs more than 4" in r.text
     r = client.post("/start-aggregator", data=ZOO_FORM | {"max_update_ratio": -1})
-    assert r.status_code == 400 and "max_update_ratio must be a finite number >= 0" in r.text
+    assert r.status_code == 400
+    assert "aggregation.max_update_ratio must be None or a number >= 0, got -1" in r.text
     listing = client.get("/v1/federations")  # still serving, nothing half-made was stored
     assert listing.status_code == 200 and listing.json() == []
     r = client.post(
@@ -300,25 +302,30 @@ def test_the_rest_form_sets_both_bounds_and_refuses_krum_that_can_never_run(clie
     )
     assert r.status_code == 200, r.text
     config = client.get(f"/v1/federations/{r.json()['aggregator_id']}").json()["config"]
-    assert (config["max_update_ratio"], config["max_update_norm"]) == (0.5, 3.0)
+    bounds = config["aggregation"]
+    assert (bounds["max_update_ratio"], bounds["max_update_norm"]) == (0.5, 3.0)
     r = client.post("/start-aggregator", data=ZOO_FORM)
     config = client.get(f"/v1/federations/{r.json()['aggregator_id']}").json()["config"]
-    assert (config["max_update_ratio"], config["max_update_norm"]) == (10.0, None)
+    bounds = config["aggregation"]
+    assert (bounds["max_update_ratio"], bounds["max_update_norm"]) == (10.0, None)
 
 
 def test_a_buffer_that_cannot_be_fused_is_recorded_and_the_model_stays():
     start = {"w": np.zeros(1, np.float32)}
-    pool = LocalPool({pid: Constant({"w": np.ones(1, np.float32)}) for pid in "abc"})
     seconds = {"a": 1.0, "b": 1.5, "c": 2.0}
-    fed = AsyncFederation(pool, start, seconds, fusion=krum(1), buffer_size=2)
-    history = fed.run(1, until=4.0)
-    assert history and all(not r["fused"] for r in history)
-    assert history[0]["not_fused"] == (
-        "fusion failed: krum with f=1 needs more than 4 updates, got 2"
-    )
+    pool = constant("abc", {"w": np.ones(1, np.float32)}, task_seconds=seconds)
+    buffered = Aggregation(mode="buffered", buffer_size=2)
+    fed = Federation(pool, start, fusion=krum(1), aggregation=buffered)
+    history = fed.run(3)
+    assert len(history) == 3 and all(not r["fused"] for r in history)
+    assert [len(r["participants"]) for r in history] == [2, 2, 2]
+    for record in history:
+        assert record["not_fused"] == (
+            "fusion failed: krum with f=1 needs more than 4 updates, got 2"
+        )
     assert fed.version == 0 and fed.weights["w"] == start["w"]
     with pytest.raises(ValueError, match="krum with num_byzantine=1 needs more than 4 updates"):
-        AsyncFederation(pool, start, seconds, fusion="krum", buffer_size=4)
+        Federation(pool, start, fusion="krum", aggregation=buffered.replace(buffer_size=4))
 
 
 def test_fedfuse_create_sends_both_bounds(monkeypatch, capsys):
@@ -336,8 +343,8 @@ def test_fedfuse_create_sends_both_bounds(monkeypatch, capsys):
         def json(self):
             return {"aggregator_id": "f1"}
 
-    def post(url, data, **kwargs):
-        sent.update(url=url, data=data)
+    def post(url, **kwargs):
+        sent.update(url=url, spec=kwargs["json"])
         return Answer()
 
     monkeypatch.setattr(httpx, "post", post)
@@ -346,8 +353,10 @@ def test_fedfuse_create_sends_both_bounds(monkeypatch, capsys):
     flags = ["--max-update-ratio", "0", "--max-update-norm", "2.5"]
     args = parser.parse_args(["create", "--server", "http://127.0.0.1:1", *flags])
     assert args.func(args) == 0 and '"aggregator_id": "f1"' in capsys.readouterr().out
-    assert sent["url"] == "http://127.0.0.1:1/start-aggregator"
-    assert (sent["data"]["max_update_ratio"], sent["data"]["max_update_norm"]) == (0.0, 2.5)
+    assert sent["url"] == "http://127.0.0.1:1/v1/federations"
+    bounds = sent["spec"]["aggregation"]
+    assert (bounds["max_update_ratio"], bounds["max_update_norm"]) == (0.0, 2.5)
     args = parser.parse_args(["create", "--server", "http://127.0.0.1:1"])
     args.func(args)
-    assert "max_update_ratio" not in sent["data"]  # the service's default applies
+    bounds = sent["spec"]["aggregation"]  # the service's defaults apply
+    assert (bounds["max_update_ratio"], bounds["max_update_norm"]) == (10.0, None)

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from fedfuse.data import federate
-from fedfuse.federation import Federation, build_fedavg_process, simulate, train_centralized
+from fedfuse.federation import Federation
 from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
+from fedfuse.recipes import build_fedavg_process, simulate, train_centralized
 from fedfuse.runtime import LocalPool
 from helpers import blobs
 
