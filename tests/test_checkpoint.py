@@ -10,7 +10,13 @@ from torch import nn
 
 import fedfuse.federation._checkpoint as checkpoint_module
 from fedfuse.data import federate
-from fedfuse.federation import CheckpointError, Federation, load_checkpoint, save_checkpoint
+from fedfuse.federation import (
+    CheckpointError,
+    Federation,
+    Sampling,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedfuse.models import TorchAdapter, TrainConfig
 from fedfuse.runtime import LocalPool
 from helpers import blobs
@@ -152,7 +158,7 @@ def _federation(folder):
         LocalPool.from_dataset(fed, adapter),
         start or adapter.get_weights(),
         config=TrainConfig(learning_rate=0.1),
-        fraction=0.5,
+        sampling=Sampling(fraction=0.5),
         seed=3,
         checkpoint_dir=folder,
     )

@@ -9,6 +9,7 @@ from fedfuse.data import federate
 from fedfuse.federation import Federation
 from fedfuse.fusion import Update
 from fedfuse.models import TorchAdapter, TrainConfig
+from fedfuse.runtime import MockPool
 from fedfuse.weights import CodecError, encode_with_feedback, from_bytes, get_codec, to_bytes
 
 DELTA = {"b": np.array([0.5, -1.27, 0.0, 0.3], np.float32), "w": np.full((2, 3), 2.0, np.float32)}
@@ -98,25 +99,21 @@ def test_malformed_uploads_raise(name, encoded, message):
 def test_unknown_codec_and_bad_fraction():
     with pytest.raises(ValueError, match="unknown compression 'zip'; choose one of: none, fp16"):
         get_codec("zip")
-    with pytest.raises(ValueError, match=r"topk_fraction must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"topk_fraction must be a number > 0 and <= 1, got 0"):
         TrainConfig(compression="topk", topk_fraction=0).validate()
 
 
-class DensePool:
+def dense_reply(party_id, task):
     """A party that ignores the federation's codec and sends a plain float delta."""
-
-    def party_ids(self):
-        return ["rogue"]
-
-    def dispatch(self, tasks, timeout=None):
-        for pid, task in tasks.items():
-            yield pid, Update({k: np.zeros_like(v) for k, v in task.weights.items()}, 5)
+    return Update({k: np.zeros_like(v) for k, v in task.weights.items()}, 5)
 
 
 def test_round_loop_rejects_an_update_that_does_not_decode():
     torch.manual_seed(0)
     weights = TorchAdapter(torch.nn.Linear(5, 3)).get_weights()
-    federation = Federation(DensePool(), weights, config=TrainConfig(compression="int8"))
+    federation = Federation(
+        MockPool(["rogue"], dense_reply), weights, config=TrainConfig(compression="int8")
+    )
     record = federation.run_round()
     assert not record["fused"] and record["participants"] == []
     assert "cannot decode the int8 update: unexpected encoded arrays" in record["rejected"]["rogue"]

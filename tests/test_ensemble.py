@@ -9,8 +9,8 @@ from torch import nn
 
 from fedfuse import LocalPool, TrainConfig
 from fedfuse.data import ArrayDataset, federate
-from fedfuse.federation import Ensemble, compare_ensemble, distill, train_edge_models
 from fedfuse.models import TorchAdapter
+from fedfuse.recipes import Ensemble, compare_ensemble, distill, train_edge_models
 
 
 class _Fixed:

@@ -5,9 +5,12 @@ import pytest
 import torch
 from torch import nn
 
+from fedfuse._settings import SettingsError
 from fedfuse.data import federate
 from fedfuse.federation import (
+    Aggregation,
     Federation,
+    Sampling,
     derive_seed,
     load_checkpoint,
     sample_parties,
@@ -15,8 +18,8 @@ from fedfuse.federation import (
 )
 from fedfuse.fusion import Update
 from fedfuse.models import TorchAdapter, TrainConfig
-from fedfuse.party import TaskError
-from fedfuse.runtime import LocalPool
+from fedfuse.party import Party, TaskError
+from fedfuse.runtime import LocalPool, MockPool
 from helpers import blobs
 
 IDS = [f"p{i}" for i in range(10)]
@@ -35,9 +38,9 @@ def test_sampling_fraction_and_count_are_seeded():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"fraction": 0.0}, r"fraction must be in \(0, 1\], got 0.0"),
-        ({"fraction": 1.5}, r"fraction must be in \(0, 1\]"),
-        ({"count": 0}, "count must be an integer >= 1"),
+        ({"fraction": 0.0}, r"sampling.fraction must be None or a number > 0 and <= 1, got 0.0"),
+        ({"fraction": 1.5}, r"sampling.fraction must be None or a number > 0 and <= 1, got 1.5"),
+        ({"count": 0}, "sampling.count must be None or an integer >= 1, got 0"),
         ({"count": 11}, "count=11 exceeds the 10 parties"),
         ({"count": 2, "fraction": 0.5}, "either fraction or count"),
     ],
@@ -77,20 +80,16 @@ def test_validate_update_accepts_a_good_one():
     assert validate_update(Update({"w": np.ones((2, 2), np.float32)}, 3), REF, max_norm=5) is None
 
 
-class FaultyPool:
-    """A real LocalPool whose listed parties corrupt their replies."""
+def faulty_pool(fed, adapter, corrupt):
+    """Real parties (one per entry of ``fed``) behind a ``MockPool``; the listed ones corrupt
+    their replies."""
+    parties = {pid: Party(adapter, fed[pid], pid) for pid in fed.party_ids}
 
-    def __init__(self, pool, corrupt):
-        self.pool, self.corrupt = pool, corrupt
+    def handler(pid, task):
+        reply = parties[pid].handle(task)
+        return corrupt[pid](reply) if pid in corrupt else reply
 
-    def party_ids(self):
-        return self.pool.party_ids()
-
-    def dispatch(self, tasks, timeout=None):
-        for pid, reply in self.pool.dispatch(tasks, timeout):
-            if pid in self.corrupt:
-                reply = self.corrupt[pid](reply)
-            yield pid, reply
+    return MockPool(fed.party_ids, handler)
 
 
 def _setup(num_parties=4, seed=0):
@@ -111,20 +110,19 @@ def test_bad_updates_are_recorded_and_left_out():
     fed, adapter = _setup()
     start = adapter.get_weights()
     cfg = TrainConfig(learning_rate=0.1)
-    clean = Federation(LocalPool.from_dataset(fed, adapter), start, config=cfg, count=2, seed=4)
-    faulty_pool = FaultyPool(
-        LocalPool.from_dataset(fed, adapter),
-        {"party_1": _nan, "party_3": lambda r: TaskError("disk full")},
+    clean = Federation(
+        LocalPool.from_dataset(fed, adapter), start, config=cfg, sampling=Sampling(count=2), seed=4
     )
-    faulty = Federation(faulty_pool, start, config=cfg, seed=4)
+    pool = faulty_pool(fed, adapter, {"party_1": _nan, "party_3": lambda r: TaskError("disk full")})
+    faulty = Federation(pool, start, config=cfg, seed=4)
     record = faulty.run_round()
     assert record["rejected"] == {"party_1": "parameter 'bias' contains NaN or infinite values"}
     assert record["failed"] == {"party_3": "disk full"}
     assert record["participants"] == ["party_0", "party_2"]
     assert all(np.isfinite(v).all() for v in faulty.weights.values())
     # the same as a clean round with only the two good parties
-    clean.pool = LocalPool({p: clean.pool._parties[p] for p in ("party_0", "party_2")})
-    clean.count = None
+    clean.pool = LocalPool({p: Party(adapter, fed[p], p) for p in ("party_0", "party_2")})
+    clean.sampling = Sampling()
     clean.run_round()
     for k in start:
         np.testing.assert_allclose(faulty.weights[k], clean.weights[k], atol=1e-6)
@@ -133,8 +131,8 @@ def test_bad_updates_are_recorded_and_left_out():
 def test_quorum_not_met_keeps_the_model():
     fed, adapter = _setup()
     start = adapter.get_weights()
-    pool = FaultyPool(LocalPool.from_dataset(fed, adapter), {p: _nan for p in fed.party_ids[1:]})
-    federation = Federation(pool, start, quorum=2)
+    pool = faulty_pool(fed, adapter, {p: _nan for p in fed.party_ids[1:]})
+    federation = Federation(pool, start, aggregation=Aggregation(quorum=2))
     record = federation.run_round()
     assert record["fused"] is False and record["participants"] == ["party_0"]
     for k in start:
@@ -168,7 +166,11 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     start = adapter.get_weights()
     cfg = TrainConfig(learning_rate=0.1)
     straight = Federation(
-        LocalPool.from_dataset(fed, adapter), start, config=cfg, fraction=0.5, seed=3
+        LocalPool.from_dataset(fed, adapter),
+        start,
+        config=cfg,
+        sampling=Sampling(fraction=0.5),
+        seed=3,
     )
     straight.run(4)
 
@@ -176,7 +178,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
         LocalPool.from_dataset(fed, adapter),
         start,
         config=cfg,
-        fraction=0.5,
+        sampling=Sampling(fraction=0.5),
         seed=3,
         checkpoint_dir=tmp_path,
     )
@@ -191,7 +193,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
         LocalPool.from_dataset(fed, adapter),
         start,
         config=cfg,
-        fraction=0.5,
+        sampling=Sampling(fraction=0.5),
         seed=3,
         checkpoint_dir=tmp_path,
     )
@@ -219,13 +221,15 @@ def test_federation_argument_errors():
     fed, adapter = _setup()
     pool = LocalPool.from_dataset(fed, adapter)
     w = adapter.get_weights()
-    with pytest.raises(ValueError, match="unknown fusion 'avg'"):
+    with pytest.raises(SettingsError, match="fusion.name must be one of 'doc2vec', .*got 'avg'"):
         Federation(pool, w, fusion="avg")
-    with pytest.raises(ValueError, match="epochs must be"):
+    with pytest.raises(SettingsError, match="config.epochs must be an integer >= 1, got 0"):
         Federation(pool, w, config=TrainConfig(epochs=0))
-    with pytest.raises(ValueError, match="fraction must be in"):
-        Federation(pool, w, fraction=2)
-    with pytest.raises(ValueError, match="quorum must be"):
-        Federation(pool, w, quorum=0)
+    with pytest.raises(SettingsError, match="sampling.fraction must be None or a number > 0"):
+        Federation(pool, w, sampling=Sampling(fraction=2))
+    with pytest.raises(SettingsError, match="aggregation.quorum must be an integer >= 1, got 0"):
+        Federation(pool, w, aggregation=Aggregation(quorum=0))
+    with pytest.raises(ValueError, match="count=5 exceeds the 4 parties available"):
+        Federation(pool, w, sampling=Sampling(count=5))
     with pytest.raises(ValueError, match="rounds must be"):
         Federation(pool, w).run(0)

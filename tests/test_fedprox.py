@@ -79,7 +79,7 @@ def test_mu_must_not_be_negative():
 
 def test_fedprox_trains_on_label_skewed_parties(digits):
     train, test = digits
-    fed = federate(train, test, num_parties=5, scheme="classes", k=3, seed=0)
+    fed = federate(train, test, num_parties=5, scheme="classes", classes_per_party=3, seed=0)
     result = simulate(
         federated_data=fed,
         rounds=6,

@@ -21,7 +21,8 @@ from fedfuse.fusion import (
     trimmed_mean,
 )
 from fedfuse.models import TorchAdapter, TrainConfig, build_model
-from fedfuse.runtime import LocalPool
+from fedfuse.party import Party
+from fedfuse.runtime import MockPool
 from fedfuse.weights import scale
 
 
@@ -107,20 +108,17 @@ def test_errors_name_the_problem():
         _fused(median(), mixed, _ref(2))
 
 
-class SignFlipPool:
-    """Wraps a pool: the ``attackers`` send ``-10 x`` their honest delta."""
+def sign_flip_pool(fed, adapter, attackers):
+    """Real parties behind a ``MockPool``; the ``attackers`` send ``-10 x`` their honest delta."""
+    parties = {pid: Party(adapter, fed[pid], pid) for pid in fed.party_ids}
 
-    def __init__(self, pool, attackers):
-        self.pool, self.attackers = pool, set(attackers)
+    def handler(pid, task):
+        reply = parties[pid].handle(task)
+        if pid in attackers and isinstance(reply, Update):
+            reply = Update(scale(reply.weights, -10.0), reply.num_examples, reply.metrics)
+        return reply
 
-    def party_ids(self):
-        return self.pool.party_ids()
-
-    def dispatch(self, tasks, timeout=None):
-        for pid, reply in self.pool.dispatch(tasks, timeout):
-            if pid in self.attackers and isinstance(reply, Update):
-                reply = Update(scale(reply.weights, -10.0), reply.num_examples, reply.metrics)
-            yield pid, reply
+    return MockPool(fed.party_ids, handler)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +143,7 @@ def test_two_sign_flipping_parties_of_ten(digits, fusion, params, robust):
         return evaluator.evaluate(fed.test)
 
     federation = Federation(
-        SignFlipPool(LocalPool.from_dataset(fed, adapter), ["party_3", "party_7"]),
+        sign_flip_pool(fed, adapter, {"party_3", "party_7"}),
         adapter.get_weights(),
         fusion=get_fusion(fusion, **params),
         config=TrainConfig(epochs=2, batch_size=16, learning_rate=0.1),

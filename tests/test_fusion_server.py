@@ -158,7 +158,7 @@ def test_server_optimizers_train(digits, fusion, params):
     fed = federate(train, test, num_parties=5, scheme="dirichlet", alpha=1.0, seed=0)
     result = simulate(
         federated_data=fed,
-        fusion=fusion,
+        fusion_algorithm=fusion,
         rounds=6,
         epochs=2,
         batch_size=16,
@@ -177,8 +177,10 @@ def test_the_cli_names_fusions_and_their_parameters(tmp_path, capsys):
     args += ["--no-centralized", "--no-federated-eval", "--out", str(tmp_path)]
     assert main(args) == 0
     doc = json.loads((tmp_path / "history.json").read_text())
-    assert doc["config"]["fusion"] == "fedadam" and doc["config"]["server_learning_rate"] == 0.05
+    assert doc["config"]["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.05}}
     assert 0.25 < doc["rounds"][0]["bytes_up"] / doc["rounds"][0]["bytes_dense"] < 0.26
     assert main(["simulate", "--fusion", "median", "--server-momentum", "0.9"]) == 2
     err = capsys.readouterr().err
-    assert "bad parameters for fusion 'median': unknown ['server_momentum']" in err
+    # a flat parameter the chosen fusion does not take is refused, not ignored
+    assert "unknown setting 'server_momentum'" in err
+    assert "the parameters of the chosen fusion" in err

@@ -12,9 +12,9 @@ from torch import nn
 
 from fedfuse import LocalPool, TrainConfig
 from fedfuse.data import federate
-from fedfuse.federation import compare_oneshot, oneshot_fusion
 from fedfuse.fusion import Update, align, fuse, get_fusion, infer_layers, matched_average
 from fedfuse.models import TorchAdapter
+from fedfuse.recipes import compare_oneshot, oneshot_fusion
 
 
 def _permuted(weights, layers, rng):
@@ -103,7 +103,7 @@ def test_matching_repairs_plain_averaging_of_independently_initialized_models(di
 
 def test_matched_fusion_beats_every_edge_model_on_the_union_of_test_data(digits):
     train, test = digits
-    fed = federate(train, test, num_parties=2, scheme="classes", k=6, seed=0)
+    fed = federate(train, test, num_parties=2, scheme="classes", classes_per_party=6, seed=0)
     result = compare_oneshot(fed, _mlp, _config(15), seed=0)
     best_edge = max(result["edges"].values())
     assert best_edge < 0.7  # each party lacks four or five classes

@@ -11,9 +11,9 @@ from torch import nn
 
 from fedfuse import Federation, LocalPool, Party, TrainConfig
 from fedfuse.data import federate
-from fedfuse.federation import compare_personalization, resolve_personal
 from fedfuse.models import TorchAdapter
 from fedfuse.party import PersonalAdapter, TrainTask, head_layer, split_personal
+from fedfuse.recipes import compare_personalization, resolve_personal
 
 
 def _mlp():
@@ -97,5 +97,6 @@ def test_cli_simulate_runs_the_personalize_use(tmp_path, capsys):
 def test_unknown_use_is_refused():
     from fedfuse import simulate
 
-    with pytest.raises(ValueError, match="unknown use 'share'"):
+    allowed = "'aggregate', 'personalize', 'ensemble', 'oneshot'"
+    with pytest.raises(ValueError, match=f"use.name must be one of {allowed}, got 'share'"):
         simulate(use="share", rounds=1)

@@ -46,7 +46,7 @@ def test_hospitals_federate_logistic_regression_close_to_pooled_training(breast_
 
 def test_linear_svm_learns_label_skewed_digits_with_partial_fit(digits):
     train, test = digits
-    fed = federate(train, test, num_parties=5, scheme="classes", k=3, seed=0)
+    fed = federate(train, test, num_parties=5, scheme="classes", classes_per_party=3, seed=0)
     assert any(np.count_nonzero(c) < 10 for c in fed.label_stats().values())
     adapter = SklearnAdapter(SGDClassifier(loss="hinge", alpha=1e-2), 64, range(10))
     history = _federation(fed, adapter, epochs=2).run(8)
@@ -68,7 +68,7 @@ def test_local_training_starts_from_the_weights_sent(breast_cancer):
 
 def test_logistic_regression_refuses_a_party_without_every_class(digits):
     train, test = digits
-    fed = federate(train, test, num_parties=5, scheme="classes", k=2, seed=0)
+    fed = federate(train, test, num_parties=5, scheme="classes", classes_per_party=2, seed=0)
     adapter = SklearnAdapter(LogisticRegression(), 64, range(10))
     record = _federation(fed, adapter).run_round()
     assert not record["fused"]
