@@ -21,65 +21,27 @@ from fedfuse.fusion._robust import clip_by_norm, krum, median, multi_krum, trimm
 __all__ = ["FUSIONS", "check_fusion_size", "fusion_params", "get_fusion"]
 
 
-def _fedavgm(server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> FusionTransform:
-    return chain(fedavg(), _server.server_momentum(server_learning_rate, server_momentum))
+def _after_fedavg(server: Callable[..., FusionTransform]) -> Callable[..., FusionTransform]:
+    """``fedavg()`` followed by a server optimizer, taking the optimizer's own parameters."""
 
+    def build(**params: Any) -> FusionTransform:
+        return chain(fedavg(), server(**params))
 
-def _fedadagrad(
-    server_learning_rate: float = 0.1, server_momentum: float = 0.9, server_epsilon: float = 1e-3
-) -> FusionTransform:
-    return chain(
-        fedavg(), _server.server_adagrad(server_learning_rate, server_momentum, server_epsilon)
-    )
-
-
-def _fedadam(
-    server_learning_rate: float = 0.03,
-    server_momentum: float = 0.9,
-    server_beta2: float = 0.99,
-    server_epsilon: float = 1e-3,
-) -> FusionTransform:
-    return chain(
-        fedavg(),
-        _server.server_adam(server_learning_rate, server_momentum, server_beta2, server_epsilon),
-    )
-
-
-def _fedyogi(
-    server_learning_rate: float = 0.03,
-    server_momentum: float = 0.9,
-    server_beta2: float = 0.99,
-    server_epsilon: float = 1e-3,
-) -> FusionTransform:
-    return chain(
-        fedavg(),
-        _server.server_yogi(server_learning_rate, server_momentum, server_beta2, server_epsilon),
-    )
-
-
-def _trimmed_mean(trim_fraction: float = 0.1) -> FusionTransform:
-    return trimmed_mean(trim_fraction)
-
-
-def _krum(num_byzantine: int = 1) -> FusionTransform:
-    return krum(num_byzantine)
-
-
-def _multi_krum(num_byzantine: int = 1, num_selected: int | None = None) -> FusionTransform:
-    return multi_krum(num_byzantine, num_selected)
+    build.__signature__ = inspect.signature(server)  # type: ignore[attr-defined]
+    return build
 
 
 _FACTORIES: dict[str, Callable[..., FusionTransform]] = {
     "fedavg": fedavg,
     "iter_avg": iter_avg,
-    "fedavgm": _fedavgm,
-    "fedadagrad": _fedadagrad,
-    "fedadam": _fedadam,
-    "fedyogi": _fedyogi,
+    "fedavgm": _after_fedavg(_server.server_momentum),
+    "fedadagrad": _after_fedavg(_server.server_adagrad),
+    "fedadam": _after_fedavg(_server.server_adam),
+    "fedyogi": _after_fedavg(_server.server_yogi),
     "median": median,
-    "trimmed_mean": _trimmed_mean,
-    "krum": _krum,
-    "multi_krum": _multi_krum,
+    "trimmed_mean": trimmed_mean,
+    "krum": krum,
+    "multi_krum": multi_krum,
     "doc2vec": doc2vec_fusion,
     "matched_avg": matched_fusion,
 }
@@ -96,12 +58,14 @@ def fusion_params(name: str) -> tuple[str, ...]:
 def get_fusion(name: str, **params: Any) -> FusionTransform:
     """Build the fusion transform called ``name`` with ``params``.
 
-    ``fedavgm``, ``fedadagrad``, ``fedadam`` and ``fedyogi`` are FedAvg followed by a server
-    optimizer (``server_learning_rate``, ``server_momentum`` (β1), ``server_beta2``,
-    ``server_epsilon`` (τ)); ``trimmed_mean`` takes ``trim_fraction``; ``krum`` takes
-    ``num_byzantine``; ``multi_krum`` also ``num_selected``; ``doc2vec`` averages embedding rows
-    over the parties that trained them; ``matched_avg`` (``passes``, ``seed``) fuses by neuron
-    matching. Any name takes ``clip_norm``.
+    Each name takes its transforms' own parameters (``fusion_params(name)`` lists them):
+    ``fedavgm``, ``fedadagrad``, ``fedadam`` and ``fedyogi`` are FedAvg followed by
+    ``server_momentum`` (``server_learning_rate``, ``momentum``) or ``server_adagrad`` /
+    ``server_adam`` / ``server_yogi`` (``server_learning_rate``, ``b1``, ``b2``, ``eps`` = τ);
+    ``trimmed_mean`` takes ``trim_fraction``; ``krum`` takes ``num_byzantine``; ``multi_krum``
+    also ``num_selected``; ``doc2vec`` averages embedding rows over the parties that trained
+    them; ``matched_avg`` (``passes``, ``seed``) fuses by neuron matching. Any name takes
+    ``clip_norm``.
     """
     try:
         factory = _FACTORIES[name]

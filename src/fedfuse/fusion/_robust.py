@@ -78,9 +78,10 @@ def median() -> FusionTransform:
     return _coordinatewise("median", lambda s: np.median(s, axis=0), lambda k: 1)
 
 
-def trimmed_mean(beta: float = 0.1) -> FusionTransform:
+def trimmed_mean(trim_fraction: float = 0.1) -> FusionTransform:
     """Coordinate-wise trimmed mean: drop the ``⌊βK⌋`` largest and smallest values of each
-    coordinate among the K updates, average the rest (unweighted). ``0 <= beta < 0.5``.
+    coordinate among the K updates, average the rest (unweighted), with
+    ``β = trim_fraction`` in ``[0, 0.5)``.
 
     Needs all updates at once: memory O(parties x model).
 
@@ -88,19 +89,22 @@ def trimmed_mean(beta: float = 0.1) -> FusionTransform:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates",
         ICML 2018.
     """
-    if not (isinstance(beta, int | float) and 0 <= beta < 0.5):
-        raise ValueError(f"trimmed_mean: beta must be in [0, 0.5), got {beta!r}")
+    if not (isinstance(trim_fraction, int | float) and 0 <= trim_fraction < 0.5):
+        raise ValueError(
+            f"trimmed_mean: trim_fraction must be in [0, 0.5), got {trim_fraction!r}"
+        )
 
     def combine(stacked: np.ndarray) -> np.ndarray:
-        cut = int(np.floor(beta * len(stacked)))
+        cut = int(np.floor(trim_fraction * len(stacked)))
         kept = np.sort(stacked, axis=0)[cut : len(stacked) - cut]
         return kept.mean(axis=0, dtype=np.float64)
 
     return _coordinatewise("trimmed_mean", combine, lambda k: 1)
 
 
-def _krum_scores(updates: list[Update], f: int) -> np.ndarray:
-    """Score of each update: the sum of squared distances to its ``K - f - 2`` nearest others."""
+def _krum_scores(updates: list[Update], num_byzantine: int) -> np.ndarray:
+    """Score of each update: the sum of squared distances to its ``K - f - 2`` nearest others
+    (``f = num_byzantine``)."""
     k = len(updates)
     gram = np.zeros((k, k), dtype=np.float64)
     for name in updates[0].weights:
@@ -109,12 +113,13 @@ def _krum_scores(updates: list[Update], f: int) -> np.ndarray:
     sq = np.diag(gram)
     dist = np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0)
     np.fill_diagonal(dist, np.inf)
-    nearest = np.sort(dist, axis=1)[:, : k - f - 2]
+    nearest = np.sort(dist, axis=1)[:, : k - num_byzantine - 2]
     return nearest.sum(axis=1)
 
 
-def krum_select(f: int, m: int = 1) -> FusionTransform:
-    """Keep the ``m`` updates with the lowest Krum scores, for a reducer after it.
+def krum_select(num_byzantine: int, num_selected: int = 1) -> FusionTransform:
+    """Keep the ``m = num_selected`` updates with the lowest Krum scores, for a reducer after
+    it; ``f = num_byzantine`` is how many parties may be Byzantine.
 
     The score of update ``i`` is ``sum_{j in N_i} ||u_i - u_j||²`` over its ``K - f - 2``
     nearest neighbours; with at most ``f`` Byzantine parties among ``K > 2f + 2`` updates,
@@ -124,16 +129,18 @@ def krum_select(f: int, m: int = 1) -> FusionTransform:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient
         Descent", NeurIPS 2017 (Krum, Multi-Krum).
     """
+    f, m = num_byzantine, num_selected
     if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"krum: f must be an integer >= 0, got {f!r}")
+        raise ValueError(f"krum: num_byzantine must be an integer >= 0, got {f!r}")
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"krum: m must be an integer >= 1, got {m!r}")
+        raise ValueError(f"krum: num_selected must be an integer >= 1, got {m!r}")
 
     def select(updates: Iterable[Update], global_weights: Weights) -> list[Update]:
         updates = _all(updates, "krum")
         if len(updates) <= 2 * f + 2:
             raise FusionError(
-                f"krum with f={f} needs more than {2 * f + 2} updates, got {len(updates)}"
+                f"krum with num_byzantine={f} needs more than {2 * f + 2} updates, "
+                f"got {len(updates)}"
             )
         order = np.argsort(_krum_scores(updates, f), kind="stable")
         return [updates[i] for i in sorted(order[:m])]
@@ -141,23 +148,23 @@ def krum_select(f: int, m: int = 1) -> FusionTransform:
     return stateless(select)
 
 
-def krum(f: int) -> FusionTransform:
+def krum(num_byzantine: int = 1) -> FusionTransform:
     """Krum: the one update with the lowest Krum score (see ``krum_select``)."""
-    return chain(krum_select(f, 1), iter_avg())
+    return chain(krum_select(num_byzantine, 1), iter_avg())
 
 
-def multi_krum(f: int, m: int | None = None) -> FusionTransform:
-    """Multi-Krum: the plain mean of the ``m`` updates with the lowest Krum scores.
+def multi_krum(num_byzantine: int = 1, num_selected: int | None = None) -> FusionTransform:
+    """Multi-Krum: the plain mean of the ``num_selected`` updates with the lowest Krum scores.
 
-    ``m`` defaults to ``K - f`` (every update but as many as may be Byzantine), taken when
-    the round's updates arrive.
+    ``num_selected`` defaults to ``K - num_byzantine`` (every update but as many as may be
+    Byzantine), taken when the round's updates arrive.
     """
-    if m is not None:
-        return chain(krum_select(f, m), iter_avg())
+    if num_selected is not None:
+        return chain(krum_select(num_byzantine, num_selected), iter_avg())
 
     def select_all_but_f(updates: Iterable[Update], global_weights: Weights) -> list[Update]:
         updates = _all(updates, "multi_krum")
-        keep = max(1, len(updates) - f)
-        return krum_select(f, keep).update(updates, None, global_weights)[0]
+        keep = max(1, len(updates) - num_byzantine)
+        return krum_select(num_byzantine, keep).update(updates, None, global_weights)[0]
 
     return chain(stateless(select_all_but_f), iter_avg())

@@ -51,10 +51,13 @@ def _step(fused: Update, step: dict[str, np.ndarray], global_weights: Weights) -
     return [Update(weights, fused.num_examples, fused.metrics, True, fused.party_id)]
 
 
-def server_momentum(learning_rate: float = 1.0, momentum: float = 0.9) -> FusionTransform:
-    """Server momentum (FedAvgM): ``m ← β m + Δ``, step ``η m``.
+def server_momentum(
+    server_learning_rate: float = 1.0, momentum: float = 0.9
+) -> FusionTransform:
+    """Server momentum (FedAvgM): ``m ← β m + Δ``, step ``η m`` (``η = server_learning_rate``,
+    ``β = momentum``).
 
-    With ``momentum=0`` and ``learning_rate=1`` this is the reducer's own result.
+    With ``momentum=0`` and ``server_learning_rate=1`` this is the reducer's own result.
     """
 
     def init(global_weights: Weights) -> dict:
@@ -63,7 +66,8 @@ def server_momentum(learning_rate: float = 1.0, momentum: float = 0.9) -> Fusion
     def update(updates: Iterable[Update], state: dict, global_weights: Weights):
         fused = _fused_delta(updates, "server_momentum")
         m = {n: momentum * state["m"][n] + fused.weights[n] for n in state["m"]}
-        return _step(fused, {n: learning_rate * a for n, a in m.items()}, global_weights), {"m": m}
+        step = {n: server_learning_rate * a for n, a in m.items()}
+        return _step(fused, step, global_weights), {"m": m}
 
     return FusionTransform(init, update)
 
@@ -91,21 +95,23 @@ def _adaptive(
 
 
 def server_adagrad(
-    learning_rate: float = 0.1, b1: float = 0.9, eps: float = 1e-3
+    server_learning_rate: float = 0.1, b1: float = 0.9, eps: float = 1e-3
 ) -> FusionTransform:
     """Server Adagrad (FedAdagrad): ``v ← v + Δ²``, step ``η m / (√v + τ)``."""
-    return _adaptive("server_adagrad", learning_rate, b1, eps, lambda v, d2: v + d2)
+    return _adaptive("server_adagrad", server_learning_rate, b1, eps, lambda v, d2: v + d2)
 
 
 def server_adam(
-    learning_rate: float = 0.01, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3
+    server_learning_rate: float = 0.03, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3
 ) -> FusionTransform:
     """Server Adam (FedAdam): ``v ← β2 v + (1-β2) Δ²``, step ``η m / (√v + τ)``."""
-    return _adaptive("server_adam", learning_rate, b1, eps, lambda v, d2: b2 * v + (1 - b2) * d2)
+    return _adaptive(
+        "server_adam", server_learning_rate, b1, eps, lambda v, d2: b2 * v + (1 - b2) * d2
+    )
 
 
 def server_yogi(
-    learning_rate: float = 0.01, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3
+    server_learning_rate: float = 0.03, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3
 ) -> FusionTransform:
     """Server Yogi (FedYogi): ``v ← v - (1-β2) Δ² sign(v - Δ²)``, step ``η m / (√v + τ)``.
 
@@ -113,5 +119,9 @@ def server_yogi(
     large delta moves the step size less than in Adam.
     """
     return _adaptive(
-        "server_yogi", learning_rate, b1, eps, lambda v, d2: v - (1 - b2) * d2 * np.sign(v - d2)
+        "server_yogi",
+        server_learning_rate,
+        b1,
+        eps,
+        lambda v, d2: v - (1 - b2) * d2 * np.sign(v - d2),
     )
