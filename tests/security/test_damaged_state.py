@@ -26,7 +26,8 @@ from fastapi.testclient import TestClient
 from torch import nn
 
 import fedfuse.service._manager as manager_module
-from fedfuse.service import FederationSpec, Manager, ServiceSettings, StorageError, create_app
+from fedfuse import FederationSpec
+from fedfuse.service import SERVICE_DEFAULTS, Manager, ServiceSettings, StorageError, create_app
 from fedfuse.weights import from_bytes
 from service_helpers import Service, env, free_port
 
@@ -272,7 +273,8 @@ def test_an_empty_database_without_federations_starts_a_new_service(tmp_path):
 
 
 def _spec() -> FederationSpec:
-    return FederationSpec(model="mlp", input_shape=(8,), num_classes=2, num_parties=1)
+    flat = {"model": "mlp", "input_shape": (8,), "num_classes": 2, "num_parties": 1}
+    return FederationSpec.from_flat(flat, base=SERVICE_DEFAULTS)
 
 
 def _left_behind(data_dir) -> list[str]:
