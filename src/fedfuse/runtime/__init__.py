@@ -10,6 +10,14 @@ from fedfuse.runtime._http_party import (
 )
 from fedfuse.runtime._local import LocalPool, MockPool, spread_task_seconds
 from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
+from fedfuse.runtime._wire import (
+    WireFormatError,
+    decode_meta,
+    reply_from_wire,
+    reply_to_wire,
+    task_from_wire,
+    task_to_wire,
+)
 
 __all__ = [
     "LocalPool",
@@ -21,7 +29,13 @@ __all__ = [
     "ProtocolError",
     "RemotePool",
     "UnexpectedReplyError",
+    "WireFormatError",
     "create_federation",
+    "decode_meta",
+    "reply_from_wire",
+    "reply_to_wire",
     "run_party",
     "spread_task_seconds",
+    "task_from_wire",
+    "task_to_wire",
 ]

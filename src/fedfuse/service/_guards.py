@@ -1,0 +1,101 @@
+"""Who may ask: the checks the routes run before any body is read (see ``GuardedRoute``).
+
+Creating and controlling federations needs the API key (if the service has one); reading a
+federation, the key or a party token of it; the party protocol, a party token of the
+federation in the path. Failed checks are counted per client address (``FailureLimiter``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+
+from fedfuse.service._boundary import FailureLimiter, Refused, same_secret
+from fedfuse.service._config import ServiceSettings
+from fedfuse.service._manager import Manager, NotFound, Unauthorized
+
+__all__ = ["Guards", "bearer", "client_address"]
+
+
+def bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("missing 'Authorization: Bearer <token>' header")
+    return authorization[len("Bearer ") :].strip()
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class Guards:
+    """The before-body checks of one app (``settings``, ``manager``, ``limiter``)."""
+
+    def __init__(
+        self, settings: ServiceSettings, manager: Manager, limiter: FailureLimiter
+    ) -> None:
+        self.settings, self.manager, self.limiter = settings, manager, limiter
+
+    def counted(self, request: Request, check: Callable[[], Any]) -> Any:
+        """Run ``check``; an address with too many failed checks is refused (429) first."""
+        address = client_address(request)
+        wait = self.limiter.retry_after(address)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise Refused(
+                429,
+                f"too many failed authentications from {address}; retry in {seconds} s",
+                {"Retry-After": str(seconds)},
+            )
+        try:
+            return check()
+        except Unauthorized:
+            self.limiter.failed(address)
+            raise
+
+    def _is_api_key(self, token: str) -> bool:
+        return self.settings.api_key is not None and same_secret(token, self.settings.api_key)
+
+    def control(self, request: Request) -> None:
+        """Creating and controlling federations: the API key, if the service has one."""
+        if self.settings.api_key is None:
+            return
+
+        def check() -> None:
+            if not self._is_api_key(bearer(request.headers.get("authorization"))):
+                raise Unauthorized("invalid API key")
+
+        self.counted(request, check)
+
+    def reader(self, request: Request) -> None:
+        """Reading a federation: the API key or a party token of that federation."""
+        if self.settings.api_key is None:
+            return
+
+        def check() -> None:
+            token = bearer(request.headers.get("authorization"))
+            fid = request.path_params.get("fid")
+            if self._is_api_key(token):
+                return
+            if fid is None:
+                raise Unauthorized("invalid API key")
+            try:
+                self.manager.party_of(fid, token)
+            except (Unauthorized, NotFound):  # no hint whether the federation exists
+                raise Unauthorized("invalid API key or party token") from None
+
+        self.counted(request, check)
+
+    def party(self, request: Request) -> None:
+        """The party protocol: a party token of the federation in the path."""
+        fid = request.path_params["fid"]
+        token = bearer(request.headers.get("authorization"))
+        request.state.party_id = self.counted(
+            request, lambda: self.manager.authenticate(fid, token)
+        )
+
+    def joining(self, request: Request) -> None:
+        """A join is checked once its body is read; an address with failed joins waits."""
+        self.counted(request, lambda: None)
