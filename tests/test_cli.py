@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import subprocess
@@ -5,8 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from fedfuse.cli._main import build_parser
+from fedfuse.cli._spec_flags import spec_from_args
 from fedfuse.data import load_party_npz
+from fedfuse.federation import Aggregation
+from fedfuse.fusion import FusionSpec
+from fedfuse.recipes import SIMULATION_DEFAULTS
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -57,7 +64,8 @@ def test_simulate_with_flags_and_toml(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "out" / "history.json").read_text())
-    assert doc["config"]["rounds"] == 3 and doc["config"]["model"] == "logreg"
+    assert doc["config"]["rounds"] == 3 and doc["config"]["model"]["name"] == "logreg"
+    assert doc["config"]["sampling"]["fraction"] == 0.5
     assert [len(r["sampled"]) for r in doc["rounds"]] == [2, 2, 2]
     assert doc["centralized"] == []
 
@@ -89,9 +97,128 @@ def test_partition_writes_tutorial_npz_files(tmp_path):
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     proc = run_cli("simulate", "--dataset", "nope", "--out", str(tmp_path))
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("fedfuse simulate: error: unknown dataset 'nope'")
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("fedfuse simulate: error: data.dataset must be one of")
+    assert "got 'nope'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("simulate", "--fraction", "1.5", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "fraction must be in (0, 1]" in proc.stderr
+    assert proc.returncode == 2
+    assert "sampling.fraction must be None or a number > 0 and <= 1, got 1.5" in proc.stderr
     proc = run_cli("simulate", "--config", str(tmp_path / "missing.toml"))
-    assert proc.returncode == 2 and "missing.toml" in proc.stderr
+    assert proc.returncode == 2 and "no spec file at" in proc.stderr
+    assert "missing.toml" in proc.stderr and "Traceback" not in proc.stderr
+    # a parameter the chosen fusion does not take is refused, not ignored
+    proc = run_cli("simulate", "--server-learning-rate", "0.1", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "unknown setting 'server_learning_rate'" in proc.stderr
+
+
+def _spec(*argv):
+    args = build_parser().parse_args(["simulate", *argv])
+    return spec_from_args(args, SIMULATION_DEFAULTS)
+
+
+def test_simulate_flags_are_derived_from_the_spec():
+    spec = _spec(
+        "--learning-rate", "0.2",
+        "--fusion", "fedadam",
+        "--server-learning-rate", "0.01",
+        "--partition", "dirichlet",
+        "--alpha", "0.3",
+        "--round-timeout", "12.5",
+        "--count", "4",
+    )  # fmt: skip
+    assert spec.training.learning_rate == 0.2
+    assert spec.fusion == FusionSpec("fedadam", {"server_learning_rate": 0.01})
+    assert spec.data.partition_params == {"alpha": 0.3}
+    assert spec.aggregation.deadline == 12.5 and spec.sampling.count == 4
+    assert _spec("--fusion-algorithm", "median").fusion.name == "median"  # --fusion is an alias
+    spec = _spec("--mode", "buffered", "--buffer-size", "3")
+    assert spec.aggregation == Aggregation(mode="buffered", buffer_size=3)
+    assert _spec() == SIMULATION_DEFAULTS  # no flag given: the defaults, untouched
+
+
+def test_simulate_config_json_is_overridden_by_flags(tmp_path):
+    path = tmp_path / "spec.json"
+    nested = {
+        "rounds": 7,
+        "training": {"learning_rate": 0.3, "epochs": 2},
+        "fusion": {"name": "iter_avg"},
+    }
+    path.write_text(json.dumps(nested))
+    spec = _spec("--config", str(path), "--epochs", "3")
+    assert (spec.rounds, spec.training.learning_rate, spec.training.epochs) == (7, 0.3, 3)
+    assert spec.fusion.name == "iter_avg"
+    path.write_text(json.dumps({"rounds": 7, "learning_rate": 0.3, "fusion_algorithm": "iter_avg"}))
+    flat = _spec("--config", str(path), "--epochs", "3")
+    assert flat == spec  # flat names in the file mean the same
+
+
+def test_simulate_buffered_from_the_command_line(tmp_path):
+    proc = run_cli(
+        "simulate",
+        "--num-parties", "4",
+        "--rounds", "3",
+        "--mode", "buffered",
+        "--buffer-size", "3",
+        "--no-centralized",
+        "--no-federated-eval",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert doc["config"]["aggregation"]["mode"] == "buffered"
+    assert doc["config"]["aggregation"]["buffer_size"] == 3
+    rounds = doc["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["fused"] and len(r["participants"]) == 3 for r in rounds)
+    assert all(len(r["staleness"]) == 3 and min(r["staleness"]) >= 0 for r in rounds)
+    assert max(rounds[-1]["staleness"]) >= 1  # parties train on while others are fused
+    assert doc["centralized"] == []
+
+
+def _flags(parser, command=()):
+    """(sub-command, flag, help) for every flag of ``parser`` and its sub-commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _flags(sub, (*command, name))
+        elif action.option_strings and not isinstance(action, argparse._HelpAction):
+            yield " ".join(command), "/".join(action.option_strings), action.help
+
+
+COMMANDS = sorted({command for command, _, _ in _flags(build_parser())})
+UNDOCUMENTED = {  # see /tmp/prompts/bugs.md: these flags have no help text yet
+    "consensus": "--centralized/--no-centralized",
+    "node": "--centralized/--no-centralized",
+    "party": "--reconnect-timeout",
+}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(
+            c,
+            marks=pytest.mark.xfail(
+                reason=f"see bugs.md: {UNDOCUMENTED[c]} has no help text", strict=True
+            ),
+        )
+        if c in UNDOCUMENTED
+        else c
+        for c in COMMANDS
+    ],
+)
+def test_every_flag_has_a_help_text(command):
+    flags = [(flag, text) for c, flag, text in _flags(build_parser()) if c == command]
+    assert flags, command
+    missing = [flag for flag, text in flags if not text or text == argparse.SUPPRESS]
+    assert missing == [], f"fedfuse {command}: flags without help: {missing}"
+
+
+def test_the_commands_are_all_walked():
+    assert COMMANDS == [
+        "consensus", "create", "demo", "node", "partition", "party", "serve", "simulate",
+    ]  # fmt: skip
+    simulate_flags = {flag for c, flag, _ in _flags(build_parser()) if c == "simulate"}
+    assert {"--learning-rate", "--fusion-algorithm/--fusion", "--alpha", "--mode"} <= simulate_flags
+    assert {"--server-learning-rate", "--buffer-size", "--config", "--round-timeout"} <= (
+        simulate_flags
+    )
