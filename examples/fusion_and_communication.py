@@ -10,7 +10,15 @@ parties skipping a round when their update points where their last one did.
 import torch
 from torch import nn
 
-from fedfuse import Federation, LocalPool, TorchAdapter, TrainConfig, federate, load_dataset
+from fedfuse import (
+    Aggregation,
+    Federation,
+    LocalPool,
+    TorchAdapter,
+    TrainConfig,
+    federate,
+    load_dataset,
+)
 from fedfuse.fusion import chain, clip_by_norm, fedavg, server_adam
 
 
@@ -28,7 +36,7 @@ def main() -> Federation:
     federation = Federation(
         LocalPool.from_dataset(parties, adapter),
         adapter.get_weights(),
-        fusion=chain(clip_by_norm(2.0), fedavg(), server_adam(learning_rate=0.03)),
+        fusion=chain(clip_by_norm(2.0), fedavg(), server_adam(server_learning_rate=0.03)),
         config=TrainConfig(
             epochs=2,
             batch_size=16,
@@ -38,7 +46,7 @@ def main() -> Federation:
             skip_cosine=0.95,  # skip when the update repeats the last one sent
         ),
         central_eval=central_eval,
-        max_update_norm=50.0,  # reject anything larger before fusion
+        aggregation=Aggregation(max_update_norm=50.0),  # reject anything larger first
     )
     for r in federation.run(rounds=8):
         print(
