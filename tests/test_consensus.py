@@ -212,6 +212,7 @@ def test_algorithm_settings_are_checked_where_used():
 
 TINY = {
     "num_nodes": 4,
+    "classes_per_party": 5,
     "model": "logreg",
     "epochs": 2,
     "centralized": False,

@@ -30,6 +30,7 @@ from fedfuse.weights import from_bytes, to_bytes
 # hold the same number of examples and train the same number of steps.
 CONFIG = ConsensusConfig(
     num_nodes=4,
+    partition_params={"classes_per_party": 5},
     model="logreg",
     epochs=4,
     batch_size=16,

@@ -38,7 +38,13 @@ from fedfuse.consensus import (
 from fedfuse.weights import to_bytes
 
 TOKEN = "s3cret-token-for-the-tests"
-CONFIG = ConsensusConfig(num_nodes=4, model="logreg", batch_size=16, learning_rate=0.5)
+CONFIG = ConsensusConfig(
+    num_nodes=4,
+    partition_params={"classes_per_party": 5},
+    model="logreg",
+    batch_size=16,
+    learning_rate=0.5,
+)
 PATIENCE = 60.0  # seconds to wait for a condition on a loaded machine (polled, never slept)
 
 

@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from fedfuse._settings import Options
 from fedfuse.consensus import (
     NODE_TOKEN_ENV,
     ConsensusConfig,
@@ -23,55 +24,90 @@ from fedfuse.consensus import (
     read_graph,
     run_consensus,
 )
+from fedfuse.consensus._data import node_files
+from fedfuse.consensus._run import FLAT_ALIASES, SCHEMES, partition_defaults, prepare_run
+from fedfuse.data import load_party_npz
 
 __all__ = ["add_parsers"]
 
-_TYPES = {"data_dir": str, "train_size": int, "test_size": int, "eta": float}
-_CHOICES = {
-    "algorithm": ("ecl", "ecl-isvr", "gossip", "dpsgd"),
-    "exchange": ("admm", "pdmm"),
-    "eta_scaling": ("none", "sqrt_fan_in"),
-    "partition": ("classes", "dirichlet", "iid", "shards", "quantity"),
-}
 _HELP = {
     "topology": "ring, double_ring, torus, complete, random_regular, or an edge-list file",
     "degree": "degree of random_regular",
-    "classes_per_node": "classes per node for --partition classes",
-    "eta": "ECL constraint strength (default: ECL-ISVR's 1/(s |E_i| (K-1)))",
+    "eta": "ECL constraint strength (None: ECL-ISVR's 1/(s |E_i| (K-1)))",
     "local_steps": "minibatch steps between exchanges (K)",
     "exchange_prob": "chance that an edge exchanges at the end of a local round",
     "speed_spread": "node rates are U[1-x, 1+x] (simulated asynchrony)",
-    "train_size": "keep a seeded random subset of the training set",
-    "test_size": "test subset for the per-epoch curves (final numbers use all of it)",
+    "train_size": "keep a seeded random subset of the training set (None: all)",
+    "test_size": "test subset for the per-epoch curves, final numbers use all of it (None: all)",
     "max_message_ratio": "refuse a neighbour's message this many times larger than the node's "
     "own on that edge (0: no bound)",
 }
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _dest(name: str) -> str:
+    return f"cfg__{name}"
+
+
+def _convert(annotation: str) -> Any:
+    return _TYPES.get(annotation.split(" | ")[0], str)
+
+
+def _partition_flags() -> dict[str, tuple[Any, list[str]]]:
+    """Partition parameter -> (its type, ``"<scheme> (default: <value>)"`` per scheme)."""
+    flags: dict[str, tuple[Any, list[str]]] = {}
+    for scheme in SCHEMES:
+        for name, default in partition_defaults(scheme).items():
+            kind = float if isinstance(default, float) else int
+            flags.setdefault(name, (kind, []))[1].append(f"{scheme} (default: {default})")
+    return flags
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``ConsensusConfig`` field and per partition parameter, default shown."""
+    defaults = ConsensusConfig()
     for f in dataclasses.fields(ConsensusConfig):
+        if f.name == "partition_params":
+            continue
         flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
         help_text = f"{_HELP[f.name]}; " if f.name in _HELP else ""
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
+        options = ConsensusConfig.constraints[f.name][0]
+        choices = options.values if isinstance(options, Options) else None
+        if isinstance(default, bool):
             parser.add_argument(
-                flag,
-                type=_TYPES.get(f.name, type(f.default)),
-                choices=_CHOICES.get(f.name),
-                default=None,
-                help=f"{help_text}default: {f.default}",
-            )
+                flag, dest=_dest(f.name), action=argparse.BooleanOptionalAction, default=None,
+                help=f"{help_text}default: {default}",
+            )  # fmt: skip
+            continue
+        parser.add_argument(
+            flag, dest=_dest(f.name), type=_convert(str(f.type)), choices=choices, default=None,
+            help=f"{help_text}default: {default}",
+        )  # fmt: skip
+    for name, (kind, owners) in sorted(_partition_flags().items()):
+        flags = ["--" + name.replace("_", "-")]
+        alias = [a for a, target in FLAT_ALIASES.items() if target == name]
+        flags += ["--" + a.replace("_", "-") for a in alias]
+        parser.add_argument(
+            *flags, dest=_dest(name), type=kind, default=None,
+            help=f"parameter of partition {', '.join(owners)}",
+        )  # fmt: skip
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings whose flags were given, by their flat names."""
+    return {
+        key[len("cfg__") :]: value
+        for key, value in vars(args).items()
+        if key.startswith("cfg__") and value is not None
+    }
 
 
 def _config_from_args(args: argparse.Namespace) -> ConsensusConfig:
-    base = ConsensusConfig.from_toml(args.config) if args.config else ConsensusConfig()
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(ConsensusConfig)
-        if getattr(args, f.name) is not None
-    }
-    return base.replace(**given)
+    base = ConsensusConfig.from_file(args.config) if args.config else ConsensusConfig()
+    config = base.replace(**_given(args))
+    config.check()
+    return config
 
 
 def _pct(value: float | None) -> str:
@@ -100,9 +136,11 @@ def _label_table(result: ConsensusResult) -> Table:
     table = Table(title="training examples per node and class")
     for col in ("node", "neighbours", *map(str, range(num_classes))):
         table.add_column(col, justify="right")
-    for i, counts in result.label_counts.items():
-        neighbours = ",".join(map(str, result.topology.neighbours(i)))
-        table.add_row(str(i), neighbours, *(str(c) if c else "." for c in counts))
+    topology = result.topology
+    for i in range(topology.num_nodes):
+        counts = result.label_counts[topology.node_id(i)]
+        neighbours = ",".join(str(topology.node_id(j)) for j in topology.neighbours(i))
+        table.add_row(str(topology.node_id(i)), neighbours, *(str(c) if c else "." for c in counts))
     return table
 
 
@@ -120,16 +158,31 @@ def _print_final(console: Console, final: dict[str, Any], centralized: dict | No
 
 def _cmd_consensus(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    config = _config_from_args(args)
+    base = ConsensusConfig.from_file(args.config) if args.config else ConsensusConfig()
+    files = node_files(args.node_data) if args.node_data else None
+    data = {node_id: load_party_npz(path) for node_id, path in files.items()} if files else None
+    config, topology, _ = prepare_run(base, _given(args), data=data, graph=args.graph)
     console = Console()
+    where = (
+        f"your data from {args.node_data}"
+        if files
+        else f"{config.dataset} ({config.partition} partition)"
+    )
+    graph_name = f"graph from {args.graph}" if args.graph else config.topology
     console.print(
-        f"[bold]fedfuse consensus[/]: {config.label} on a {config.topology} of "
-        f"{config.num_nodes} nodes, {config.dataset} ({config.partition} partition), "
-        f"model {config.model}, {config.epochs} epochs"
+        f"[bold]fedfuse consensus[/]: {config.label} on a {graph_name} of "
+        f"{topology.num_nodes} nodes, {where}, model {config.model}, {config.epochs} epochs"
         + (", as node processes" if args.processes else ", simulated asynchronous clock")
     )
     if args.processes:
-        graph = LocalGraph(config, args.out, step_delay=args.step_delay, linger=args.linger)
+        graph = LocalGraph(
+            config,
+            args.out,
+            step_delay=args.step_delay,
+            linger=args.linger,
+            node_data=files,
+            graph=topology if args.graph else None,
+        )
         with graph:
             codes = graph.wait(timeout=args.wait)
             doc = graph.collect()
@@ -149,7 +202,10 @@ def _cmd_consensus(args: argparse.Namespace) -> int:
             highlight=False,
         )
 
-    result = run_consensus(config, out_dir=args.out, on_epoch=on_epoch)
+    result = run_consensus(
+        config, data=data, graph=topology if args.graph else None, out_dir=args.out,
+        on_epoch=on_epoch,
+    )  # fmt: skip
     console.print(_label_table(result))
     console.print(_epoch_table(result.history, "per epoch (accuracy in % on the evaluation set)"))
     _print_final(console, result.final, result.centralized_final)
@@ -186,13 +242,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     token = _node_token(args)
     if args.graph:
         config, addresses, topology = read_graph(args.graph)
-        config = config.replace(
-            **{
-                f.name: getattr(args, f.name)
-                for f in dataclasses.fields(ConsensusConfig)
-                if getattr(args, f.name) is not None
-            }
-        )
+        config = config.replace(**_given(args))
         neighbours = {j for i, j in topology["edges"] if i == args.id} | {
             i for i, j in topology["edges"] if j == args.id
         }
@@ -236,31 +286,53 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "consensus",
         help="decentralized training on a graph of nodes (ECL, gossip, D-PSGD), no aggregator",
     )
-    run.add_argument("--config", help="TOML file of settings (flags override it)")
-    run.add_argument("--out", default="fedfuse-consensus-output", help="output folder")
-    run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    run.add_argument(
+        "--config",
+        help="TOML or JSON file of settings, a [consensus] table or top-level names; flags "
+        "override it (default: none)",
+    )
+    run.add_argument(
+        "--node-data",
+        metavar="DIR",
+        help="your own nodes: one <node id>.npz per node (x_train, y_train, x_test, y_test), "
+        "ids from the file names in natural order; the nodes' test splits pooled are the test "
+        "set (default: none, split --dataset by --partition)",
+    )
+    run.add_argument(
+        "--graph",
+        metavar="FILE",
+        help='your own graph: a JSON edge list [["a", "b"], ...] or adjacency mapping '
+        '{"a": ["b", ...]} over the node ids (default: none, use --topology)',
+    )
+    run.add_argument(
+        "--out",
+        default="fedfuse-consensus-output",
+        help="output folder (default: fedfuse-consensus-output)",
+    )
+    run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     run.add_argument(
         "--processes",
         action="store_true",
-        help="run one `fedfuse node` process per node over HTTP on 127.0.0.1",
+        help="run one `fedfuse node` process per node over HTTP on 127.0.0.1 (default: off, "
+        "simulate in this process)",
     )
     run.add_argument(
         "--step-delay",
         type=float,
         default=0.0,
-        help="with --processes: seconds of sleep per step, scaled by node speed",
+        help="with --processes: seconds of sleep per step, scaled by node speed (default: 0)",
     )
     run.add_argument(
         "--linger",
         type=float,
         default=30.0,
-        help="with --processes: how long a finished node waits for its neighbours",
+        help="with --processes: how long a finished node waits for its neighbours (default: 30 s)",
     )
     run.add_argument(
         "--wait",
         type=float,
         default=3600.0,
-        help="with --processes: give up on the node processes after this many s",
+        help="with --processes: give up on the node processes after this many s (default: 3600)",
     )
     _add_config_flags(run)
     run.set_defaults(func=_cmd_consensus)
@@ -269,36 +341,61 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "node", help="one decentralized node: train and exchange with neighbours over HTTP"
     )
     node.add_argument("--id", type=int, required=True, help="this node's integer id")
-    node.add_argument("--graph", help="graph.json written by `fedfuse consensus --processes`")
-    node.add_argument("--config", help="TOML file of consensus settings (flags override it)")
-    node.add_argument("--peer", action="append", default=[], help="a neighbour as ID=URL (repeat)")
-    node.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    node.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
-    node.add_argument("--data", help="this node's .npz (x_train, y_train, x_test, y_test)")
-    node.add_argument("--num-classes", type=int, help="number of classes (with --data)")
     node.add_argument(
-        "--join", action="store_true", help="join late: start from a neighbour's model"
+        "--graph", help="graph.json written by `fedfuse consensus --processes` (default: none)"
     )
-    node.add_argument("--step-delay", type=float, default=0.0, help="seconds of sleep per step")
+    node.add_argument(
+        "--config",
+        help="TOML or JSON file of consensus settings, flags override it (default: none)",
+    )
+    node.add_argument(
+        "--peer", action="append", default=[], help="a neighbour as ID=URL (repeat; default: none)"
+    )
+    node.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    node.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    node.add_argument(
+        "--data",
+        help="this node's .npz (x_train, y_train, x_test, y_test) (default: none, compute "
+        "this node's share of --dataset)",
+    )
+    node.add_argument(
+        "--num-classes",
+        type=int,
+        help="number of classes (with --data; default: the file's largest label + 1)",
+    )
+    node.add_argument(
+        "--join",
+        action="store_true",
+        help="join late: start from a neighbour's model (default: off)",
+    )
+    node.add_argument(
+        "--step-delay", type=float, default=0.0, help="seconds of sleep per step (default: 0)"
+    )
     node.add_argument(
         "--linger",
         type=float,
         default=30.0,
-        help="seconds a finished node keeps answering its neighbours",
+        help="seconds a finished node keeps answering its neighbours (default: 30)",
     )
-    node.add_argument("--timeout", type=float, default=10.0, help="seconds per exchange")
+    node.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per exchange (default: 10)"
+    )
     node.add_argument(
         "--token",
         help="shared secret that neighbours must present (visible to every user in `ps`: "
-        f"prefer --token-file or ${NODE_TOKEN_ENV})",
+        f"prefer --token-file or ${NODE_TOKEN_ENV}; default: none)",
     )
-    node.add_argument("--token-file", help="read the shared secret from this file")
+    node.add_argument("--token-file", help="read the shared secret from this file (default: none)")
     node.add_argument(
         "--insecure",
         action="store_true",
-        help="allow listening on a non-loopback --host without a token",
+        help="allow listening on a non-loopback --host without a token (default: off)",
     )
-    node.add_argument("--out", default=".", help="folder for node_<id>.json and .safetensors")
-    node.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    node.add_argument(
+        "--out", default=".", help="folder for node_<id>.json and .safetensors (default: .)"
+    )
+    node.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     _add_config_flags(node)
     node.set_defaults(func=_cmd_node)

@@ -6,7 +6,9 @@ neighbouring models to agree and so reaches the model that pooled training would
 when every node holds different classes; gossip SGD and D-PSGD are the averaging baselines.
 
 - In one process, on a simulated asynchronous clock: ``run_consensus(...)`` (or
-  ``AsyncSimulator`` over your own ``ConsensusNode``s).
+  ``AsyncSimulator`` over your own ``ConsensusNode``s). Your own nodes and graph:
+  ``run_consensus(data={id: (x, y), ...}, graph=[(id, id), ...])``, or
+  ``data=load_node_data(folder)`` for one ``.npz`` per node (``as_topology`` checks a graph).
 - As real processes talking HTTP: ``PeerNode`` (one node), ``node_main`` (what ``fedfuse node``
   runs) and ``LocalGraph`` (a whole graph of node processes on this machine).
 
@@ -15,6 +17,7 @@ See the module docstrings of ``_algorithms`` (the update rules and their derivat
 """
 
 from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, Learner, make_algorithm
+from fedfuse.consensus._data import as_topology, load_node_data
 from fedfuse.consensus._launch import (
     NODE_TOKEN_ENV,
     LocalGraph,
@@ -68,12 +71,14 @@ __all__ = [
     "PeerNode",
     "Topology",
     "Transport",
+    "as_topology",
     "complete",
     "consensus_distance",
     "double_ring",
     "evaluate_nodes",
     "from_edge_list",
     "gn_cnn",
+    "load_node_data",
     "make_algorithm",
     "make_model",
     "make_topology",

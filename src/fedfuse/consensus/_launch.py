@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfuse.consensus._data import GraphLike, as_dataset
 from fedfuse.consensus._node import ConsensusNode
 from fedfuse.consensus._peer import PeerNode
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
@@ -38,6 +39,7 @@ from fedfuse.consensus._run import (
     _seeded_model,
     _test_subset,
     node_datasets,
+    prepare_run,
     train_centralized,
 )
 from fedfuse.data import ArrayDataset, load_party_npz
@@ -54,9 +56,11 @@ NODE_TOKEN_ENV = "FEDFUSE_NODE_TOKEN"
 class NodeOptions:
     """How one node process runs (its share of a ``ConsensusConfig`` plus its network).
 
-    ``data`` is a party ``.npz`` file (``x_train, y_train, x_test, y_test``); without it the node
-    computes its own share of ``config``'s dataset and partition (the same for every node, by
-    seed). ``num_classes`` must then be given for ``.npz`` data if a node may lack the top class.
+    ``data`` is a party ``.npz`` file (``x_train, y_train, x_test, y_test``; the node reports
+    its accuracy on its own test split); without it the node computes its own share of
+    ``config``'s dataset and partition (the same for every node, by seed). With ``.npz`` data
+    give ``num_classes`` (every node must build the same model) unless every node holds the top
+    class.
     ``insecure`` lets a node without a ``token`` listen on a non-loopback ``host``.
     """
 
@@ -83,8 +87,14 @@ def _node_data(options: NodeOptions) -> tuple[ArrayDataset, ArrayDataset, int]:
         party = load_party_npz(options.data)
         if party.test is None:
             raise ValueError(f"{options.data}: a node needs x_test/y_test to report its accuracy")
-        num_classes = options.num_classes or int(max(party.train.y.max(), party.test.y.max())) + 1
-        return party.train, party.test, num_classes
+        train = as_dataset(party.train, f"{options.data}: training data")
+        test = as_dataset(party.test, f"{options.data}: test data")
+        top = int(max(train.y.max(), test.y.max())) + 1
+        if options.num_classes is not None and top > options.num_classes:
+            raise ValueError(
+                f"{options.data}: label {top - 1} is not below num_classes={options.num_classes}"
+            )
+        return train, test, options.num_classes or top
     datasets, test, num_classes = node_datasets(config)
     if not 0 <= options.node_id < len(datasets):
         raise ValueError(f"node id {options.node_id} is not in 0..{len(datasets) - 1}")
@@ -94,6 +104,7 @@ def _node_data(options: NodeOptions) -> tuple[ArrayDataset, ArrayDataset, int]:
 def node_main(options: NodeOptions) -> dict[str, Any]:
     """Run one node process to the end; returns (and writes) its report."""
     config = options.config
+    config.check()
     started = time.time()
     train, test, num_classes = _node_data(options)
     module = _seeded_model(config, train.x.shape[1:], num_classes)
@@ -180,8 +191,14 @@ class LocalGraph:
             the simulator's, ``U[1 - speed_spread, 1 + speed_spread]``): emulated slow machines.
         late: node ids started only when ``start_late(i)`` is called (they join from a
             neighbour's model).
+        node_data: your own nodes, node id -> the path of its ``.npz`` (``x_train, y_train,
+            x_test, y_test``), instead of ``config``'s dataset: each process is given its file
+            (and the number of classes, so every node builds the same model).
+        graph: your own graph (see ``as_topology``) instead of ``config.topology``.
 
-    ``token`` is the run's secret (``secrets.token_urlsafe(32)``, drawn per graph).
+    Processes are numbered ``0 .. n-1`` in the nodes' natural order (``topology.node_id(i)``
+    names node ``i``; ``graph.json`` lists the names). ``token`` is the run's secret
+    (``secrets.token_urlsafe(32)``, drawn per graph).
     """
 
     config: ConsensusConfig
@@ -192,14 +209,21 @@ class LocalGraph:
     linger: float = 30.0
     timeout: float = 10.0
     python: str = sys.executable
+    node_data: Mapping[Any, str | os.PathLike] | None = None
+    graph: GraphLike | None = None
     processes: dict[int, subprocess.Popen] = field(default_factory=dict, init=False)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.topology = self.config.make_topology()
-        self.config.make_algorithm()  # fail here, not in eight processes
+        files = {k: Path(v) for k, v in (self.node_data or {}).items()}
+        data = {k: load_party_npz(path) for k, path in files.items()} if files else None
+        # Checked here, once, rather than in every process.
+        self.config, self.topology, self.nodes = prepare_run(
+            self.config, {}, data=data, graph=self.graph
+        )
+        self.data_files = [files[i] for i in self.nodes.ids] if self.nodes else None
         self.addresses = {
             i: f"http://{self.host}:{_free_port(self.host)}" for i in range(self.topology.num_nodes)
         }
@@ -218,6 +242,10 @@ class LocalGraph:
         )
 
     def command(self, node_id: int) -> list[str]:
+        own = []
+        if self.data_files is not None and self.nodes is not None:
+            own = ["--data", str(self.data_files[node_id])]
+            own += ["--num-classes", str(self.nodes.num_classes)]
         return [
             self.python,
             "-m",
@@ -236,6 +264,7 @@ class LocalGraph:
             "--timeout",
             str(self.timeout),
             *(["--join"] if node_id in self.late else []),
+            *own,
         ]
 
     def _spawn(self, node_id: int) -> None:
@@ -370,7 +399,11 @@ class LocalGraph:
             },
         }
         if centralized if centralized is not None else self.config.centralized:
-            datasets, test, num_classes = node_datasets(self.config)
+            if self.nodes is not None:
+                datasets, test = self.nodes.train, self.nodes.test
+                num_classes = self.nodes.num_classes
+            else:
+                datasets, test, num_classes = node_datasets(self.config)
             model = _seeded_model(self.config, datasets[0].x.shape[1:], num_classes)
             pooled = ArrayDataset(
                 np.concatenate([d.x for d in datasets]), np.concatenate([d.y for d in datasets])

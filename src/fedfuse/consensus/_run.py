@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,14 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedfuse._settings import Settings
-from fedfuse.consensus._algorithms import DPSGD, ECL, Gossip, make_algorithm
-from fedfuse.consensus._models import make_model
+from fedfuse._settings import Interval, Options, Rule, Settings, SettingsError
+from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, make_algorithm
+from fedfuse.consensus._data import MAX_NODES, GraphLike, NodeData, NodeSet, as_topology, node_set
+from fedfuse.consensus._models import CONSENSUS_MODELS, make_model
 from fedfuse.consensus._node import DEFAULT_MAX_MESSAGE_RATIO, ConsensusNode
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
 from fedfuse.consensus._simulation import AsyncSimulator
-from fedfuse.consensus._topology import Topology, make_topology
-from fedfuse.data import ArrayDataset, load_dataset, partition_indices
+from fedfuse.consensus._topology import TOPOLOGIES, Topology, make_topology
+from fedfuse.data import (
+    DATASETS,
+    PARTITIONS,
+    ArrayDataset,
+    FederatedDataset,
+    load_dataset,
+    partition_indices,
+    partition_params,
+)
 from fedfuse.models import TorchAdapter, TrainConfig
 
 __all__ = [
@@ -34,13 +45,32 @@ __all__ = [
     "train_centralized",
 ]
 
-_PARTITION_PARAMS = {
-    "iid": {},
-    "dirichlet": {"alpha": "alpha"},
-    "classes": {"k": "classes_per_node"},
-    "shards": {},
-    "quantity": {"alpha": "alpha"},
-}
+#: Partition schemes a config can name (``group`` needs a key per example: bring the data).
+SCHEMES = tuple(p for p in PARTITIONS if p != "group")
+
+#: The one flat alias: the consensus papers speak of classes per node.
+FLAT_ALIASES = {"classes_per_node": "classes_per_party"}
+# Settings that choose or split the dataset: meaningless when the caller brings the data.
+_DATA_SETTINGS = ("dataset", "data_dir", "partition", "partition_params", "train_size")
+_GRAPH_SETTINGS = ("topology", "degree")
+
+
+def partition_defaults(scheme: str) -> dict[str, Any]:
+    """The default of each parameter of partition ``scheme`` (for help texts)."""
+    # fedfuse.data names the parameters (partition_params) but not their defaults; its scheme
+    # table is read here, in one place, until it does.
+    from fedfuse.data._partition import _SCHEMES
+
+    signature = inspect.signature(_SCHEMES[scheme]).parameters
+    return {name: signature[name].default for name in partition_params(scheme)}
+
+
+def _positive_real(closed: str = "neither") -> Interval:
+    return Interval(Real, 0, None, closed=closed)
+
+
+def _is_topology(value: Any) -> bool:
+    return isinstance(value, str) and (value in TOPOLOGIES or Path(value).is_file())
 
 
 @dataclass(frozen=True)
@@ -48,11 +78,15 @@ class ConsensusConfig(Settings):
     """Everything ``run_consensus`` needs, as plain data (what a TOML file holds).
 
     Graph: ``topology`` is ``ring``, ``double_ring``, ``torus``, ``complete``,
-    ``random_regular`` (uses ``degree``) or a path to an edge-list file.
-    Data: ``partition`` is ``classes`` (``classes_per_node`` classes each), ``dirichlet``
-    (``alpha``), ``iid``, ``shards`` or ``quantity``; ``train_size`` keeps a seeded random
+    ``random_regular`` (uses ``degree``) or a path to an edge-list file (or bring your own graph:
+    ``run_consensus(graph=...)``).
+    Data: ``partition`` is ``classes``, ``dirichlet``, ``iid``, ``shards`` or ``quantity``, with
+    the partitioner's own parameters in ``partition_params`` (``{"classes_per_party": 5}``,
+    ``{"alpha": 0.3}``; see ``fedfuse.data.partition_params``), the same as ``DataSpec``'s; the
+    partitioner's defaults fill in what is not given. ``train_size`` keeps a seeded random
     subset of the training set, ``test_size`` a subset of the test set for the per-epoch curves
-    (the final numbers always use the whole test set).
+    (the final numbers always use the whole test set). Or bring your own node data:
+    ``run_consensus(data=...)``.
     Algorithm: ``algorithm`` is ``ecl`` (``exchange`` ``pdmm``/``admm``, ``eta``, ``rho``,
     ``eta_scaling``), ``ecl-isvr``, ``gossip`` or ``dpsgd``; SGD step ``learning_rate``.
     Schedule: a node exchanges after every ``local_steps`` minibatch steps, on each edge with
@@ -63,9 +97,44 @@ class ConsensusConfig(Settings):
     ``epochs`` is measured on the simulated clock: one epoch is the time an average-speed node
     takes for one pass over its data, so all nodes together compute as many gradients as the
     centralized baseline does in the same number of epochs.
+
+    Flat names: ``from_dict`` and ``replace`` (and so ``run_consensus(**overrides)``, a TOML
+    file, the command line) also take the chosen partition's parameters by their own names
+    (``alpha=0.3``, ``classes_per_party=5``), and ``classes_per_node`` as an alias of
+    ``classes_per_party``. ``replace(partition=...)`` of another scheme starts its
+    ``partition_params`` afresh (the old scheme's do not carry over).
     """
 
     kind: ClassVar[str] = "consensus"
+    constraints: ClassVar[dict[str, list[Any]]] = {
+        "topology": [
+            Rule(_is_topology, f"one of {', '.join(map(repr, TOPOLOGIES))} or an edge-list file")
+        ],
+        "num_nodes": [Interval(Integral, 2, MAX_NODES)],
+        "degree": [Interval(Integral, 1)],
+        "dataset": [Options(DATASETS)],
+        "data_dir": [None, str],
+        "train_size": [None, Interval(Integral, 1)],
+        "test_size": [None, Interval(Integral, 1)],
+        "model": [Options(CONSENSUS_MODELS)],
+        "partition": [Options(SCHEMES)],
+        "partition_params": [dict],
+        "algorithm": [Options(ALGORITHMS)],
+        "exchange": [Options(("admm", "pdmm"))],
+        "eta": [None, _positive_real()],
+        "rho": [_positive_real("left")],
+        "eta_scaling": [Options(("none", "sqrt_fan_in"))],
+        "epochs": [Interval(Integral, 1)],
+        "batch_size": [Interval(Integral, 1)],
+        "learning_rate": [_positive_real()],
+        "local_steps": [Interval(Integral, 1)],
+        "exchange_prob": [Interval(Real, 0, 1)],
+        "speed_spread": [Interval(Real, 0, 1, closed="left")],
+        "max_failures": [Interval(Integral, 1)],
+        "max_message_ratio": [_positive_real("left")],
+        "centralized": [bool],
+        "seed": [Interval(Integral, 0)],
+    }
 
     topology: str = "ring"
     num_nodes: int = 8
@@ -76,8 +145,7 @@ class ConsensusConfig(Settings):
     test_size: int | None = None
     model: str = "mlp"
     partition: str = "classes"
-    classes_per_node: int = 5
-    alpha: float = 0.5
+    partition_params: dict[str, Any] = field(default_factory=dict)
     algorithm: str = "ecl"
     exchange: str = "admm"
     eta: float | None = None
@@ -94,8 +162,52 @@ class ConsensusConfig(Settings):
     centralized: bool = True
     seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, path: str = "") -> ConsensusConfig:
+        """Build from a mapping of fields and flat names (see the class docstring)."""
+        if not isinstance(values, Mapping):
+            return super().from_dict(values, path=path)
+        names = [f.name for f in dataclasses.fields(cls)]
+        fields = {k: v for k, v in values.items() if k in names}
+        flat = {k: v for k, v in values.items() if k not in names}
+        if not flat:
+            return super().from_dict(fields, path=path)
+        partition = fields.get("partition", cls.partition)
+        takes = partition_params(partition) if partition in SCHEMES else ()
+        unknown = sorted((k for k in flat if FLAT_ALIASES.get(k, k) not in takes), key=str)
+        if unknown:
+            raise SettingsError(
+                f"unknown {path or cls.kind} setting(s) {unknown}; known: {', '.join(names)}, "
+                f"and the parameters of partition {partition!r}: {', '.join(takes) or '(none)'}"
+                + (" (classes_per_node is an alias of classes_per_party)" if takes else "")
+            )
+        both = [a for a, name in FLAT_ALIASES.items() if a in flat and name in flat]
+        if both:
+            raise SettingsError(f"give {both[0]} or {FLAT_ALIASES[both[0]]}, not both")
+        params = dict(fields.get("partition_params") or {})
+        params.update({FLAT_ALIASES.get(k, k): v for k, v in flat.items()})
+        return super().from_dict({**fields, "partition_params": params}, path=path)
+
+    def replace(self, **changes: Any) -> ConsensusConfig:
+        """A copy with ``changes`` (fields or flat names; see the class docstring)."""
+        new_scheme = changes.get("partition", self.partition) != self.partition
+        if new_scheme and "partition_params" not in changes:
+            changes = {"partition_params": {}, **changes}
+        return super().replace(**changes)
+
+    def check_together(self) -> list[str]:
+        takes = partition_params(self.partition)
+        unknown = sorted(set(self.partition_params) - set(takes))
+        if unknown:
+            return [
+                f"partition_params: partition {self.partition!r} takes "
+                f"{', '.join(takes) or '(none)'}; not {unknown}"
+            ]
+        try:
+            self.make_algorithm()
+        except ValueError as exc:
+            return [f"algorithm: {exc}"]
+        return []
 
     def make_topology(self) -> Topology:
         graph = make_topology(self.topology, self.num_nodes, degree=self.degree, seed=self.seed)
@@ -118,16 +230,6 @@ class ConsensusConfig(Settings):
             algorithm.validate(self.local_steps)
         return algorithm
 
-    def partition_params(self) -> dict[str, Any]:
-        try:
-            names = _PARTITION_PARAMS[self.partition]
-        except KeyError:
-            raise ValueError(
-                f"unknown partition {self.partition!r}; "
-                f"choose one of: {', '.join(_PARTITION_PARAMS)}"
-            ) from None
-        return {param: getattr(self, attr) for param, attr in names.items()}
-
     @property
     def label(self) -> str:
         """A short name for plots: algorithm (and exchange rule for ECL)."""
@@ -138,6 +240,43 @@ class ConsensusConfig(Settings):
         )
 
 
+def settle(
+    config: ConsensusConfig | None,
+    overrides: Mapping[str, Any],
+    *,
+    own_data: bool = False,
+    num_nodes: int | None = None,
+    own_graph: bool = False,
+) -> ConsensusConfig:
+    """``config`` with ``overrides``, checked once, for a run whose nodes may be the caller's.
+
+    With ``own_data`` the settings that choose the dataset are refused in ``overrides`` (they
+    would be ignored); with ``own_graph`` those of the built-in graphs; ``num_nodes`` (the
+    caller's count of nodes) replaces the config's, and a different one in ``overrides`` is
+    an error.
+    """
+    fields = {f.name for f in dataclasses.fields(ConsensusConfig)}
+    if own_data:
+        refused = [k for k in overrides if k in _DATA_SETTINGS or k not in fields]
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)} choose or split a dataset; they do not apply to node "
+                "data you bring (data=, --node-data)"
+            )
+    if own_graph:
+        refused = [k for k in overrides if k in _GRAPH_SETTINGS]
+        if refused:
+            raise ValueError(f"give {', '.join(refused)} or your own graph (graph=), not both")
+    if num_nodes is not None:
+        asked = overrides.get("num_nodes", num_nodes)
+        if asked != num_nodes:
+            raise ValueError(f"num_nodes={asked}, but the data/graph you gave has {num_nodes}")
+        overrides = {**overrides, "num_nodes": num_nodes}
+    config = (config or ConsensusConfig()).replace(**overrides)
+    config.check()
+    return config
+
+
 @dataclass
 class ConsensusResult:
     """What a decentralized run produced.
@@ -146,7 +285,8 @@ class ConsensusResult:
     subset, consensus distance, the averaged model's accuracy, exchanges so far); ``final`` the
     same measures on the whole test set at the end, plus dropped edges, late joins, bytes sent
     and the first 200 exchanges as ``[time, sender, receiver, ok]``; ``centralized`` the
-    baseline's curve.
+    baseline's curve. Nodes are named by their ids (``topology.node_id(i)``); ``own_data``
+    says that the caller brought them (``config``'s dataset settings were not used).
     """
 
     config: ConsensusConfig
@@ -155,14 +295,16 @@ class ConsensusResult:
     final: dict[str, Any]
     centralized: list[dict[str, float]] = field(default_factory=list)
     centralized_final: dict[str, float] | None = None
-    label_counts: dict[int, list[int]] = field(default_factory=dict)
-    node_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    label_counts: dict[Any, list[int]] = field(default_factory=dict)
+    node_weights: dict[Any, dict[str, np.ndarray]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     wall_time: float = 0.0
+    own_data: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
+            "own_data": self.own_data,
             "topology": self.topology.to_dict(),
             "label_counts": {str(k): v for k, v in self.label_counts.items()},
             "epochs": self.history,
@@ -186,7 +328,7 @@ def node_datasets(
         keep = np.random.default_rng([config.seed, 3]).permutation(len(train))[: config.train_size]
         train = train.subset(np.sort(keep))
     parts = partition_indices(
-        train.y, config.num_nodes, config.partition, seed=config.seed, **config.partition_params()
+        train.y, config.num_nodes, config.partition, seed=config.seed, **config.partition_params
     )
     return [train.subset(idx) for idx in parts], test, num_classes
 
@@ -212,14 +354,15 @@ def evaluate_nodes(
 ) -> dict[str, Any]:
     """Test metrics of each node's model and of their average, plus the consensus distance.
 
-    ``adapter`` is a scratch model of the same architecture used for evaluation.
+    ``adapter`` is a scratch model of the same architecture used for evaluation. Nodes are
+    reported (by ``str(node_id)``) in the order of ``models``.
     """
     per_node = {}
-    for node_id, weights in sorted(models.items()):
+    for node_id, weights in models.items():
         adapter.set_weights(weights)
         per_node[str(node_id)] = adapter.evaluate(test)
     accuracies = [m["accuracy"] for m in per_node.values()]
-    ordered = [models[i] for i in sorted(models)]
+    ordered = list(models.values())
     adapter.set_weights(mean_weights(ordered))
     return {
         "nodes": per_node,
@@ -251,35 +394,99 @@ def train_centralized(
     return curve
 
 
+def prepare_run(
+    config: ConsensusConfig | None,
+    overrides: Mapping[str, Any],
+    *,
+    data: Mapping[Any, NodeData] | FederatedDataset | None = None,
+    test: Any = None,
+    graph: GraphLike | None = None,
+) -> tuple[ConsensusConfig, Topology, NodeSet | None]:
+    """The checked config, the graph (nodes named by the caller's ids) and the caller's nodes
+    (``None``: ``config``'s dataset and partition give them)."""
+    if test is not None and data is None:
+        raise ValueError("test= is the test set of the node data you bring; give data= too")
+    nodes = node_set(data, test) if data is not None else None
+    topology = as_topology(graph, nodes.ids if nodes else None) if graph is not None else None
+    count = len(nodes.ids) if nodes else topology.num_nodes if topology else None
+    config = settle(
+        config,
+        overrides,
+        own_data=nodes is not None,
+        num_nodes=count,
+        own_graph=topology is not None,
+    )
+    if topology is None:
+        topology = config.make_topology()
+        if nodes is not None and nodes.ids != list(range(len(nodes.ids))):
+            topology = dataclasses.replace(topology, node_ids=tuple(nodes.ids))
+    return config, topology, nodes
+
+
+def _index_of(topology: Topology, times: Mapping[Any, float] | None, what: str) -> dict[int, float]:
+    index = {str(topology.node_id(i)): i for i in range(topology.num_nodes)}
+    out = {}
+    for node_id, epoch in (times or {}).items():
+        if str(node_id) not in index:
+            raise ValueError(f"{what}: no node {node_id!r} in the graph")
+        out[index[str(node_id)]] = epoch
+    return out
+
+
 def run_consensus(
     config: ConsensusConfig | None = None,
     *,
+    data: Mapping[Any, NodeData] | FederatedDataset | None = None,
+    test: Any = None,
+    graph: GraphLike | None = None,
     out_dir: str | os.PathLike | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    join_at: Mapping[int, float] | None = None,
-    fail_at: Mapping[int, float] | None = None,
+    join_at: Mapping[Any, float] | None = None,
+    fail_at: Mapping[Any, float] | None = None,
     **overrides: Any,
 ) -> ConsensusResult:
     """Simulate decentralized training on a graph with asynchronous exchanges, end to end.
 
     ``run_consensus(algorithm="ecl", topology="ring", num_nodes=8, epochs=10)`` uses
-    ``ConsensusConfig``'s defaults for everything not given. ``join_at``/``fail_at`` map node
-    ids to the epoch at which a node joins late or dies. With ``out_dir``, ``history.json`` and
-    ``accuracy.png`` are written there. ``on_epoch`` gets each epoch's record.
+    ``ConsensusConfig``'s defaults for everything not given (flat partition parameters such as
+    ``classes_per_party=5`` or ``alpha=0.3`` included).
+
+    Bring your own nodes and graph instead of a named dataset and topology:
+
+    - ``data``: node id -> ``(x, y)``, ``ArrayDataset`` or ``PartyData`` (or a
+      ``FederatedDataset``, or ``load_node_data(folder)``); ids are integers or strings.
+      ``test`` is the test set every node is measured on (``(x, y)`` or ``ArrayDataset``);
+      without it, the ``FederatedDataset``'s own or the nodes' test splits pooled.
+    - ``graph``: a ``Topology``, an adjacency mapping ``{id: [neighbour ids]}``, an edge list
+      ``[(id, id), ...]`` or a JSON file of either, over the data's ids (see ``as_topology``).
+
+    Results are keyed by the node ids. ``join_at``/``fail_at`` map node ids to the epoch at
+    which a node joins late or dies. With ``out_dir``, ``history.json`` and ``accuracy.png``
+    are written there. ``on_epoch`` gets each epoch's record.
+
+    Raises:
+        SettingsError: a setting out of range (named), or one that does not apply (a dataset
+            setting with ``data``, a topology with ``graph``).
+        ValueError: data or graph that does not fit (the node is named).
     """
     started = time.perf_counter()
-    config = (config or ConsensusConfig()).replace(**overrides)
-    graph = config.make_topology()
+    config, graph_, own = prepare_run(config, overrides, data=data, test=test, graph=graph)
     algorithm = config.make_algorithm()
-    datasets, test, num_classes = node_datasets(config)
-    eval_set = _test_subset(test, config.test_size, config.seed)
+    if own is not None:
+        datasets, test_set, num_classes = own.train, own.test, own.num_classes
+    else:
+        datasets, test_set, num_classes = node_datasets(config)
+    name = graph_.node_id
+    eval_set = _test_subset(test_set, config.test_size, config.seed)
     input_shape = datasets[0].x.shape[1:]
+    starts = _index_of(graph_, join_at, "join_at")
+    deaths = _index_of(graph_, fail_at, "fail_at")
 
     template = _seeded_model(config, input_shape, num_classes)
     nodes = {
         i: ConsensusNode(
             i,
-            graph.neighbours(i),
+            graph_.neighbours(i),
             copy.deepcopy(template),
             datasets[i],
             algorithm,
@@ -291,7 +498,7 @@ def run_consensus(
             seed=config.seed,
             max_message_ratio=config.max_message_ratio,
         )
-        for i in range(graph.num_nodes)
+        for i in range(graph_.num_nodes)
     }
     # One epoch of the clock: an average-speed node's pass over its local data.
     epoch_time = float(np.mean([n.steps_per_epoch for n in nodes.values()]))
@@ -299,19 +506,22 @@ def run_consensus(
         nodes,
         seed=config.seed,
         speed_spread=config.speed_spread,
-        join_at={i: e * epoch_time for i, e in (join_at or {}).items()},
-        fail_at={i: e * epoch_time for i, e in (fail_at or {}).items()},
+        join_at={i: e * epoch_time for i, e in starts.items()},
+        fail_at={i: e * epoch_time for i, e in deaths.items()},
     )
     scratch = TorchAdapter(copy.deepcopy(template))
     history: list[dict[str, Any]] = []
+
+    def models(running: list[int]) -> dict[Any, dict[str, np.ndarray]]:
+        return {name(i): nodes[i].weights() for i in running}
 
     def checkpoint(now: float) -> None:
         running = sorted(simulator.running)
         record = {
             "epoch": len(history) + 1,
             "time": now,
-            **evaluate_nodes({i: nodes[i].weights() for i in running}, eval_set, scratch),
-            "steps": {str(i): nodes[i].steps for i in running},
+            **evaluate_nodes(models(running), eval_set, scratch),
+            "steps": {str(name(i)): nodes[i].steps for i in running},
             "exchanges": sum(e.ok for e in simulator.log),
             "failed_exchanges": sum(not e.ok for e in simulator.log),
         }
@@ -328,14 +538,20 @@ def run_consensus(
     simulation_s = time.perf_counter() - sim_started
     running = sorted(simulator.running)
     final = {
-        **evaluate_nodes({i: nodes[i].weights() for i in running}, test, scratch),
-        "running": running,
-        "dropped_edges": {str(i): sorted(nodes[i].dropped) for i in nodes if nodes[i].dropped},
-        "joined_from": {str(i): j for i, j in simulator.joined_from.items()},
-        "epochs_done": {str(i): nodes[i].epochs_done for i in nodes},
+        **evaluate_nodes(models(running), test_set, scratch),
+        "running": [name(i) for i in running],
+        "dropped_edges": {
+            str(name(i)): [name(j) for j in sorted(n.dropped)]
+            for i, n in nodes.items()
+            if n.dropped
+        },
+        "joined_from": {str(name(i)): name(j) for i, j in simulator.joined_from.items()},
+        "epochs_done": {str(name(i)): n.epochs_done for i, n in nodes.items()},
         "bytes_sent": sum(n.bytes_sent for n in nodes.values()),
         "exchanges": sum(e.ok for e in simulator.log),
-        "exchange_order": [[e.time, e.initiator, e.peer, e.ok] for e in simulator.log[:200]],
+        "exchange_order": [
+            [e.time, name(e.initiator), name(e.peer), e.ok] for e in simulator.log[:200]
+        ],
         "simulation_wall_time_s": simulation_s,
     }
     centralized: list[dict[str, float]] = []
@@ -355,17 +571,20 @@ def run_consensus(
             learning_rate=config.learning_rate,
             seed=config.seed,
         )
-        centralized_final = TorchAdapter(baseline).evaluate(test)
+        centralized_final = TorchAdapter(baseline).evaluate(test_set)
         centralized_final["wall_time_s"] = time.perf_counter() - baseline_started
     result = ConsensusResult(
         config=config,
-        topology=graph,
+        topology=graph_,
         history=history,
         final=final,
         centralized=centralized,
         centralized_final=centralized_final,
-        label_counts={i: d.label_counts(num_classes).tolist() for i, d in enumerate(datasets)},
-        node_weights={i: nodes[i].weights() for i in running},
+        label_counts={
+            name(i): d.label_counts(num_classes).tolist() for i, d in enumerate(datasets)
+        },
+        node_weights=models(running),
+        own_data=own is not None,
     )
     result.wall_time = time.perf_counter() - started
     if out_dir is not None:
@@ -376,6 +595,7 @@ def run_consensus(
             out / "accuracy.png",
             {config.label: history},
             centralized,
-            title=f"{graph.name}, {graph.num_nodes} nodes, {config.dataset}",
+            title=f"{graph_.name}, {graph_.num_nodes} nodes, "
+            + ("own data" if own is not None else config.dataset),
         )
     return result

@@ -1,8 +1,10 @@
 """Graphs of nodes: who may exchange variables with whom.
 
 A ``Topology`` is plain data: a number of nodes ``0 .. n-1`` and a sorted tuple of undirected
-edges ``(i, j)`` with ``i < j``. Builders cover the graphs of the Edge-consensus Learning papers
-and the usual decentralized-SGD test beds; ``make_topology(name, ...)`` picks one by name.
+edges ``(i, j)`` with ``i < j``; ``node_ids`` names the nodes when they have names of their own
+(a graph the user brought, ``as_topology``). Builders cover the graphs of the Edge-consensus
+Learning papers and the usual decentralized-SGD test beds; ``make_topology(name, ...)`` picks one
+by name.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ _MAX_PAIRING_TRIES = 1000
 
 @dataclass(frozen=True)
 class Topology:
-    """An undirected graph on nodes ``0 .. num_nodes - 1``."""
+    """An undirected graph on nodes ``0 .. num_nodes - 1`` (named ``node_ids[i]`` if given)."""
 
     num_nodes: int
     edges: tuple[tuple[int, int], ...]
     name: str = "custom"
+    node_ids: tuple[int | str, ...] | None = None
     _adjacency: dict[int, tuple[int, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +57,10 @@ class Topology:
                 raise ValueError(f"edge ({i}, {j}) names a node outside 0..{self.num_nodes - 1}")
             clean.add((min(i, j), max(i, j)))
         object.__setattr__(self, "edges", tuple(sorted(clean)))
+        if self.node_ids is not None and len(self.node_ids) != self.num_nodes:
+            raise ValueError(
+                f"{len(self.node_ids)} node_ids for a topology of {self.num_nodes} nodes"
+            )
         adjacency: dict[int, list[int]] = {i: [] for i in range(self.num_nodes)}
         for i, j in self.edges:
             adjacency[i].append(j)
@@ -76,17 +83,30 @@ class Topology:
                     stack.append(j)
         return len(seen) == self.num_nodes
 
+    def node_id(self, node: int) -> int | str:
+        """The name of node ``node`` (its index when the nodes have no names)."""
+        return node if self.node_ids is None else self.node_ids[node]
+
     def to_dict(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "name": self.name,
             "num_nodes": self.num_nodes,
             "edges": [list(e) for e in self.edges],
         }
+        if self.node_ids is not None:
+            doc["node_ids"] = list(self.node_ids)
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, object]) -> Topology:
         edges = tuple((int(i), int(j)) for i, j in doc["edges"])  # type: ignore[union-attr]
-        return cls(int(doc["num_nodes"]), edges, str(doc.get("name", "custom")))  # type: ignore[arg-type]
+        ids = doc.get("node_ids")
+        return cls(
+            int(doc["num_nodes"]),  # type: ignore[arg-type]
+            edges,
+            str(doc.get("name", "custom")),
+            tuple(ids) if ids is not None else None,  # type: ignore[arg-type]
+        )
 
 
 def ring(num_nodes: int) -> Topology:
