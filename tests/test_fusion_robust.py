@@ -92,9 +92,13 @@ def test_clip_by_norm_scales_each_update_lazily():
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(FusionError, match=r"krum with f=1 needs more than 4 updates, got 4"):
+    with pytest.raises(
+        FusionError, match=r"krum with num_byzantine=1 needs more than 4 updates, got 4"
+    ):
         _fused(krum(1), _ups(KRUM_ROWS[:4]), _ref(2))
-    with pytest.raises(ValueError, match=r"beta must be in \[0, 0.5\)"):
+    with pytest.raises(
+        ValueError, match=r"trimmed_mean: trim_fraction must be in \[0, 0.5\), got 0.5"
+    ):
         trimmed_mean(0.5)
     with pytest.raises(ValueError, match="max_norm must be a number > 0"):
         clip_by_norm(0)

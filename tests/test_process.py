@@ -87,15 +87,29 @@ def test_process_errors():
     process = build_fedavg_process(model_fn)
     with pytest.raises(ValueError, match="at least one party"):
         process.next(process.initialize(), [])
-    with pytest.raises(TypeError, match="expected an ArrayDataset"):
+    with pytest.raises(ValueError, match=r"client 'party_0': expected \(x, y\), .* got ndarray"):
         process.next(process.initialize(), [np.zeros(3)])
 
 
-def test_a_party_with_the_wrong_input_width_fails_without_poisoning():
+def test_a_party_whose_training_fails_does_not_poison_the_model():
     process = build_fedavg_process(model_fn, learning_rate=0.1)
     state = process.initialize()
-    wrong = ArrayDataset(np.zeros((10, 7), np.float32), np.zeros(10, np.int64))
+    out_of_range = ArrayDataset(np.zeros((10, 5), np.float32), np.full(10, 7, np.int64))
     torch.manual_seed(0)
-    new_state, metrics = process.next(state, [blobs(50), wrong])
+    new_state, metrics = process.next(state, [blobs(50), out_of_range])
     assert metrics["failed"] == 1 and metrics["num_examples"] == 50
+    assert metrics["failures"]["party_1"] == "IndexError: Target 7 is out of bounds."
     assert all(np.isfinite(v).all() for v in new_state.weights.values())
+    alone, _ = process.next(state, [blobs(50)])  # the same round without the failing party
+    for k in state.weights:
+        np.testing.assert_allclose(new_state.weights[k], alone.weights[k], atol=1e-6)
+    not_finite = ArrayDataset(np.full((10, 5), np.nan, np.float32), np.zeros(10, np.int64))
+    _, metrics = process.next(state, [blobs(50), not_finite])
+    assert metrics["rejected"] == 1 and "not finite" in metrics["failures"]["party_1"]
+
+
+def test_a_party_with_the_wrong_input_width_is_refused_before_training():
+    process = build_fedavg_process(model_fn, learning_rate=0.1)
+    wrong = ArrayDataset(np.zeros((10, 7), np.float32), np.zeros(10, np.int64))
+    with pytest.raises(ValueError, match=r"client 'party_1' train: rows of shape \(7,\), but"):
+        process.next(process.initialize(), [blobs(50), wrong])
