@@ -3,7 +3,8 @@ and centralized training, on non-IID Fashion-MNIST (the NTT press release's expe
 
 What is compared
     8 nodes on a ring (and on a random 3-regular graph), each holding 5 of the 10 Fashion-MNIST
-    classes (``classes`` partition, k=5: every class lives on 4 nodes, all classes are covered).
+    classes (``classes`` partition, ``classes_per_party=5``: every class lives on 4 nodes, all
+    classes are covered).
     Every node trains the same small GroupNorm CNN (``gn_cnn``, 54k parameters) from the same
     initialisation with minibatch SGD (batch 32; steps 0.05 and 0.1: every method, the baseline
     included, runs at both and is reported at its best), at its own seeded speed (rates
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 
 from fedfuse.consensus import ConsensusConfig, node_datasets, plot_runs, run_consensus
+from fedfuse.data import partition_params
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ALGORITHMS = (
@@ -119,7 +121,8 @@ def _markdown(doc: dict[str, Any]) -> str:
         f"Measured {doc['date']} on {doc['machine']}.",
         "",
         f"Fashion-MNIST, {s['train_size']} training images (seeded subset) split among "
-        f"{s['num_nodes']} nodes, {s['classes_per_node']} of the 10 classes each; model "
+        f"{s['num_nodes']} nodes, {_config(s).partition_params['classes_per_party']} of the 10 "
+        "classes each; model "
         f"`{s['model']}` (GroupNorm CNN, 54k parameters); SGD, batch {s['batch_size']}, "
         + (
             f"step {doc['learning_rates'][0]}"
@@ -206,10 +209,24 @@ def _markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config(settings: dict[str, Any]) -> ConsensusConfig:
+    """The config of a results document, also of one written before ``partition_params``
+    (``classes_per_node`` and ``alpha`` were fields then)."""
+    settings = dict(settings)
+    old = {"classes_per_party": settings.pop("classes_per_node", None)}
+    old["alpha"] = settings.pop("alpha", None)
+    if "partition_params" not in settings:
+        takes = partition_params(settings.get("partition", "classes"))
+        settings["partition_params"] = {
+            k: v for k, v in old.items() if k in takes and v is not None
+        }
+    return ConsensusConfig.from_dict(settings)
+
+
 def _same_class_edges(doc: dict[str, Any]) -> dict[str, tuple[int, list]]:
     """Per graph: how many edges join two nodes that hold exactly the same classes."""
     settings = {**doc["settings"], "learning_rate": doc["learning_rates"][0]}
-    datasets, _, num_classes = node_datasets(ConsensusConfig.from_dict(settings))
+    datasets, _, num_classes = node_datasets(_config(settings))
     classes = [tuple(d.label_counts(num_classes) > 0) for d in datasets]
     graphs = {r["topology"]: r["edges"] for r in doc["runs"]}
     return {
@@ -252,7 +269,7 @@ def main() -> None:
         model="gn_cnn",
         num_nodes=8,
         partition="classes",
-        classes_per_node=5,
+        partition_params={"classes_per_party": 5},
         train_size=args.train_size or (1600 if args.quick else 9600),
         test_size=1000 if not args.quick else 500,
         epochs=args.epochs or (2 if args.quick else 10),
