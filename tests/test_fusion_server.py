@@ -46,7 +46,7 @@ def _two_rounds(optimizer):
 
 
 def test_server_momentum_by_hand():
-    first, second, state = _two_rounds(server_momentum(learning_rate=0.5, momentum=0.9))
+    first, second, state = _two_rounds(server_momentum(server_learning_rate=0.5, momentum=0.9))
     # m1 = [1, -2], step 0.5 m1; m2 = 0.9 m1 + [0.5, 0.5] = [1.4, -1.3], step 0.5 m2
     np.testing.assert_allclose(first, [0.5, -1.0], rtol=1e-6)
     np.testing.assert_allclose(second, [0.7, -0.65], rtol=1e-6)
@@ -102,7 +102,7 @@ def test_server_optimizer_needs_a_reducer_before_it():
 
 
 def test_registry_names_build_the_chain_and_check_parameters():
-    t = get_fusion("fedadam", server_learning_rate=0.1, server_epsilon=0.1)
+    t = get_fusion("fedadam", server_learning_rate=0.1, eps=0.1)
     fused, _ = fuse(t, ROUND_1, t.init(GLOBAL), GLOBAL)
     np.testing.assert_allclose(fused.weights["w"], [0.0414822, -0.0618462], rtol=1e-5)
     t = get_fusion("fedavgm", server_learning_rate=0.5, clip_norm=1.0)
@@ -110,8 +110,10 @@ def test_registry_names_build_the_chain_and_check_parameters():
     np.testing.assert_allclose(fused.weights["w"], [0.3, 0.4], rtol=1e-6)  # clipped, then 0.5x
     with pytest.raises(ValueError, match=r"unknown \['lr'\]; it takes: server_learning_rate"):
         get_fusion("fedyogi", lr=0.1)
-    with pytest.raises(ValueError, match=r"fusion 'fedavg': unknown \['server_momentum'\]"):
-        get_fusion("fedavg", server_momentum=0.9)
+    with pytest.raises(ValueError, match=r"fusion 'fedavg': unknown \['momentum'\]"):
+        get_fusion("fedavg", momentum=0.9)
+    with pytest.raises(ValueError, match=r"fusion 'fedadam': unknown \['server_epsilon'\]"):
+        get_fusion("fedadam", server_epsilon=0.1)  # the transform's own name is eps
 
 
 def _federation(tmp_path, fed, adapter, initial):
@@ -147,7 +149,7 @@ def test_moments_are_checkpointed_and_resume_exactly(tmp_path):
 @pytest.mark.parametrize(
     ("fusion", "params"),
     [
-        ("fedavgm", {"server_momentum": 0.5}),
+        ("fedavgm", {"momentum": 0.5}),
         ("fedadagrad", {"server_learning_rate": 0.1}),
         ("fedadam", {}),
         ("fedyogi", {}),
@@ -179,8 +181,8 @@ def test_the_cli_names_fusions_and_their_parameters(tmp_path, capsys):
     doc = json.loads((tmp_path / "history.json").read_text())
     assert doc["config"]["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.05}}
     assert 0.25 < doc["rounds"][0]["bytes_up"] / doc["rounds"][0]["bytes_dense"] < 0.26
-    assert main(["simulate", "--fusion", "median", "--server-momentum", "0.9"]) == 2
+    assert main(["simulate", "--fusion", "median", "--momentum", "0.9"]) == 2
     err = capsys.readouterr().err
     # a flat parameter the chosen fusion does not take is refused, not ignored
-    assert "unknown setting 'server_momentum'" in err
+    assert "unknown setting 'momentum'" in err
     assert "the parameters of the chosen fusion" in err
