@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from fedfuse.runtime import UnexpectedReplyError
 from fedfuse.service._boundary import Boundary, FailureLimiter, GuardedRoute
 from fedfuse.service._config import ServiceSettings
+from fedfuse.service._errors import Conflict, NotFound, Unauthorized
 from fedfuse.service._guards import Guards
 from fedfuse.service._http import RequestTooLarge
-from fedfuse.service._manager import Conflict, Manager, NotFound, Unauthorized
+from fedfuse.service._manager import Manager
 from fedfuse.service._routes_federations import federation_routes
 from fedfuse.service._routes_fusion import fusion_routes
 from fedfuse.service._routes_party import party_routes

@@ -15,7 +15,8 @@ from fastapi import Request
 
 from fedfuse.service._boundary import FailureLimiter, Refused, same_secret
 from fedfuse.service._config import ServiceSettings
-from fedfuse.service._manager import Manager, NotFound, Unauthorized
+from fedfuse.service._errors import NotFound, Unauthorized
+from fedfuse.service._manager import Manager
 
 __all__ = ["Guards", "bearer", "client_address"]
 

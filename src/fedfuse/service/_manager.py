@@ -1,24 +1,19 @@
-"""Federations living in the service: creation, parties, the training thread, restart recovery.
+"""Federations living in the service: creation, parties, identities, restart recovery.
 
-Each federation owns a ``RemotePool`` and, while it trains, a thread running the very same
-``Federation`` round loop as a simulation. Everything needed to rebuild it after a crash is on
-disk: the spec and parties in SQLite, the model file and hosted parties' data in its folder,
-and a checkpoint after every completed round.
-
-A federation's folder is built under a temporary name and renamed into place once every file is
-on disk, with a manifest of their sizes and hashes; its database row comes last. On restart each
-federation is checked against its manifest and rebuilt on its own: a damaged one fails alone,
-with the reason, and the service serves the rest.
+The manager is thin: each federation is a ``FederationRunner`` (its spec, ``RemotePool``,
+model and training thread; see ``_runner``), its files live in a folder built whole
+(``_folders``), and its settings, parties and rounds in SQLite (``_store``). The manager
+creates federations, admits parties (join tokens, party tokens, party secrets) and rebuilds
+every federation on restart: each is checked against its manifest and rebuilt on its own, so a
+damaged one fails alone, with the reason, and the service serves the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -27,26 +22,22 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from fedfuse.data import get_data_handler, load_party_npz
-from fedfuse.federation import (
-    Checkpoint,
-    CheckpointError,
-    Federation,
-    fsync_directory,
-    load_checkpoint,
-    write_synced,
-)
-from fedfuse.models import TorchAdapter, build_model, get_model_type, torch_seed
-from fedfuse.party import Party
+from fedfuse.federation import Checkpoint, load_checkpoint, write_synced
+from fedfuse.models import get_model_type
 from fedfuse.recipes import FederationSpec
 from fedfuse.runtime import RemotePool
+from fedfuse.service._errors import Conflict, NotFound, Unauthorized, storage_error
+from fedfuse.service._folders import (
+    federation_folders,
+    read_checked,
+    read_manifest,
+    remove_half_made,
+    write_folder,
+)
+from fedfuse.service._runner import FINISHED, FederationRunner, build_adapter
 from fedfuse.service._spec import SpecError, check_spec, stored_spec
 from fedfuse.service._store import Store, hash_token
 from fedfuse.weights import (
@@ -59,169 +50,9 @@ from fedfuse.weights import (
     to_bytes,
 )
 
-__all__ = ["Conflict", "Manager", "NotFound", "StorageError", "Unauthorized"]
+__all__ = ["Manager"]
 
-FINISHED = ("completed", "stopped", "failed")
 log = logging.getLogger("fedfuse.service")
-
-
-def _describe(fid: str, record: dict[str, Any]) -> str:
-    """One line per round: who took part and the metrics, weighted by examples."""
-    parts = [f"{len(record['participants'])}/{len(record['sampled'])} parties"]
-    for key in ("train", "federated"):
-        metrics = record.get(key) or {}
-        if "accuracy" in metrics:
-            parts.append(
-                f"{key} loss {metrics.get('loss', float('nan')):.4f} "
-                f"accuracy {metrics['accuracy']:.4f} ({metrics['num_examples']} examples)"
-            )
-    for key in ("rejected", "failed"):
-        for pid, reason in sorted((record.get(key) or {}).items()):
-            parts.append(f"{key} {pid}: {str(reason)[:200]}")
-    if record.get("not_fused"):
-        parts.append(f"not fused: {record['not_fused']}")
-    return f"federation {fid[:8]} round {record['round']}: " + ", ".join(parts)
-
-
-def _check_labels(adapter: Any, data: Any) -> None:
-    """Refuse class labels a torch classifier has no output for (they fail only mid-training)."""
-    module = getattr(adapter, "module", None)
-    labels = [split.y for split in (data.train, data.test) if split is not None and len(split)]
-    if not isinstance(module, torch.nn.Module) or not labels:
-        return
-    if not all(y.ndim == 1 and np.issubdtype(y.dtype, np.integer) for y in labels):
-        return
-    training = module.training
-    module.eval()  # no batch-norm statistics change
-    try:
-        with torch.no_grad():
-            classes = module(torch.as_tensor(data.train.x[:2], dtype=torch.float32)).shape[-1]
-    finally:
-        module.train(training)
-    found = np.unique(np.concatenate(labels))
-    outside = found[(found < 0) | (found >= classes)]
-    if outside.size:
-        raise ValueError(
-            f"labels {outside[:10].tolist()} are outside the model's {classes} classes "
-            f"(0..{classes - 1})"
-        )
-
-
-class NotFound(LookupError):
-    """No such federation or party."""
-
-
-class Conflict(RuntimeError):
-    """The request does not fit the federation's state (training twice, stopping twice...)."""
-
-
-class Unauthorized(PermissionError):
-    """A missing or wrong token."""
-
-
-class StorageError(OSError):
-    """The service could not store what it was given (a full disk, a read-only folder...);
-    nothing half-written is left behind. ``errno`` is the cause's (``ENOSPC``: disk full)."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
-
-
-MANIFEST = "manifest.json"
-
-
-def _store_file(folder: Path, name: str, data: bytes) -> None:
-    """Write ``name`` durably into a federation folder and record its size and hash in the
-    folder's manifest, which recovery checks the file against."""
-    write_synced(folder / name, data)
-    manifest = _manifest(folder) or {}
-    manifest[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    write_synced(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
-
-
-def _manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest, or ``None`` for folders made before there was one."""
-    path = folder / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_bytes())
-    except ValueError:
-        manifest = None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is unreadable")
-    return manifest
-
-
-def _read_checked(folder: Path, name: str, manifest: dict[str, Any] | None) -> bytes | None:
-    """The bytes of ``name`` as written at creation: ``ValueError`` naming the file if it is
-    missing, shorter or different; ``None`` if the federation never had it."""
-    path = folder / name
-    if manifest is None:  # a folder made before manifests: only presence can be told
-        return path.read_bytes() if path.exists() else None
-    entry = manifest.get(name)
-    if entry is None:
-        return None
-    if not path.exists():
-        raise ValueError(f"{path} is missing")
-    data = path.read_bytes()
-    if len(data) != entry["bytes"]:
-        raise ValueError(f"{path} is {len(data)} bytes; {entry['bytes']} were written")
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise ValueError(f"{path} differs from the file written (sha256 mismatch)")
-    return data
-
-
-def _storage_error(action: str, exc: OSError | sqlite3.Error) -> StorageError:
-    code = exc.errno if isinstance(exc, OSError) else None
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-        code = errno.ENOSPC  # SQLite's "database or disk is full"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(code, f"{action}: the disk is full")
-    return StorageError(code or errno.EIO, f"{action}: {getattr(exc, 'strerror', None) or exc}")
-
-
-class _Finished(threading.Event):
-    """``done`` of a run: an event that also calls back (e.g. to wake an asyncio waiter)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._callbacks: list[Callable[[], None]] = []
-        self._guard = threading.Lock()
-
-    def when_set(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, from the setting thread (at once if already set)."""
-        with self._guard:
-            if not self.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def set(self) -> None:
-        with self._guard:
-            super().set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback()
-
-
-@dataclass
-class _Run:
-    fid: str
-    spec: FederationSpec
-    folder: Path
-    pool: RemotePool
-    initial: Weights
-    model_bytes: bytes | None
-    thread: threading.Thread | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    done: _Finished = field(default_factory=_Finished)
-    federation: Federation | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    status: str | None = None  # mirrors the store, for the long poll
-    tokens: dict[str, str] = field(default_factory=dict)  # token hash -> party id
-    hosted_adapter: Any = None  # the model the hosted parties share
-    order: list[list[Any]] | None = None  # [name, shape] in the model's own order, once known
 
 
 class Manager:
@@ -244,63 +75,35 @@ class Manager:
         self.limits = limits or SizeLimits()
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.data_dir / "fedfuse.sqlite3", has_federations=bool(self._folders()))
+        has_federations = bool(federation_folders(self.data_dir))
+        self.store = Store(self.data_dir / "fedfuse.sqlite3", has_federations=has_federations)
         self.allowed_import_paths = tuple(allowed_import_paths)
         self.liveness = liveness
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, FederationRunner] = {}
         self._lock = threading.Lock()
 
     # building blocks --------------------------------------------------------------------------
-    def _folders(self) -> list[Path]:
-        """Every federation folder on disk (not those half-made by an interrupted creation)."""
-        parent = self.data_dir / "federations"
-        if not parent.is_dir():
-            return []
-        return [p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    def _runner(
+        self,
+        fid: str,
+        spec: FederationSpec,
+        folder: Path,
+        initial: Weights,
+        model_bytes: bytes | None,
+    ) -> FederationRunner:
+        return FederationRunner(
+            fid,
+            spec,
+            folder,
+            RemotePool(self.liveness),
+            initial,
+            model_bytes,
+            store=self.store,
+            limits=self.limits,
+            allowed_import_paths=self.allowed_import_paths,
+        )
 
-    def _write_folder(self, fid: str, files: dict[str, bytes]) -> Path:
-        """Build a federation's folder under a temporary name beside its final place, every
-        file flushed to disk, then rename it into place: a full disk or a crash while creating
-        leaves no half-made federation (recovery deletes the temporary folder)."""
-        parent = self.data_dir / "federations"
-        folder = parent / fid
-        tmp = parent / f".creating-{fid}"
-        renamed = False
-        try:
-            (tmp / "parties").mkdir(parents=True)
-            for name, data in files.items():
-                _store_file(tmp, name, data)
-            fsync_directory(tmp / "parties")
-            os.rename(tmp, folder)
-            renamed = True
-            fsync_directory(parent)
-        except OSError as exc:
-            shutil.rmtree(folder if renamed else tmp, ignore_errors=True)
-            raise _storage_error("could not store the federation's files", exc) from exc
-        return folder
-
-    def _adapter(self, spec: FederationSpec, model_bytes: bytes | None) -> Any:
-        if model_bytes is not None:
-            model_type = get_model_type(spec.model.model_type)
-            return model_type.load(model_bytes, self.allowed_import_paths, limits=self.limits)
-        if spec.model.name is not None:
-            # seeded under torch_seed's lock: other federations' threads draw from the same
-            # process-wide generator, and must neither disturb this draw nor be disturbed
-            with torch_seed(spec.seed):
-                model = build_model(
-                    spec.model.name,
-                    spec.model.input_shape,
-                    spec.model.num_classes,
-                    limits=self.limits,
-                )
-                return TorchAdapter(model)
-        return None
-
-    def _prepared_later(self, spec: FederationSpec, model_bytes: bytes | None) -> bool:
-        """Model types such as doc2vec fix their weights only once all parties are known."""
-        return model_bytes is not None and get_model_type(spec.model.model_type).prepare is not None
-
-    def _run(self, fid: str) -> _Run:
+    def _run(self, fid: str) -> FederationRunner:
         with self._lock:
             run = self._runs.get(fid)
         if run is None:
@@ -327,9 +130,10 @@ class Manager:
             raise SpecError("join_token must be 16 to 256 characters")
         if join_token is not None and self.store.federation_by_join_token(join_token):
             raise Conflict("this join token is already used by another federation")
-        adapter = self._adapter(spec, model_bytes)
+        adapter = build_adapter(spec, model_bytes, self.allowed_import_paths, self.limits)
+        prepared_later = model_bytes is not None and get_model_type(spec.model.model_type).prepare
         if adapter is not None:
-            weights = {} if self._prepared_later(spec, model_bytes) else adapter.get_weights()
+            weights = {} if prepared_later else adapter.get_weights()
         else:
             try:
                 weights = from_bytes(initial_weights or b"")
@@ -342,18 +146,16 @@ class Manager:
         files = {"initial.safetensors": to_bytes(weights)}
         if model_bytes is not None:
             files["model_file"] = model_bytes
-        folder = self._write_folder(fid, files)
+        folder = write_folder(self.data_dir, fid, files)
         try:  # the row comes last: without it, the folder is removed
             self.store.create_federation(fid, spec.to_dict(), token)
         except BaseException as exc:
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(exc, sqlite3.OperationalError):  # "database or disk is full"
-                raise _storage_error("could not record the federation", exc) from exc
+                raise storage_error("could not record the federation", exc) from exc
             raise
         with self._lock:
-            self._runs[fid] = _Run(
-                fid, spec, folder, RemotePool(self.liveness), weights, model_bytes
-            )
+            self._runs[fid] = self._runner(fid, spec, folder, weights, model_bytes)
         return fid, token
 
     def status_of(self, fid: str) -> str:
@@ -400,16 +202,8 @@ class Manager:
         ]
 
     def global_weights(self, fid: str) -> Weights:
-        run = self._run(fid)
-        if run.federation is not None:
-            return run.federation.weights
-        try:
-            checkpoint = load_checkpoint(run.folder / "checkpoint")
-        except (CheckpointError, OSError) as exc:
-            raise Conflict(f"the model of federation {fid} cannot be read: {exc}") from None
-        if checkpoint is None and not run.initial and self.status_of(fid) == "failed":
-            raise Conflict(f"federation {fid} failed before it had a model to download")
-        return checkpoint.weights if checkpoint else run.initial
+        self.status_of(fid)  # the runner knows its status before it answers
+        return self._run(fid).global_weights()
 
     def model_file(self, fid: str) -> bytes | None:
         return self._run(fid).model_bytes
@@ -423,34 +217,6 @@ class Manager:
             raise Conflict(f"federation {fid} is {fed['status']}; it takes no more parties")
         return fed
 
-    def _hosted_party(self, run: _Run, party_id: str, handler: str, npz: bytes) -> Party:
-        if run.model_bytes is None and run.spec.model.name is None:
-            raise SpecError(
-                "this federation was created from initial weights only; a party hosted by the "
-                "service needs a model (create the federation with a model_file or a zoo model)"
-            )
-        data = get_data_handler(handler)(load_party_npz(npz, limits=self.limits))
-        if self._prepared_later(run.spec, run.model_bytes):
-            # each party keeps its own model (doc2vec: its document vectors); the weights
-            # exist after the prepare step
-            return Party(self._adapter(run.spec, run.model_bytes), data, party_id)
-        # hosted parties run one task at a time and every task loads its weights first, so
-        # they share one model in memory, as in the simulation
-        if run.hosted_adapter is None:
-            run.hosted_adapter = self._adapter(run.spec, run.model_bytes)
-        adapter = run.hosted_adapter
-        adapter.set_weights(run.initial)
-        try:
-            adapter.evaluate(data.train.subset(np.arange(min(2, len(data.train)))))
-            _check_labels(adapter, data)
-        except (RuntimeError, ValueError, IndexError) as exc:
-            first = str(exc).splitlines()[0]
-            raise SpecError(
-                f"party data with examples of shape {data.train.x.shape[1:]} does not fit the "
-                f"model: {first}"
-            ) from None
-        return Party(adapter, data, party_id)
-
     def add_hosted_party(self, fid: str, handler: str, npz: bytes) -> dict[str, Any]:
         """The tutorial's ``/start-party``: a party that runs here on uploaded data."""
         fed = self._check_open(fid)
@@ -460,14 +226,14 @@ class Manager:
             if count >= run.spec.num_parties:
                 raise Conflict(f"all {run.spec.num_parties} parties have already registered")
             party_id = f"party_{count}"
-            party = self._hosted_party(run, party_id, handler, npz)
+            party = run.hosted_party(party_id, handler, npz)
             path = run.folder / "parties" / f"{party_id}.npz"
             try:  # on disk whole before the store says the party exists
                 write_synced(path, npz)
                 self.store.add_party(fid, party_id, "hosted", handler=handler)
             except (OSError, sqlite3.Error) as exc:
                 path.unlink(missing_ok=True)
-                raise _storage_error("could not store the party's data", exc) from exc
+                raise storage_error("could not store the party's data", exc) from exc
             run.pool.add_hosted(party_id, party)
             remaining = run.spec.num_parties - count - 1
         self._maybe_ready(fid, run, remaining, fed)
@@ -513,7 +279,7 @@ class Manager:
         fid = fed["id"]
         self._check_open(fid)
         run = self._run(fid)
-        if self._prepared_later(run.spec, run.model_bytes):
+        if run.prepared_later:
             raise Conflict(
                 f"model_type {run.spec.model.model_type!r} agrees on its vocabulary among the "
                 "parties the service hosts (POST /start-party); remote parties cannot join it"
@@ -546,35 +312,8 @@ class Manager:
             "party_id": party_id,
             "party_token": party_token,
             "party_secret": self.party_secret(fid, party_id),
-            "model": self._model_description(run),
+            "model": run.model_description(),
         }
-
-    def _parameters(self, run: _Run) -> list[list[Any]] | None:
-        """``[name, shape]`` of every weight in the model's own order (a torch module's
-        ``state_dict()`` order), for parties whose code lists parameters by position (Flower
-        clients); ``None`` when the service has no model to read it from."""
-        if run.order is None and (run.model_bytes is not None or run.spec.model.name is not None):
-            adapter = run.hosted_adapter or self._adapter(run.spec, run.model_bytes)
-            names = getattr(adapter, "parameter_order", None)
-            if names is not None and run.initial:
-                run.order = [[n, list(run.initial[n].shape)] for n in names() if n in run.initial]
-        return run.order
-
-    def _model_description(self, run: _Run) -> dict[str, Any]:
-        parameters = self._parameters(run)
-        extra = {"parameters": parameters} if parameters else {}
-        if run.model_bytes is not None:
-            return {"source": "model_file", "model_type": run.spec.model.model_type, **extra}
-        if run.spec.model.name is not None:
-            return {
-                **extra,
-                "source": "zoo",
-                "model": run.spec.model.name,
-                "input_shape": list(run.spec.model.input_shape),
-                "num_classes": run.spec.model.num_classes,
-                "seed": run.spec.seed,
-            }
-        return {"source": "party"}
 
     def party_of(self, fid: str, party_token: str) -> str:
         """The party id that ``party_token`` belongs to in federation ``fid``; ``Unauthorized``
@@ -607,7 +346,9 @@ class Manager:
         """Call ``callback`` (from the training thread) once training of ``fid`` ends."""
         self._run(fid).done.when_set(callback)
 
-    def _maybe_ready(self, fid: str, run: _Run, remaining: int, fed: dict[str, Any]) -> None:
+    def _maybe_ready(
+        self, fid: str, run: FederationRunner, remaining: int, fed: dict[str, Any]
+    ) -> None:
         if remaining == 0 and fed["status"] == "registering":
             self._set_status(fid, "ready")
             if run.spec.auto_start:
@@ -626,77 +367,22 @@ class Manager:
                     f"waiting for {remaining} more part{'y' if remaining == 1 else 'ies'}"
                     " to register before training can start"
                 )
-            if status == "training" and run.thread is not None and run.thread.is_alive():
+            if status == "training" and run.training:
                 raise Conflict("this federation is already training")
             if status in FINISHED:
                 raise Conflict(f"this federation is already {status}")
-            self._set_status(fid, "training")
-            run.done.clear()
-            run.stop.clear()
-            run.thread = threading.Thread(
-                target=self._train, args=(run,), daemon=True, name=f"federation-{fid[:8]}"
-            )
-            run.thread.start()
-
-    def _train(self, run: _Run) -> None:
-        spec = run.spec
-        try:
-            if self._prepared_later(spec, run.model_bytes):
-                hosted = run.pool.hosted()
-                get_model_type(spec.model.model_type).prepare(
-                    [p.adapter for p in hosted], [p.data.train for p in hosted]
-                )
-                run.initial = hosted[0].adapter.get_weights()
-                _store_file(run.folder, "initial.safetensors", to_bytes(run.initial))
-            federation = Federation(
-                run.pool,
-                run.initial,
-                fusion=spec.fusion,
-                config=spec.training,
-                sampling=spec.sampling,
-                aggregation=spec.aggregation,
-                seed=spec.seed,
-                federated_eval=spec.evaluation.federated,
-                checkpoint_dir=run.folder / "checkpoint",
-            )
-            run.federation = federation
-            # the checkpoint is the truth: rounds recorded after it (its newest file was
-            # damaged, so it fell back one round) are trained again
-            self.store.rewind(run.fid, federation.round)
-            for record in federation.history:  # rounds completed before a restart
-                self.store.record_round(run.fid, record)
-
-            def on_round(record: dict[str, Any]) -> None:
-                self.store.record_round(run.fid, record)
-                log.info(_describe(run.fid, record))
-                if run.stop.is_set():
-                    raise _Stopped
-
-            while federation.round < spec.rounds and not run.stop.is_set():
-                # a round starts once a quorum of parties is live (after a restart, remote
-                # parties come back as they poll again)
-                if run.pool.wait_for_parties(spec.aggregation.quorum, timeout=1.0):
-                    on_round(federation.run_round())
-            if not run.stop.is_set():
-                self._set_status(run.fid, "completed")
-        except _Stopped:
-            pass
-        except Exception as exc:  # a failed federation is recorded, never crashes the service
-            self._fail(run.fid, f"{type(exc).__name__}: {exc}")
-        finally:
-            run.done.set()
+            run.start()
 
     def _fail(self, fid: str, reason: str) -> None:
-        """Mark ``fid`` failed with ``reason``; if even the store cannot be written (a full
-        disk), the service still knows and says so until it restarts."""
+        run = self._runs.get(fid)
+        if run is not None:
+            run.fail(reason)
+            return
         log.warning("federation %s failed: %s", fid[:8], reason)
         try:
-            self._set_status(fid, "failed", reason)
+            self.store.set_status(fid, "failed", reason)
         except sqlite3.Error as exc:
             log.error("federation %s: could not record the failure: %s", fid[:8], exc)
-            run = self._runs.get(fid)
-            if run is not None:
-                run.status = "failed"
 
     def wait(self, fid: str, timeout: float | None = None) -> bool:
         """Block until training ends; False on timeout."""
@@ -711,8 +397,7 @@ class Manager:
             # a completed federation is stopped too (the tutorial calls /stop after /train);
             # its model and history stay available
             self._set_status(fid, "stopped")
-            run.stop.set()
-            run.pool.interrupt()  # a step waiting for replies ends now, not at its deadline
+            run.stop()  # a step waiting for replies ends now, not at its deadline
 
     # restart ----------------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -721,7 +406,7 @@ class Manager:
         Each federation is rebuilt on its own: one whose stored settings or files are damaged
         becomes ``failed`` with the reason, and the others are served. Nothing raises out of
         here (the app's start calls it)."""
-        self._remove_half_made()
+        remove_half_made(self.data_dir)
         try:
             federations = self.store.federations()
         except sqlite3.Error as exc:
@@ -740,18 +425,6 @@ class Manager:
                 self._keep_failed(fed)
         return resumed
 
-    def _remove_half_made(self) -> None:
-        """Delete folders of creations that a crash interrupted (they never had a row)."""
-        parent = self.data_dir / "federations"
-        try:
-            leftovers = list(parent.glob(".creating-*")) if parent.is_dir() else []
-        except OSError as exc:
-            log.warning("cannot look for half-made federations in %s: %s", parent, exc)
-            return
-        for tmp in leftovers:
-            log.warning("removing %s, left by an interrupted creation", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-
     def _recover(self, fed: dict[str, Any]) -> bool:
         """Rebuild one federation, checking its files; True if it resumed training."""
         fid = fed["id"]
@@ -765,15 +438,15 @@ class Manager:
         folder = self.data_dir / "federations" / fid
         if not folder.is_dir():
             raise ValueError(f"its folder {folder} is missing")
-        manifest = _manifest(folder)
-        initial_bytes = _read_checked(folder, "initial.safetensors", manifest)
+        manifest = read_manifest(folder)
+        initial_bytes = read_checked(folder, "initial.safetensors", manifest)
         if initial_bytes is None:
             raise ValueError(f"{folder / 'initial.safetensors'} is missing")
         try:
             initial = from_bytes(initial_bytes)
         except WeightsFormatError as exc:
             raise ValueError(f"{folder / 'initial.safetensors'}: {exc}") from None
-        model_bytes = _read_checked(folder, "model_file", manifest)
+        model_bytes = read_checked(folder, "model_file", manifest)
         checkpoint = load_checkpoint(folder / "checkpoint")  # CheckpointError if none usable
         if checkpoint is None and fed["rounds_done"] > 0:
             raise ValueError(
@@ -784,14 +457,14 @@ class Manager:
             check_compatible(initial, checkpoint.weights)
         if checkpoint is not None and checkpoint.round < fed["rounds_done"]:
             self._rewound(fed, checkpoint)
-        run = _Run(fid, spec, folder, RemotePool(self.liveness), initial, model_bytes)
+        run = self._runner(fid, spec, folder, initial, model_bytes)
         for party in self.store.parties(fid):
             if party["kind"] == "hosted":
                 party_id = party["party_id"]
                 path = folder / "parties" / f"{party_id}.npz"
                 if not path.exists():
                     raise ValueError(f"{path}, the data of hosted party {party_id}, is missing")
-                hosted = self._hosted_party(run, party_id, party["handler"], path.read_bytes())
+                hosted = run.hosted_party(party_id, party["handler"], path.read_bytes())
                 run.pool.add_hosted(party_id, hosted)
         with self._lock:
             self._runs[fid] = run
@@ -829,7 +502,7 @@ class Manager:
             initial = load_weights(folder / "initial.safetensors")
         except (OSError, ValueError):
             initial = {}
-        run = _Run(fed["id"], spec, folder, RemotePool(self.liveness), initial, None)
+        run = self._runner(fed["id"], spec, folder, initial, None)
         run.status = "failed"
         with self._lock:
             self._runs[fed["id"]] = run
@@ -837,9 +510,4 @@ class Manager:
     def shutdown(self) -> None:
         """Ask training threads to end after their current round (the store stays usable)."""
         for run in list(self._runs.values()):
-            run.stop.set()
-            run.pool.interrupt()
-
-
-class _Stopped(Exception):
-    pass
+            run.stop()

@@ -10,6 +10,7 @@ from anyio import to_thread
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.formparsers import MultiPartException
 
 from fedfuse.recipes import (
     FederationSpec,
@@ -47,9 +48,7 @@ async def _form(request: Request) -> tuple[dict[str, str], dict[str, Any]]:
     at most 2 files (``model_file``, ``initial_weights``) and short text values."""
     try:
         form = await request.form(max_files=len(_UPLOADS), max_fields=256)
-    except Exception as exc:  # starlette raises its own parser errors for malformed bodies
-        if isinstance(exc, MemoryError | OSError):
-            raise
+    except MultiPartException as exc:  # (the boundary's 413/408 pass through as they are)
         raise SpecError(f"the form cannot be read: {exc}") from None
     fields: dict[str, str] = {}
     uploads: dict[str, Any] = {}

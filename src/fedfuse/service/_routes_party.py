@@ -24,8 +24,9 @@ from fedfuse.party import Malformed
 from fedfuse.runtime import decode_meta, reply_from_wire, task_to_wire
 from fedfuse.service._boundary import GuardedRoute, before_body
 from fedfuse.service._config import ServiceSettings
+from fedfuse.service._errors import Conflict, NotFound
 from fedfuse.service._guards import Guards
-from fedfuse.service._manager import Conflict, Manager, NotFound
+from fedfuse.service._manager import Manager
 from fedfuse.weights import Weights, to_bytes
 
 __all__ = ["META_HEADER", "party_routes"]
