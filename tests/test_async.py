@@ -117,10 +117,6 @@ def test_configuration_errors():
         Federation(constant_pool({"a": 1.0, "b": 1.0}), W0, fusion="krum", aggregation=buffered(3))
 
 
-@pytest.mark.xfail(
-    reason="see bugs.md: buffered Federation does not check sampling against the parties",
-    strict=True,
-)
 def test_more_parties_in_flight_than_there_are_is_refused_at_construction():
     # AsyncFederation refused concurrency=2 of 1 party when it was created; a synchronous
     # Federation refuses Sampling(count=2) of 1 party when it is created
@@ -131,9 +127,6 @@ def test_more_parties_in_flight_than_there_are_is_refused_at_construction():
         Federation(pool, W0, sampling=Sampling(count=2), aggregation=buffered(1))
 
 
-@pytest.mark.xfail(
-    reason="see bugs.md: a buffered step's deadline restarts at every arrival", strict=True
-)
 def test_a_buffer_not_filled_within_the_deadline_is_not_fused():
     """One party at a time, 1 s per task, buffer of 2, deadline 1.5 s: the second update of
     each step arrives 2 s after the step began, past the deadline."""
@@ -246,10 +239,6 @@ def test_a_buffered_federation_checkpoints_and_resumes(tmp_path):
     assert not np.array_equal(alone.weights["w"], first.weights["w"])
 
 
-@pytest.mark.xfail(
-    reason="see bugs.md: a resumed federation's records restart the simulated clock at 0",
-    strict=True,
-)
 def test_the_simulated_clock_goes_on_after_a_resume(tmp_path):
     seconds = {"fast": 1.0, "slow": 3.0}
 

@@ -185,4 +185,4 @@ def test_the_cli_names_fusions_and_their_parameters(tmp_path, capsys):
     err = capsys.readouterr().err
     # a flat parameter the chosen fusion does not take is refused, not ignored
     assert "unknown setting 'momentum'" in err
-    assert "the parameters of the chosen fusion" in err
+    assert "fusion 'median' takes clip_norm" in err

@@ -67,8 +67,7 @@ BAD_VALUES = [
         ModelSpec,
         "model_type",
         "onnx",
-        "one of 'pytorch', 'doc2vec', 'keras'",
-        marks=pytest.mark.xfail(reason="see bugs.md: model_type lists no model types", strict=True),
+        "one of 'doc2vec', 'keras', 'pytorch'",
     ),
     (ModelSpec, "input_shape", (0,), "None or a list of 1 to 8 positive integers"),
     (ModelSpec, "input_shape", [], "None or a list of 1 to 8 positive integers"),
@@ -122,9 +121,6 @@ def test_rules_across_fields_name_the_part(spec, message):
     assert str(error.value).startswith(message)
 
 
-@pytest.mark.xfail(
-    reason="see bugs.md: server optimizer hyperparameters are not checked", strict=True
-)
 def test_server_optimizer_parameters_are_checked():
     with pytest.raises(SettingsError, match=r"fusion\.params: .*server_learning_rate"):
         FusionSpec("fedadam", {"server_learning_rate": "fast"}).check("fusion.")
@@ -166,9 +162,6 @@ def test_from_dict_refuses_unknown_keys_and_lists_the_known_ones():
         Sampling.from_dict(["fraction", 0.5])
 
 
-@pytest.mark.xfail(
-    reason="see bugs.md: nested from_dict errors print the path with a stray dot", strict=True
-)
 def test_nested_from_dict_errors_name_the_part_cleanly():
     with pytest.raises(SettingsError, match=r"^unknown training setting\(s\) \['learning_rat'\]"):
         FederationSpec.from_dict({"training": {"learning_rat": 1}})

@@ -89,13 +89,13 @@ class Rule:
     """Anything ``test(value)`` accepts; ``description`` says what that is."""
 
     test: Callable[[Any], bool]
-    description: str
+    description: str | Callable[[], str]
 
     def accepts(self, value: Any) -> bool:
         return bool(self.test(value))
 
-    def __str__(self) -> str:
-        return self.description
+    def __str__(self) -> str:  # a callable: what is allowed when the error is raised
+        return self.description() if callable(self.description) else self.description
 
 
 def _accepts(constraint: Any, value: Any) -> bool:
@@ -143,16 +143,13 @@ class Settings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, path: str = "") -> Self:
         """Build from a (nested) mapping; unknown keys are an error listing the known ones."""
+        where = path.rstrip(".") or cls.kind
         if not isinstance(values, Mapping):
-            raise SettingsError(
-                f"{path or cls.kind} must be a table (mapping), got {type(values).__name__}"
-            )
+            raise SettingsError(f"{where} must be a table (mapping), got {type(values).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         unknown = sorted(set(values) - set(known), key=str)
         if unknown:
-            raise SettingsError(
-                f"unknown {path or cls.kind} setting(s) {unknown}; known: {', '.join(known)}"
-            )
+            raise SettingsError(f"unknown {where} setting(s) {unknown}; known: {', '.join(known)}")
         parts = cls.parts()
         kwargs = {}
         for name, value in values.items():

@@ -17,6 +17,7 @@ Everything else, validation, fusion, records and checkpoints, is the same code f
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,8 +109,9 @@ class Federation:
             return
         fusion.check("fusion.")
         per_step = self.aggregation.updates_per_step
-        if per_step is None and self.pool.party_ids():
-            per_step = self._per_round(len(self.pool.party_ids()))
+        if self.pool.party_ids():  # (the service's pool fills as parties join)
+            per_round = self._per_round(len(self.pool.party_ids()))  # count <= parties
+            per_step = per_step or per_round
         if per_step is not None:  # a fusion that can never fuse would run empty steps forever
             fusion.check_size(per_step)
 
@@ -126,6 +128,8 @@ class Federation:
         self.fusion_state = checkpoint.fusion_state
         self.history = checkpoint.history
         self.version = sum(bool(r.get("fused")) for r in self.history)
+        if self.history and "time" in self.history[-1] and hasattr(self.pool, "clock"):
+            self.pool.clock = max(self.pool.clock, self.history[-1]["time"])  # time goes on
         self._tasks = sum(len(r.get("participants", ())) for r in self.history)
 
     def _task(self, step: int, party_id: str) -> TrainTask:
@@ -182,12 +186,15 @@ class Federation:
         """Arrivals for one buffer: keep the sampled number of parties training, yield each
         arrival with its staleness, until ``buffer_size`` updates were accepted."""
         buffer_size, deadline = self.aggregation.buffer_size, self.aggregation.deadline
+        clock = self._clock()
+        start = clock()
         self._keep_training(result.round)
         while len(result.participants) < buffer_size:
             if not self._started:
                 result.not_fused = "no party is training; nothing can arrive"
                 return
-            arrival = self.pool.next_arrival(timeout=deadline)
+            left = None if deadline is None else max(0.0, deadline - (clock() - start))
+            arrival = self.pool.next_arrival(timeout=left)
             if arrival is None:
                 result.not_fused = (
                     f"{len(result.participants)} of {buffer_size} updates arrived within the "
@@ -201,6 +208,12 @@ class Federation:
             yield pid, reply, self.version - started
             if len(result.participants) < buffer_size:
                 self._keep_training(result.round)
+
+    def _clock(self) -> Callable[[], float]:
+        """The pool's clock: simulated time in ``LocalPool``, else real time."""
+        if hasattr(self.pool, "clock"):
+            return lambda: self.pool.clock  # type: ignore[attr-defined]
+        return time.monotonic
 
     def _keep_training(self, step: int) -> None:
         live = self.pool.party_ids()
@@ -254,12 +267,19 @@ class Federation:
         return record
 
     def run(
-        self, rounds: int, on_round: Callable[[dict[str, Any]], None] | None = None
+        self,
+        rounds: int,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Run until step ``rounds`` is complete (a resumed federation continues where it was)."""
+        """Run until step ``rounds`` is complete (a resumed federation continues where it was),
+        or, with ``until``, until the pool's clock (simulated seconds in ``LocalPool``) has
+        reached ``until``: a time budget, to compare policies at equal time."""
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
-        while self.round < rounds:
+        clock = self._clock()
+        while self.round < rounds and (until is None or clock() < until):
             record = self.run_round()
             if on_round is not None:
                 on_round(record)

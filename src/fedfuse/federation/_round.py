@@ -151,6 +151,8 @@ def fold_replies(
             pass
         if isinstance(fused, str):
             result.not_fused = fused
+        elif result.not_fused:  # the arrivals ended the step short (buffered: its deadline)
+            pass
         elif len(result.participants) < quorum:
             result.not_fused = (
                 f"{len(result.participants)} accepted updates, fewer than the quorum {quorum}"
@@ -158,7 +160,6 @@ def fold_replies(
         else:
             new_weights, new_state = fused
             result.weights, result.fusion_state, result.fused = new_weights, new_state, True
-            result.not_fused = ""
     result.train_metrics = metrics.result()
     result.seconds = time.perf_counter() - start
     return result

@@ -90,9 +90,7 @@ def trimmed_mean(trim_fraction: float = 0.1) -> FusionTransform:
         ICML 2018.
     """
     if not (isinstance(trim_fraction, int | float) and 0 <= trim_fraction < 0.5):
-        raise ValueError(
-            f"trimmed_mean: trim_fraction must be in [0, 0.5), got {trim_fraction!r}"
-        )
+        raise ValueError(f"trimmed_mean: trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
 
     def combine(stacked: np.ndarray) -> np.ndarray:
         cut = int(np.floor(trim_fraction * len(stacked)))

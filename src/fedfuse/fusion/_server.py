@@ -34,6 +34,20 @@ __all__ = ["server_adagrad", "server_adam", "server_momentum", "server_yogi"]
 SecondMoment = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def _check(name: str, **values: object) -> None:
+    """``ValueError`` unless every hyperparameter is a finite number in its range: the rate
+    and ``eps`` > 0, the moment factors in [0, 1) (they come from REST forms and files)."""
+    for key, value in values.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+        if ok and key in ("server_learning_rate", "eps"):
+            ok = value > 0
+        elif ok:
+            ok = 0 <= value < 1
+        if not ok:
+            rule = "a number > 0" if key in ("server_learning_rate", "eps") else "in [0, 1)"
+            raise ValueError(f"{name}: {key} must be {rule}, got {value!r}")
+
+
 def _fused_delta(updates: Iterable[Update], name: str) -> Update:
     updates = list(updates)
     if len(updates) != 1:
@@ -51,14 +65,13 @@ def _step(fused: Update, step: dict[str, np.ndarray], global_weights: Weights) -
     return [Update(weights, fused.num_examples, fused.metrics, True, fused.party_id)]
 
 
-def server_momentum(
-    server_learning_rate: float = 1.0, momentum: float = 0.9
-) -> FusionTransform:
+def server_momentum(server_learning_rate: float = 1.0, momentum: float = 0.9) -> FusionTransform:
     """Server momentum (FedAvgM): ``m ← β m + Δ``, step ``η m`` (``η = server_learning_rate``,
     ``β = momentum``).
 
     With ``momentum=0`` and ``server_learning_rate=1`` this is the reducer's own result.
     """
+    _check("server_momentum", server_learning_rate=server_learning_rate, momentum=momentum)
 
     def init(global_weights: Weights) -> dict:
         return {"m": {n: np.zeros(a.shape, np.float32) for n, a in global_weights.items()}}
@@ -75,6 +88,8 @@ def server_momentum(
 def _adaptive(
     name: str, learning_rate: float, b1: float, eps: float, second_moment: SecondMoment
 ) -> FusionTransform:
+    _check(name, server_learning_rate=learning_rate, b1=b1, eps=eps)
+
     def init(global_weights: Weights) -> dict:
         return {
             "m": {n: np.zeros(a.shape, np.float32) for n, a in global_weights.items()},
@@ -105,6 +120,7 @@ def server_adam(
     server_learning_rate: float = 0.03, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3
 ) -> FusionTransform:
     """Server Adam (FedAdam): ``v ← β2 v + (1-β2) Δ²``, step ``η m / (√v + τ)``."""
+    _check("server_adam", b2=b2)
     return _adaptive(
         "server_adam", server_learning_rate, b1, eps, lambda v, d2: b2 * v + (1 - b2) * d2
     )
@@ -118,6 +134,7 @@ def server_yogi(
     Yogi's additive ``v`` grows or shrinks by at most ``(1-β2) Δ²`` per round, so a sudden
     large delta moves the step size less than in Adam.
     """
+    _check("server_yogi", b2=b2)
     return _adaptive(
         "server_yogi",
         server_learning_rate,

@@ -36,7 +36,12 @@ class ModelSpec(Settings):
     kind: ClassVar[str] = "model"
     constraints: ClassVar[dict[str, list[Any]]] = {
         "name": [None, Options(MODELS)],
-        "model_type": [Rule(lambda v: v in MODEL_TYPES, "a registered model type")],
+        "model_type": [
+            Rule(
+                lambda v: v in MODEL_TYPES,
+                lambda: "one of " + ", ".join(repr(t) for t in sorted(MODEL_TYPES)),
+            )
+        ],
         "input_shape": [None, Rule(_is_shape, "a list of 1 to 8 positive integers")],
         "num_classes": [None, Interval(Integral, 2)],
     }

@@ -29,6 +29,7 @@ part is a new flat name too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -187,10 +188,7 @@ class FederationSpec(Settings):
         for key, value in rest.items():
             path = _param_path(nested, key)
             if path is None:
-                raise SettingsError(
-                    f"unknown setting {key!r}; flat settings are: {', '.join(flat_names())}, "
-                    "and the parameters of the chosen fusion, partition and use"
-                )
+                raise SettingsError(_unknown_flat(nested, key))
             _put(nested, path, value)
         return cls.from_dict(nested)
 
@@ -238,6 +236,22 @@ def _put(nested: dict[str, Any], path: str, value: Any) -> None:
     for name in parents:
         target = target.setdefault(name, {})
     target[last] = value
+
+
+def _unknown_flat(nested: dict[str, Any], key: str) -> str:
+    """Why ``key`` is not a flat setting, naming what the chosen fusion, partition and use take."""
+    chosen = []
+    for what, name, params in (
+        ("fusion", nested["fusion"]["name"], fusion_params),
+        ("partition", nested["data"]["partition"], partition_params),
+        ("use", nested["use"]["name"], use_params),
+    ):
+        with contextlib.suppress(ValueError):  # an unknown name is reported by its own check
+            chosen.append(f"{what} {name!r} takes {', '.join(params(name)) or 'none'}")
+    return (
+        f"unknown setting {key!r}: it is no flat setting, and {'; '.join(chosen)} "
+        f"(flat settings: {', '.join(flat_names())})"
+    )
 
 
 def _param_path(nested: dict[str, Any], key: str) -> str | None:
