@@ -1,16 +1,17 @@
 """Node processes: one ``fedfuse node`` per node, and a launcher for a whole local graph.
 
 ``node_main`` is what ``fedfuse node`` runs: read this node's ``.npz`` (``--data``) or build its
-share of the config's dataset, and its model (the same seeded initialisation every node computes), serve, wait for the neighbours, train,
-write ``node_<id>.json`` and ``node_<id>.safetensors``, say goodbye.
+share of the config's dataset, build its model (the same seeded initialisation every node
+computes), serve, wait for the neighbours, train, write ``node_<id>.json`` and
+``node_<id>.safetensors``, say goodbye.
 
 ``LocalGraph`` starts one such process per node of a topology on 127.0.0.1 (free ports), can
 kill or inspect them, waits for them and merges their results: the way to try a decentralized
 run as real processes on one machine (``fedfuse consensus --processes``), on the config's data
 and topology or on your own (``node_data``: one ``.npz`` per node, handed to its process;
-``graph``). Its nodes share a
-secret drawn for the run, handed to each child in its environment (``NODE_TOKEN_ENV``), never
-on a command line (which every user of the machine can read in ``ps``) or in ``graph.json``.
+``graph``). Its nodes share a secret drawn for the run, handed to each child in its environment
+(``NODE_TOKEN_ENV``), never on a command line (which every user of the machine can read in
+``ps``) or in ``graph.json``.
 """
 
 from __future__ import annotations
