@@ -82,6 +82,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         parser.add_argument(
             flag, dest=_dest(f.name), type=_convert(str(f.type)), choices=choices, default=None,
+            metavar=None if choices else f.name.upper(),
             help=f"{help_text}default: {default}",
         )  # fmt: skip
     for name, (kind, owners) in sorted(_partition_flags().items()):
@@ -89,7 +90,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         alias = [a for a, target in FLAT_ALIASES.items() if target == name]
         flags += ["--" + a.replace("_", "-") for a in alias]
         parser.add_argument(
-            *flags, dest=_dest(name), type=kind, default=None,
+            *flags, dest=_dest(name), type=kind, default=None, metavar=name.upper(),
             help=f"parameter of partition {', '.join(owners)}",
         )  # fmt: skip
 
