@@ -3,6 +3,7 @@ beat plain averaging and every single edge model on label-skewed parties."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -115,10 +116,13 @@ def test_oneshot_fusion_returns_edges_and_both_fusions(digits):
     train, test = digits
     fed = federate(train, test, num_parties=3, scheme="iid", seed=1)
     pool = LocalPool.from_dataset(fed, TorchAdapter(_mlp()))
-    result = oneshot_fusion(
-        pool, _mlp, _config(1), label_counts=fed.label_stats(), inputs=test.x[:100], seed=0
-    )
+    shared = dataclasses.replace(_config(1), share_label_counts=True)  # the parties send them
+    result = oneshot_fusion(pool, _mlp, shared, inputs=test.x[:100], seed=0)
     assert sorted(result.edges) == fed.party_ids
+    for pid, counts in fed.label_stats().items():  # what the fusion used came from the parties
+        np.testing.assert_array_equal(
+            result.label_counts[pid], counts[: len(result.label_counts[pid])]
+        )
     first = result.edges["party_0"]["0.weight"]
     assert not np.allclose(first, result.edges["party_1"]["0.weight"])  # independent inits
     assert result.matched["4.weight"].shape == result.plain["4.weight"].shape == (10, 128)

@@ -272,29 +272,94 @@ def matched_average(
     return dict(target)
 
 
-def matched_fusion(passes: int = 2, seed: int = 0) -> FusionTransform:
-    """A reducer: ``matched_average`` of the parties' models, weighted by examples.
+def _models(updates: list[Update], global_weights: Weights) -> list[Mapping[str, np.ndarray]]:
+    """Full models of ``updates`` (deltas are added to the global weights)."""
+    if updates[0].is_delta:  # all of one kind: fuse() checks it
+        return [{n: global_weights[n] + a for n, a in u.weights.items()} for u in updates]
+    return [u.weights for u in updates]
 
-    It needs all updates at once (memory O(parties * model)). Deltas are turned into models by
-    adding the global weights; the fused update is of the same kind (delta or full) as the
-    updates.
+
+def _label_weights(
+    updates: list[Update], layers: Sequence[Layer], global_weights: Weights
+) -> list[np.ndarray] | None:
+    """Each update's ``info["label_counts"]``, padded to the model's outputs, when every
+    update carries them (``TrainConfig.share_label_counts``); else ``None``."""
+    counts = [u.info.get("label_counts") for u in updates]
+    if any(c is None for c in counts):
+        return None
+    outputs = global_weights[layers[-1].weight].shape[0]
+    padded = []
+    for u, c in zip(updates, counts, strict=True):
+        c = np.asarray(c, dtype=np.float64).ravel()
+        if len(c) > outputs or not np.isfinite(c).all() or (c < 0).any():
+            raise FusionError(
+                f"label_counts of {u.party_id!r} must be {outputs} or fewer counts >= 0"
+            )
+        padded.append(np.pad(c, (0, outputs - len(c))))
+    return padded
+
+
+def _fused_update(fused: Weights, updates: list[Update], global_weights: Weights) -> list[Update]:
+    is_delta = updates[0].is_delta
+    if is_delta:
+        fused = {
+            n: (a - global_weights[n]).astype(global_weights[n].dtype) for n, a in fused.items()
+        }
+    total = sum(u.num_examples for u in updates)
+    return [Update(fused, total, {}, is_delta, party_id="fused")]
+
+
+def classwise_fusion() -> FusionTransform:
+    """A reducer: the models' example-weighted average whose classifier rows are averaged
+    class by class with the parties' ``info["label_counts"]`` (``average`` with
+    ``output_weights``), so each class is predicted by the models that saw it. Without label
+    counts on every update it is a plain example-weighted average. Needs all updates at once.
+
+    References:
+        Wang et al., "Federated Learning with Matched Averaging", ICLR 2020 (output layers
+        of label-skewed parties).
     """
 
     def reduce(updates: Iterable[Update], global_weights: Weights) -> list[Update]:
         updates = list(updates)
         if not updates:
             raise FusionError("no updates to fuse")
-        is_delta = updates[0].is_delta  # all of one kind: fuse() checks it
-        models = [
-            {n: global_weights[n] + a for n, a in u.weights.items()} if is_delta else u.weights
-            for u in updates
-        ]
-        fused = matched_average(models, [u.num_examples for u in updates], passes=passes, seed=seed)
-        if is_delta:
-            fused = {
-                n: (a - global_weights[n]).astype(global_weights[n].dtype) for n, a in fused.items()
-            }
-        total = sum(u.num_examples for u in updates)
-        return [Update(fused, total, {}, is_delta, party_id="fused")]
+        layers = infer_layers(global_weights)
+        per_class = _label_weights(updates, layers, global_weights)
+        models = _models(updates, global_weights)
+        examples = [u.num_examples for u in updates]
+        fused = average(models, examples, output_weights=per_class, layers=layers)
+        return _fused_update(fused, updates, global_weights)
+
+    return stateless(reduce)
+
+
+def matched_fusion(passes: int = 2, seed: int = 0) -> FusionTransform:
+    """A reducer: ``matched_average`` of the parties' models, weighted by examples.
+
+    Side information on the updates is used when every update has it: ``label_counts``
+    average the classifier class by class (as ``classwise_fusion``), ``activations`` (the hidden
+    layers' activations of each model on the same inputs, e.g. the aggregator's unlabeled data)
+    match units by activation instead of by weight. It needs all updates at once (memory
+    O(parties * model)). Deltas are turned into models by adding the global weights; the fused
+    update is of the same kind (delta or full) as the updates.
+    """
+
+    def reduce(updates: Iterable[Update], global_weights: Weights) -> list[Update]:
+        updates = list(updates)
+        if not updates:
+            raise FusionError("no updates to fuse")
+        layers = infer_layers(global_weights)
+        activations = [u.info.get("activations") for u in updates]
+        fused = matched_average(
+            _models(updates, global_weights),
+            [u.num_examples for u in updates],
+            output_weights=_label_weights(updates, layers, global_weights),
+            activations=None if any(a is None for a in activations) else activations,
+            layers=layers,
+            passes=passes,
+            seed=seed,
+        )
+        return _fused_update(fused, updates, global_weights)
 
     return stateless(reduce)

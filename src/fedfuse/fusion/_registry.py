@@ -14,7 +14,7 @@ from typing import Any
 from fedfuse.fusion import _server
 from fedfuse.fusion._base import FusionTransform, chain
 from fedfuse.fusion._doc2vec import doc2vec_fusion
-from fedfuse.fusion._matching import matched_fusion
+from fedfuse.fusion._matching import classwise_fusion, matched_fusion
 from fedfuse.fusion._mean import fedavg, iter_avg
 from fedfuse.fusion._robust import clip_by_norm, krum, median, multi_krum, trimmed_mean
 
@@ -44,6 +44,7 @@ _FACTORIES: dict[str, Callable[..., FusionTransform]] = {
     "multi_krum": multi_krum,
     "doc2vec": doc2vec_fusion,
     "matched_avg": matched_fusion,
+    "classwise_avg": classwise_fusion,
 }
 FUSIONS: tuple[str, ...] = tuple(sorted(_FACTORIES))
 
@@ -64,7 +65,8 @@ def get_fusion(name: str, **params: Any) -> FusionTransform:
     ``server_adam`` / ``server_yogi`` (``server_learning_rate``, ``b1``, ``b2``, ``eps`` = τ);
     ``trimmed_mean`` takes ``trim_fraction``; ``krum`` takes ``num_byzantine``; ``multi_krum``
     also ``num_selected``; ``doc2vec`` averages embedding rows over the parties that trained
-    them; ``matched_avg`` (``passes``, ``seed``) fuses by neuron matching. Any name takes
+    them; ``matched_avg`` (``passes``, ``seed``) fuses by neuron matching; ``classwise_avg``
+    averages the classifier class by class with the parties' label counts. Any name takes
     ``clip_norm``.
     """
     try:

@@ -42,6 +42,11 @@ class TrainConfig(Settings):
     McMahan et al.'s FedAvg and Flower's ``len(trainloader.dataset)``; ``"processed"``, the
     examples processed over all local epochs (``epochs x`` that), as TFF reports it. With the
     same epochs everywhere both give the same fused model.
+
+    ``share_label_counts``: the party adds how many of its training examples carry each label
+    to its update's ``info`` (``label_counts``), for transforms that weigh the classifier's
+    outputs class by class (``classwise_avg``, ``matched_avg``, class-wise ensembles). Off by
+    default: a label distribution says more about a party than its example count.
     """
 
     kind: ClassVar[str] = "training"
@@ -60,6 +65,7 @@ class TrainConfig(Settings):
         "skip_cosine_to": [Options(("last_sent", "global"))],
         "max_consecutive_skips": [Interval(Integral, 0)],
         "count_examples": [Options(("dataset", "processed"))],
+        "share_label_counts": [bool],
     }
 
     epochs: int = 1
@@ -76,6 +82,7 @@ class TrainConfig(Settings):
     skip_cosine_to: str = "last_sent"
     max_consecutive_skips: int = 3
     count_examples: str = "dataset"
+    share_label_counts: bool = False
 
     def with_seed(self, seed: int) -> TrainConfig:
         return replace(self, seed=seed)

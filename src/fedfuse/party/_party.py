@@ -81,8 +81,11 @@ class Party:
         num_examples = len(self.data.train)
         if config.count_examples == "processed":  # TFF's count: over all local epochs
             num_examples *= config.epochs
+        info = {}
+        if config.share_label_counts:
+            info["label_counts"] = self.data.train.label_counts().tolist()
         if not task.send_delta:
-            return Update(local, num_examples, metrics, is_delta=False, party_id=self.party_id)
+            return Update(local, num_examples, metrics, False, self.party_id, info)
         delta = subtract(local, task.weights)
         reason = self._skip_reason(delta, task.weights, config)
         if config.skip_cosine is not None and config.skip_cosine_to == "global":
@@ -98,7 +101,7 @@ class Party:
             encoded, self.residual = encode_with_feedback(codec, delta, self.residual)
         else:
             encoded = codec.encode(delta)
-        return Update(encoded, num_examples, metrics, is_delta=True, party_id=self.party_id)
+        return Update(encoded, num_examples, metrics, True, self.party_id, info)
 
     def _skip_reason(self, delta: Weights, start: Weights, config: TrainConfig) -> str | None:
         """Why ``delta`` says too little to be worth sending, or ``None`` to send it."""

@@ -81,6 +81,11 @@ def train_edge_models(
     return models
 
 
+def _padded(counts: Sequence[float], size: int) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.pad(counts, (0, max(0, size - len(counts))))[:size]
+
+
 def validation_weights(pool: PartyPool, models: Mapping[str, Update]) -> dict[str, float]:
     """Each party's accuracy of its own model on its own test (validation) split."""
     scores = {}
@@ -236,13 +241,14 @@ def compare_ensemble(
 
     fedavg = Federation(pool, initial, config=config, sampling=sampling, seed=seed)
     history = fedavg.run(rounds)
-    local = dataclasses.replace(config, epochs=rounds * config.epochs)
+    local = dataclasses.replace(config, epochs=rounds * config.epochs, share_label_counts=True)
     edges = train_edge_models(pool, initial, local, seed=seed)
     scores = validation_weights(pool, edges)
     members = [edges[p].weights for p in fed.party_ids]
     uniform = Ensemble(adapter, members)
     weighted = Ensemble(adapter, members, [scores[p] for p in fed.party_ids])
-    per_class = [fed[p].train.label_counts(fed.num_classes) for p in fed.party_ids]
+    # the class-wise ensemble weighs members by the label counts the parties sent
+    per_class = [_padded(edges[p].info["label_counts"], fed.num_classes) for p in fed.party_ids]
     classwise = Ensemble(adapter, members, per_class)
     result = {
         "scored_examples": len(scored),

@@ -10,7 +10,8 @@ by their weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,15 @@ from torch import nn
 
 from fedfuse.data import ArrayDataset, FederatedDataset
 from fedfuse.federation import derive_seed
-from fedfuse.fusion import Layer, average, infer_layers, matched_average
+from fedfuse.fusion import (
+    Layer,
+    Update,
+    classwise_fusion,
+    fuse,
+    infer_layers,
+    matched_fusion,
+    with_info,
+)
 from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
 from fedfuse.recipes._ensemble import train_edge_models
 from fedfuse.runtime import LocalPool, PartyPool
@@ -89,12 +98,23 @@ def independent_inits(
     return inits
 
 
+def _fused(transform: Any, updates: Sequence[Update]) -> Weights:
+    """The full weights ``transform`` fuses ``updates`` (full weights) into."""
+    return fuse(transform, updates, None, updates[0].weights)[0].weights
+
+
+def _without_label_counts(updates: Sequence[Update]) -> list[Update]:
+    return [
+        dataclasses.replace(u, info={k: v for k, v in u.info.items() if k != "label_counts"})
+        for u in updates
+    ]
+
+
 def oneshot_fusion(
     pool: PartyPool,
     model_fn: Callable[[], nn.Module],
     config: TrainConfig,
     *,
-    label_counts: Mapping[str, np.ndarray] | None = None,
     inputs: np.ndarray | None = None,
     party_ids: Sequence[str] | None = None,
     seed: int = 0,
@@ -102,32 +122,30 @@ def oneshot_fusion(
 ) -> OneShotResult:
     """Train one model per party from independent inits; fuse them by plain and matched averaging.
 
-    ``label_counts`` (party id -> examples per class, which the parties share) makes both fusions
-    average the output layer class by class; without it they average it by examples. ``inputs``
-    (unlabeled, held by the aggregator) selects activation matching, else weight matching.
+    Both fusions are ordinary transforms (``classwise_fusion``, ``matched_fusion``) fed what the
+    parties sent: with ``config.share_label_counts`` each party's update carries its label
+    counts in ``info``, and both fusions average the output layer class by class; without, by
+    examples. ``inputs`` (unlabeled, held by the aggregator) selects activation matching (the
+    aggregator puts each model's activations in its update's ``info``), else weight matching.
     """
     party_ids = list(party_ids or pool.party_ids())
-    updates = train_edge_models(
+    trained = train_edge_models(
         pool, independent_inits(model_fn, party_ids, seed), config, party_ids=party_ids, seed=seed
     )
-    edges = {pid: u.weights for pid, u in updates.items()}
-    counts = {pid: u.num_examples for pid, u in updates.items()}
-    models = [edges[p] for p in party_ids]
-    examples = [counts[p] for p in party_ids]
-    per_class = [np.asarray(label_counts[p]) for p in party_ids] if label_counts else None
-    activations = (
-        [hidden_activations(model_fn(), m, inputs) for m in models] if inputs is not None else None
+    updates = [trained[p] for p in party_ids]
+    if inputs is not None:
+        updates = [
+            with_info(u, activations=hidden_activations(model_fn(), u.weights, inputs))
+            for u in updates
+        ]
+    counts = {p: trained[p].info.get("label_counts") for p in party_ids}
+    return OneShotResult(
+        {p: trained[p].weights for p in party_ids},
+        {p: trained[p].num_examples for p in party_ids},
+        _fused(classwise_fusion(), updates),
+        _fused(matched_fusion(passes, seed), updates),
+        {p: np.asarray(c) for p, c in counts.items() if c is not None},
     )
-    matched = matched_average(
-        models,
-        examples,
-        output_weights=per_class,
-        activations=activations,
-        passes=passes,
-        seed=seed,
-    )
-    plain = average(models, examples, output_weights=per_class)
-    return OneShotResult(edges, counts, plain, matched, dict(label_counts or {}))
 
 
 def compare_oneshot(
@@ -154,23 +172,23 @@ def compare_oneshot(
         raise ValueError("one-shot fusion is scored on the parties' test splits; there are none")
     pool = LocalPool.from_dataset(fed, TorchAdapter(model_fn()))
     party_ids = fed.party_ids
+    shared = dataclasses.replace(config, share_label_counts=True)  # the parties send them
     updates = train_edge_models(
-        pool, independent_inits(model_fn, party_ids, seed), config, party_ids=party_ids, seed=seed
+        pool, independent_inits(model_fn, party_ids, seed), shared, party_ids=party_ids, seed=seed
     )
-    models = [updates[p].weights for p in party_ids]
-    examples = [updates[p].num_examples for p in party_ids]
-    per_class = [fed[p].train.label_counts(fed.num_classes) for p in party_ids]
     inputs = fed.test.x[:max_inputs]
-    activations = [hidden_activations(model_fn(), m, inputs) for m in models]
+    classwise = [updates[p] for p in party_ids]
+    with_activations = [
+        with_info(u, activations=hidden_activations(model_fn(), u.weights, inputs))
+        for u in classwise
+    ]
     fused = {}
-    for suffix, heads in (("", None), ("_classwise", per_class)):
-        fused["plain" + suffix] = average(models, examples, output_weights=heads)
-        fused["matched" + suffix] = matched_average(
-            models, examples, output_weights=heads, activations=activations
-        )
-        fused["weight_matched" + suffix] = matched_average(
-            models, examples, output_weights=heads, passes=passes, seed=seed
-        )
+    for suffix, keep in (("", False), ("_classwise", True)):
+        base = classwise if keep else _without_label_counts(classwise)
+        acts = with_activations if keep else _without_label_counts(with_activations)
+        fused["plain" + suffix] = _fused(classwise_fusion(), base)
+        fused["matched" + suffix] = _fused(matched_fusion(passes, seed), acts)
+        fused["weight_matched" + suffix] = _fused(matched_fusion(passes, seed), base)
     union = ArrayDataset(np.concatenate([d.x for d in tests]), np.concatenate([d.y for d in tests]))
     adapter = TorchAdapter(model_fn())
 

@@ -12,6 +12,7 @@ of an update) is judged once, by the round loop's validation, for every transpor
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fedfuse.fusion import Update
@@ -109,6 +110,8 @@ def reply_to_wire(reply: Reply) -> tuple[dict[str, Any], Weights | None]:
             "metrics": {k: float(v) for k, v in reply.metrics.items()},
             "is_delta": reply.is_delta,
         }
+        if reply.info:
+            meta["info"] = {k: _plain(v) for k, v in reply.info.items()}
         return meta, reply.weights
     if isinstance(reply, Skipped):
         meta = {
@@ -140,6 +143,34 @@ def _metrics(meta: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+MAX_INFO_VALUES = 100_000  # numbers in one update's side information (label counts...)
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _info(meta: dict[str, Any]) -> dict[str, Any]:
+    """An update's side information: names -> a number or a flat list of finite numbers, at
+    most ``MAX_INFO_VALUES`` numbers in all (the metadata header is bounded too)."""
+    info = meta.get("info", {})
+    if not isinstance(info, dict) or len(info) > 16:
+        raise WireFormatError("metadata field 'info' must map at most 16 names to numbers")
+    total = 0
+    for name, value in info.items():
+        values = value if isinstance(value, list) else [value]
+        total += len(values)
+        if not isinstance(name, str) or total > MAX_INFO_VALUES or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        ):
+            raise WireFormatError(
+                f"metadata field 'info' must map names to finite numbers or lists of them "
+                f"(at most {MAX_INFO_VALUES} numbers in all)"
+            )
+    return info
+
+
 def _update(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Reply:
     is_delta = meta.get("is_delta", True)
     if not isinstance(is_delta, bool):
@@ -150,6 +181,7 @@ def _update(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Rep
         _metrics(meta),
         is_delta,
         party_id=party_id,
+        info=_info(meta),
     )
 
 
