@@ -189,7 +189,7 @@ def test_krum_short_of_updates_is_not_fused_and_the_federation_completes():
     assert [r["fused"] for r in history] == [False, True, False, True]
     for record in (history[0], history[2]):
         assert record["not_fused"] == (
-            "fusion failed: krum with f=1 needs more than 4 updates, got 4"
+            "fusion failed: krum with num_byzantine=1 needs more than 4 updates, got 4"
         )
         assert record["failed"] == {"party_4": "deadline passed before the party answered"}
         assert len(record["participants"]) == 4
@@ -321,7 +321,7 @@ def test_a_buffer_that_cannot_be_fused_is_recorded_and_the_model_stays():
     assert [len(r["participants"]) for r in history] == [2, 2, 2]
     for record in history:
         assert record["not_fused"] == (
-            "fusion failed: krum with f=1 needs more than 4 updates, got 2"
+            "fusion failed: krum with num_byzantine=1 needs more than 4 updates, got 2"
         )
     assert fed.version == 0 and fed.weights["w"] == start["w"]
     with pytest.raises(ValueError, match="krum with num_byzantine=1 needs more than 4 updates"):
