@@ -18,8 +18,8 @@ from torch import nn
 
 from fedfuse.data import federate
 from fedfuse.federation import Federation
-from fedfuse.models import TorchAdapter, TrainConfig, torch_seed
-from fedfuse.recipes import build_fedavg_process, simulate, train_centralized
+from fedfuse.models import TorchAdapter, TrainConfig, torch_seed, train_centralized
+from fedfuse.recipes import build_fedavg_process, simulate
 from fedfuse.runtime import LocalPool
 from helpers import blobs
 

@@ -15,18 +15,20 @@ from rich.table import Table
 
 from fedfuse._settings import Options
 from fedfuse.consensus import (
+    CONSENSUS_PARTITIONS,
+    FLAT_ALIASES,
     NODE_TOKEN_ENV,
     ConsensusConfig,
     ConsensusResult,
     LocalGraph,
     NodeOptions,
+    node_files,
     node_main,
+    prepare_run,
     read_graph,
     run_consensus,
 )
-from fedfuse.consensus._data import node_files
-from fedfuse.consensus._run import FLAT_ALIASES, SCHEMES, partition_defaults, prepare_run
-from fedfuse.data import load_party_npz
+from fedfuse.data import load_party_npz, partition_defaults
 
 __all__ = ["add_parsers"]
 
@@ -56,7 +58,7 @@ def _convert(annotation: str) -> Any:
 def _partition_flags() -> dict[str, tuple[Any, list[str]]]:
     """Partition parameter -> (its type, ``"<scheme> (default: <value>)"`` per scheme)."""
     flags: dict[str, tuple[Any, list[str]]] = {}
-    for scheme in SCHEMES:
+    for scheme in CONSENSUS_PARTITIONS:
         for name, default in partition_defaults(scheme).items():
             kind = float if isinstance(default, float) else int
             flags.setdefault(name, (kind, []))[1].append(f"{scheme} (default: {default})")

@@ -15,8 +15,7 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_party(args: argparse.Namespace) -> int:
-    from fedfuse.runtime import PartyClient
-    from fedfuse.runtime._party_builder import party_from_join
+    from fedfuse.runtime import PartyClient, party_from_join
 
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
     logging.getLogger("fedfuse").setLevel(logging.INFO)

@@ -17,7 +17,7 @@ See the module docstrings of ``_algorithms`` (the update rules and their derivat
 """
 
 from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, Learner, make_algorithm
-from fedfuse.consensus._data import as_topology, load_node_data
+from fedfuse.consensus._data import as_topology, load_node_data, node_files
 from fedfuse.consensus._launch import (
     NODE_TOKEN_ENV,
     LocalGraph,
@@ -30,12 +30,14 @@ from fedfuse.consensus._node import DEFAULT_MAX_MESSAGE_RATIO, ConsensusNode
 from fedfuse.consensus._peer import HttpReply, PeerNode, Transport, urllib_transport
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
 from fedfuse.consensus._run import (
+    CONSENSUS_PARTITIONS,
+    FLAT_ALIASES,
     ConsensusConfig,
     ConsensusResult,
     evaluate_nodes,
     node_datasets,
+    prepare_run,
     run_consensus,
-    train_centralized,
 )
 from fedfuse.consensus._simulation import AsyncSimulator, ExchangeEvent
 from fedfuse.consensus._topology import (
@@ -51,6 +53,10 @@ from fedfuse.consensus._topology import (
 )
 
 __all__ = [
+    "CONSENSUS_PARTITIONS",
+    "FLAT_ALIASES",
+    "node_files",
+    "prepare_run",
     "ALGORITHMS",
     "CONSENSUS_MODELS",
     "DEFAULT_MAX_MESSAGE_RATIO",
@@ -91,7 +97,6 @@ __all__ = [
     "ring",
     "run_consensus",
     "torus",
-    "train_centralized",
     "urllib_transport",
     "write_json",
 ]

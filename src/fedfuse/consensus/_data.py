@@ -23,7 +23,7 @@ import numpy as np
 from fedfuse.consensus._topology import Topology
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData, load_party_npz
 
-__all__ = ["as_topology", "load_node_data"]
+__all__ = ["as_topology", "load_node_data", "node_files"]
 
 #: At most this many nodes in one run (a folder of more ``.npz`` files is refused unread).
 MAX_NODES = 10_000

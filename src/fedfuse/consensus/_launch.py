@@ -43,10 +43,9 @@ from fedfuse.consensus._run import (
     _test_subset,
     node_datasets,
     prepare_run,
-    train_centralized,
 )
 from fedfuse.data import ArrayDataset, load_party_npz
-from fedfuse.models import TorchAdapter
+from fedfuse.models import TorchAdapter, TrainConfig, train_centralized
 from fedfuse.weights import load_weights, save_weights
 
 __all__ = ["NODE_TOKEN_ENV", "LocalGraph", "NodeOptions", "node_main", "read_graph"]
@@ -411,13 +410,15 @@ class LocalGraph:
             pooled = ArrayDataset(
                 np.concatenate([d.x for d in datasets]), np.concatenate([d.y for d in datasets])
             )
+            baseline = copy.deepcopy(model)
             doc["centralized"] = train_centralized(
-                copy.deepcopy(model),
+                lambda: baseline,
                 pooled,
                 test,
-                epochs=self.config.epochs,
-                batch_size=self.config.batch_size,
-                learning_rate=self.config.learning_rate,
+                TrainConfig(
+                    batch_size=self.config.batch_size, learning_rate=self.config.learning_rate
+                ),
+                self.config.epochs,
                 seed=self.config.seed,
             )
             adapter = TorchAdapter(model)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +14,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 from fedfuse._settings import Interval, Options, Rule, Settings, SettingsError
 from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, make_algorithm
@@ -34,35 +32,27 @@ from fedfuse.data import (
     partition_indices,
     partition_params,
 )
-from fedfuse.models import TorchAdapter, TrainConfig
+from fedfuse.models import TorchAdapter, TrainConfig, train_centralized
 
 __all__ = [
+    "CONSENSUS_PARTITIONS",
+    "FLAT_ALIASES",
     "ConsensusConfig",
     "ConsensusResult",
     "evaluate_nodes",
     "node_datasets",
+    "prepare_run",
     "run_consensus",
-    "train_centralized",
 ]
 
 #: Partition schemes a config can name (``group`` needs a key per example: bring the data).
-SCHEMES = tuple(p for p in PARTITIONS if p != "group")
+CONSENSUS_PARTITIONS = tuple(p for p in PARTITIONS if p != "group")
 
 #: The one flat alias: the consensus papers speak of classes per node.
 FLAT_ALIASES = {"classes_per_node": "classes_per_party"}
 # Settings that choose or split the dataset: meaningless when the caller brings the data.
 _DATA_SETTINGS = ("dataset", "data_dir", "partition", "partition_params", "train_size")
 _GRAPH_SETTINGS = ("topology", "degree")
-
-
-def partition_defaults(scheme: str) -> dict[str, Any]:
-    """The default of each parameter of partition ``scheme`` (for help texts)."""
-    # fedfuse.data names the parameters (partition_params) but not their defaults; its scheme
-    # table is read here, in one place, until it does.
-    from fedfuse.data._partition import _SCHEMES
-
-    signature = inspect.signature(_SCHEMES[scheme]).parameters
-    return {name: signature[name].default for name in partition_params(scheme)}
 
 
 def _positive_real(closed: str = "neither") -> Interval:
@@ -117,7 +107,7 @@ class ConsensusConfig(Settings):
         "train_size": [None, Interval(Integral, 1)],
         "test_size": [None, Interval(Integral, 1)],
         "model": [Options(CONSENSUS_MODELS)],
-        "partition": [Options(SCHEMES)],
+        "partition": [Options(CONSENSUS_PARTITIONS)],
         "partition_params": [dict],
         "algorithm": [Options(ALGORITHMS)],
         "exchange": [Options(("admm", "pdmm"))],
@@ -173,7 +163,7 @@ class ConsensusConfig(Settings):
         if not flat:
             return super().from_dict(fields, path=path)
         partition = fields.get("partition", cls.partition)
-        takes = partition_params(partition) if partition in SCHEMES else ()
+        takes = partition_params(partition) if partition in CONSENSUS_PARTITIONS else ()
         unknown = sorted((k for k in flat if FLAT_ALIASES.get(k, k) not in takes), key=str)
         if unknown:
             raise SettingsError(
@@ -375,25 +365,6 @@ def evaluate_nodes(
     }
 
 
-def train_centralized(
-    model: nn.Module,
-    train: ArrayDataset,
-    test: ArrayDataset,
-    *,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int = 0,
-) -> list[dict[str, float]]:
-    """The baseline: ``model`` trained with plain SGD on the pooled data; test metrics per epoch."""
-    adapter = TorchAdapter(model)
-    curve = []
-    for epoch in range(1, epochs + 1):
-        adapter.fit(train, TrainConfig(1, batch_size, "sgd", learning_rate, seed=seed + epoch))
-        curve.append({"epoch": epoch, **adapter.evaluate(test)})
-    return curve
-
-
 def prepare_run(
     config: ConsensusConfig | None,
     overrides: Mapping[str, Any],
@@ -563,12 +534,11 @@ def run_consensus(
         )
         baseline = copy.deepcopy(template)
         centralized = train_centralized(
-            baseline,
+            lambda: baseline,
             pooled,
             eval_set,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
+            TrainConfig(batch_size=config.batch_size, learning_rate=config.learning_rate),
+            config.epochs,
             seed=config.seed,
         )
         centralized_final = TorchAdapter(baseline).evaluate(test_set)

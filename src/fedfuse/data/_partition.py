@@ -33,6 +33,7 @@ __all__ = [
     "federate",
     "format_label_stats",
     "iid",
+    "partition_defaults",
     "partition_indices",
     "partition_params",
     "quantity_skew",
@@ -313,6 +314,14 @@ def partition_params(scheme: str) -> tuple[str, ...]:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of: {', '.join(PARTITIONS)}")
     names = inspect.signature(_SCHEMES[scheme]).parameters
     return tuple(name for name in names if name not in _COMMON_ARGS)
+
+
+def partition_defaults(scheme: str) -> dict[str, object]:
+    """The default of each parameter of ``scheme`` (``inspect.Parameter.empty`` if required)."""
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; choose one of: {', '.join(PARTITIONS)}")
+    signature = inspect.signature(_SCHEMES[scheme]).parameters
+    return {name: signature[name].default for name in partition_params(scheme)}
 
 
 def partition_indices(

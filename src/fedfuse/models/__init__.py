@@ -1,5 +1,6 @@
 """Model adapters (PyTorch, Keras 3, scikit-learn) and a small model zoo written in plain torch."""
 
+from fedfuse.models._baseline import train_centralized
 from fedfuse.models._config import TrainConfig
 from fedfuse.models._doc2vec import (
     DOC2VEC_SETTINGS,
@@ -59,4 +60,5 @@ __all__ = [
     "mnist_cnn",
     "resolve_optimizer",
     "torch_seed",
+    "train_centralized",
 ]

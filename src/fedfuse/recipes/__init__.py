@@ -1,7 +1,6 @@
 """Recipes built on the round loop (torch may live here): the federation spec, one-call
 ``simulate``, the TFF-style process, the Model Fusion API's three uses, baselines and plots."""
 
-from fedfuse.recipes._baseline import train_centralized
 from fedfuse.recipes._ensemble import (
     ENSEMBLE_WEIGHTINGS,
     Ensemble,
@@ -85,7 +84,6 @@ __all__ = [
     "resolve_personal",
     "run_use",
     "simulate",
-    "train_centralized",
     "train_edge_models",
     "use_params",
     "validation_weights",

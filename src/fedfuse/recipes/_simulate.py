@@ -13,8 +13,14 @@ import torch
 
 from fedfuse.data import FederatedDataset
 from fedfuse.federation import Federation
-from fedfuse.models import TorchAdapter, TrainConfig, build_model, resolve_optimizer, torch_seed
-from fedfuse.recipes._baseline import train_centralized
+from fedfuse.models import (
+    TorchAdapter,
+    TrainConfig,
+    build_model,
+    resolve_optimizer,
+    torch_seed,
+    train_centralized,
+)
 from fedfuse.recipes._report import plot_accuracy, write_history
 from fedfuse.recipes._spec import FederationSpec, load_spec
 from fedfuse.recipes._uses import run_use

@@ -9,6 +9,7 @@ from fedfuse.runtime._http_party import (
     run_party,
 )
 from fedfuse.runtime._local import LocalPool, MockPool, spread_task_seconds
+from fedfuse.runtime._party_builder import party_from_join
 from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
 from fedfuse.runtime._wire import (
     WireFormatError,
@@ -31,6 +32,7 @@ __all__ = [
     "UnexpectedReplyError",
     "WireFormatError",
     "create_federation",
+    "party_from_join",
     "decode_meta",
     "reply_from_wire",
     "reply_to_wire",

@@ -160,9 +160,13 @@ def _info(meta: dict[str, Any]) -> dict[str, Any]:
     for name, value in info.items():
         values = value if isinstance(value, list) else [value]
         total += len(values)
-        if not isinstance(name, str) or total > MAX_INFO_VALUES or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values
+        if (
+            not isinstance(name, str)
+            or total > MAX_INFO_VALUES
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values
+            )
         ):
             raise WireFormatError(
                 f"metadata field 'info' must map names to finite numbers or lists of them "

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from torch import nn
 
 from fedfuse.data import ArrayDataset
-from fedfuse.models import LossFn, TorchAdapter, TrainConfig, torch_seed
+from fedfuse.models._config import TrainConfig
+from fedfuse.models._torch import LossFn, TorchAdapter, torch_seed
 
 __all__ = ["train_centralized"]
 
@@ -22,8 +23,10 @@ def train_centralized(
     seed: int = 0,
     loss: LossFn | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``epochs`` epochs on ``train`` (same initialisation seed, optimizer, learning rate
-    and batch size as the federation); returns test metrics after each epoch."""
+    """The baseline: the model ``model_fn`` builds (under ``seed``), trained ``epochs`` epochs
+    on the pooled ``train`` data with ``config``'s optimizer, learning rate and batch size (as
+    the federation trains); returns ``test`` metrics after each epoch. The module is trained
+    in place. Used by simulations and by decentralized consensus alike."""
     with torch_seed(seed):
         adapter = TorchAdapter(model_fn(), loss)
     curve = []
