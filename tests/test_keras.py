@@ -125,3 +125,18 @@ def test_mnist_keras_and_cifar10_keras_handlers():
     assert colour.train.x.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(colour.train.x[1, 5, 7], channels_first[1, :, 5, 7])
     assert colour.test is None
+
+
+def test_keras_runs_on_torch_after_importing_fedfuse_without_any_set_up():
+    """A user who imports fedfuse, then keras, sets no KERAS_BACKEND by hand."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    code = "import fedfuse, keras; print(keras.backend.backend())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "torch"

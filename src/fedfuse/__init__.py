@@ -4,7 +4,15 @@ The names most users need are re-exported here; each layer (``fedfuse.weights``,
 ``fedfuse.data``, ``fedfuse.models``, ``fedfuse.fusion``, ``fedfuse.party``,
 ``fedfuse.runtime``, ``fedfuse.federation``, ``fedfuse.recipes``) lists the rest of its public
 API in ``__all__``.
+
+Importing fedfuse makes Keras 3 default to its PyTorch backend (``KERAS_BACKEND=torch``, only
+if the variable is unset), so ``import fedfuse`` then ``import keras`` needs no set-up; a user
+who imports Keras first sets ``KERAS_BACKEND=torch`` before that import.
 """
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything can import keras
 
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData, federate, load_dataset
 from fedfuse.federation import Aggregation, Federation, Sampling
