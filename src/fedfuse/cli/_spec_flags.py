@@ -47,19 +47,25 @@ def _lookup(nested: dict[str, Any], path: str) -> Any:
 
 
 def _param_flags() -> dict[str, str]:
-    """Parameter name -> what takes it (a fusion, a partition, a use)."""
-    owners: dict[str, list[str]] = {}
-    for name in FUSIONS:
-        for p in fusion_params(name):
-            owners.setdefault(p, []).append(f"fusion {name}")
-    for name in PARTITIONS:
-        for p in partition_params(name):
-            if p != "groups":
-                owners.setdefault(p, []).append(f"partition {name}")
-    for name in USES:
-        for p in use_params(name):
-            owners.setdefault(p, []).append(f"use {name}")
-    return {p: ", ".join(o) for p, o in owners.items()}
+    """Parameter name -> what takes it (``fusion fedadam|fedyogi; partition dirichlet``)."""
+    owners: dict[str, dict[str, list[str]]] = {}
+    for kind, names, params in (
+        ("fusion", FUSIONS, fusion_params),
+        ("partition", PARTITIONS, partition_params),
+        ("use", USES, use_params),
+    ):
+        for name in names:
+            for p in params(name):
+                if p != "groups":
+                    owners.setdefault(p, {}).setdefault(kind, []).append(name)
+    described = {}
+    for p, kinds in owners.items():
+        parts = []
+        for kind, names in kinds.items():
+            every = kind == "fusion" and len(names) == len(FUSIONS)
+            parts.append(f"any {kind}" if every else f"{kind} {'|'.join(names)}")
+        described[p] = "; ".join(parts)
+    return described
 
 
 def add_spec_flags(parser: argparse.ArgumentParser, base: FederationSpec) -> None:
@@ -71,9 +77,10 @@ def add_spec_flags(parser: argparse.ArgumentParser, base: FederationSpec) -> Non
     )
     defaults = base.to_dict()
     table, types = flat_table(), field_types()
+    aliased = {path: name for name, path in table.items() if name != path.rsplit(".", 1)[-1]}
     for name in flat_names():
-        if name in _SKIP:
-            continue
+        if name in _SKIP or aliased.get(table.get(name), name) != name:
+            continue  # one flag per setting: the tutorial's name where it has one
         path = table[name]
         kind = types.get(path, "str")
         default = _lookup(defaults, path)
@@ -95,14 +102,25 @@ def add_spec_flags(parser: argparse.ArgumentParser, base: FederationSpec) -> Non
             convert = float
         else:
             convert = str if kind.startswith("str") else _json_value
-        parser.add_argument(*flags, dest=_dest(name), type=convert, default=None, help=help_text)
+        parser.add_argument(
+            *flags,
+            dest=_dest(name),
+            metavar=name.upper(),
+            type=convert,
+            default=None,
+            help=help_text,
+        )
     for name, owners in sorted(_param_flags().items()):
         if name in table:
             continue
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=_dest(name), type=_json_value, default=None,
-            help=f"parameter of {owners} (default: the recipe's own)",
-        )  # fmt: skip
+            "--" + name.replace("_", "-"),
+            dest=_dest(name),
+            metavar=name.upper(),
+            type=_json_value,
+            default=None,
+            help=f"parameter of {owners} (default: its own)",
+        )
 
 
 def spec_from_args(args: argparse.Namespace, base: FederationSpec) -> FederationSpec:
