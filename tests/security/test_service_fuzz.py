@@ -7,13 +7,15 @@ with a message) and that the service still answers afterwards:
 * stateful sequences from the OpenAPI schema (schemathesis links: create a federation, register
   parties with its id, train it, read its status), so handlers run on live federations;
 * hostile shapes the schema does not suggest: deeply nested JSON, huge and non-finite numbers and
-  wrong types, in the JSON form fields (``fusion_params``, ``train_options``), in JSON bodies and
-  in the party protocol's ``X-Fedfuse-Meta`` header.
+  wrong types, in the JSON form fields (``fusion_params``, ``train_options``), in JSON bodies,
+  in nested federation specs (``POST /v1/federations``, the ``spec`` form field) and in the
+  party protocol's ``X-Fedfuse-Meta`` header.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import tempfile
@@ -26,8 +28,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
+from fedfuse import FederationSpec
 from fedfuse.service import ServiceSettings, create_app
-from fedfuse.weights import to_bytes
+from fedfuse.weights import SizeLimits, to_bytes
 
 _dir = tempfile.mkdtemp(prefix="fedfuse-fuzz-stateful-")
 _app = create_app(ServiceSettings(data_dir=_dir, max_upload_bytes=1_000_000))
@@ -160,6 +163,66 @@ def test_json_form_fields_of_any_shape_get_an_answer(field, text):
 def test_json_bodies_of_any_shape_get_an_answer(path, body, deep):
     for content in (json.dumps(body), deep):  # NaN and Infinity literals included
         _fine(_client.post(path, content=content, headers={"Content-Type": "application/json"}))
+
+
+# nested specs: the spec's own keys with values of any shape, so that most documents get past
+# the key checks and reach the value checks; the model is small (the operator's cap) or random
+_spec_dir = tempfile.mkdtemp(prefix="fedfuse-fuzz-spec-")
+_spec_app = create_app(ServiceSettings(data_dir=_spec_dir, limits=SizeLimits(max_params=50_000)))
+_spec_client = TestClient(_spec_app, raise_server_exceptions=False)
+_spec_client.__enter__()
+_PARTS = {name: [f.name for f in dataclasses.fields(part)] for name, part in
+          FederationSpec.parts().items()}  # fmt: skip
+_TOP = [f.name for f in dataclasses.fields(FederationSpec) if f.name not in _PARTS]
+_SMALL_MODEL = {"name": "mlp", "input_shape": [8], "num_classes": 2}
+_values = _json | st.integers(min_value=0, max_value=12) | st.sampled_from(["fedavg", "sync"])
+_specs = st.fixed_dictionaries(
+    {"model": st.just(_SMALL_MODEL) | st.dictionaries(st.sampled_from(_PARTS["model"]), _values)},
+    optional={
+        **{name: _values for name in _TOP},
+        **{
+            name: st.dictionaries(st.sampled_from(fields), _values, max_size=4) | _json
+            for name, fields in _PARTS.items()
+            if name != "model"
+        },
+        "join_token": st.text(min_size=16, max_size=20) | _json,
+    },
+)
+
+
+def _created_spec_is_sound(r, document: dict) -> None:
+    """A created federation stored the nested spec, valid as read back."""
+    fid = r.json()["aggregator_id"]
+    config = _spec_client.get(f"/v1/federations/{fid}").json()["config"]
+    FederationSpec.from_dict(config).validate()
+    assert set(config) == {*_TOP, *_PARTS}
+    for name, value in document.items():
+        if name in _TOP:
+            assert config[name] == value
+
+
+@given(document=_specs)
+@example(document={"model": _SMALL_MODEL, "rounds": float("nan")})
+@example(document={"model": _SMALL_MODEL, "training": {"learning_rate": float("inf")}})
+@example(document={"model": _SMALL_MODEL, "num_parties": 10**400})
+@example(document={"model": {"name": "mlp", "input_shape": [10**6], "num_classes": 10**6}})
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+def test_nested_specs_of_any_shape_get_an_answer(document):
+    r = _spec_client.post(
+        "/v1/federations", content=json.dumps(document),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    _fine(r)
+    assert r.status_code in (200, 400, 409), r.text
+    if r.status_code == 200:
+        _created_spec_is_sound(r, document)
+    spec = {k: v for k, v in document.items() if k != "join_token"}
+    r = _spec_client.post(
+        "/start-aggregator", data={"spec": json.dumps(spec)},
+        files={"initial_weights": ("w.safetensors", WEIGHTS)},
+    )  # fmt: skip
+    _fine(r)
+    assert _spec_client.get("/healthz").json() == {"status": "ok"}
 
 
 def _federation_with_a_task() -> tuple[str, dict, int]:
