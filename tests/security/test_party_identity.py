@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import stat
 
+import httpx
 import numpy as np
 import pytest
 
+from fedfuse import FederationSpec
 from fedfuse.cli import main
 from fedfuse.runtime import PartyClient, ProtocolError, create_federation
 from fedfuse.service import ServiceSettings, background_service
@@ -59,3 +61,43 @@ def test_create_sends_the_api_key_from_a_file_or_the_environment(tmp_path, capsy
         assert "join_token" in capsys.readouterr().out
         monkeypatch.setenv("FEDFUSE_API_KEY", KEY)
         assert main(args) == 0
+
+
+def test_create_federation_sends_a_spec_with_flat_changes_by_either_route(tmp_path):
+    """``create_federation(server, spec, **flat)``: the nested JSON route for a zoo model, the
+    form's ``spec`` field beside uploaded weights; both with the key, both stored nested."""
+    spec = FederationSpec.from_flat(
+        {"num_parties": 3, "rounds": 4, "fusion_algorithm": "fedadam", "learning_rate": 0.2}
+    )
+    settings = ServiceSettings(data_dir=str(tmp_path / "svc"), api_key=KEY)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with background_service(settings) as url:
+        zoo = create_federation(
+            url,
+            spec,
+            api_key=KEY,
+            join_token="z" * 20,
+            model="mlp",
+            input_shape=(8,),
+            num_classes=2,
+            rounds=2,  # flat changes apply on top of the spec
+            server_learning_rate=0.05,
+        )
+        uploaded = create_federation(url, spec.to_dict(), api_key=KEY, initial_weights=WEIGHTS)
+        with pytest.raises(ProtocolError, match=r"refused \(400\).*training\.epochs"):
+            create_federation(url, spec, api_key=KEY, initial_weights=WEIGHTS, epochs=0)
+        configs = {
+            name: httpx.get(f"{url}/v1/federations/{fed['aggregator_id']}", headers=auth).json()
+            for name, fed in (("zoo", zoo), ("uploaded", uploaded))
+        }
+        listed = httpx.get(f"{url}/v1/federations", headers=auth).json()
+    assert zoo["join_token"] == "z" * 20
+    assert len(listed) == 2 and {row["fusion"] for row in listed} == {"fedadam"}
+    zoo_config = configs["zoo"]["config"]
+    assert (zoo_config["rounds"], zoo_config["num_parties"]) == (2, 3)
+    assert zoo_config["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.05}}
+    assert zoo_config["training"]["learning_rate"] == 0.2
+    assert zoo_config["model"]["name"] == "mlp" and zoo_config["model"]["input_shape"] == [8]
+    uploaded_config = configs["uploaded"]["config"]
+    assert uploaded_config == spec.to_dict()  # sent whole, so no service default shows through
+    assert configs["uploaded"]["parties_remaining"] == 3
