@@ -408,3 +408,35 @@ def test_a_damaged_round_record_does_not_hide_the_others(tmp_path):
         {"round": 1, "error": "the stored record of this round is damaged"},
         {"round": 2, "rejected": {}, "fused": True},
     ]
+
+
+# what the service stored before the nested spec (commit 619e258): its flat settings, whole
+FLAT_CONFIG = {
+    "fusion_algorithm": "fedavg", "model_type": "pytorch", "num_parties": 1, "rounds": 2,
+    "epochs": 1, "learning_rate": 0.05, "optimizer": "sgd", "batch_size": 32, "fraction": None,
+    "count": None, "quorum": 1, "round_timeout": 600.0, "seed": 0, "model": "mlp",
+    "input_shape": [8], "num_classes": 2, "auto_start": False, "max_update_norm": None,
+    "max_update_ratio": 10.0, "fusion_params": {}, "train_options": {},
+}  # fmt: skip
+
+
+def test_a_federation_stored_with_flat_settings_is_recovered(tmp_path):
+    manager = Manager(tmp_path)
+    fid, _ = manager.create(_spec())
+    initial = manager.global_weights(fid)
+    manager.store.close()
+    with sqlite3.connect(tmp_path / "fedfuse.sqlite3") as db:
+        db.execute("UPDATE federations SET config = ? WHERE id = ?", (json.dumps(FLAT_CONFIG), fid))
+    again = Manager(tmp_path)
+    assert again.recover() == []
+    status = again.status(fid)
+    assert status["status"] == "registering" and status["error"] is None, status
+    assert status["parties_remaining"] == 1
+    spec = again._run(fid).spec  # the spec the federation trains with, read from the flat row
+    assert spec.fusion.name == "fedavg" and spec.training.learning_rate == 0.05
+    assert spec.aggregation.deadline == 600.0 and spec.aggregation.max_update_ratio == 10.0
+    assert (spec.rounds, spec.num_parties) == (2, 1)
+    assert spec.model.name == "mlp" and tuple(spec.model.input_shape) == (8,)
+    assert again.global_weights(fid).keys() == initial.keys()
+    (row,) = again.list()
+    assert row["id"] == fid and row["rounds"] == 2 and row["status"] == "registering"
