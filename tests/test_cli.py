@@ -186,8 +186,6 @@ def _flags(parser, command=()):
 
 COMMANDS = sorted({command for command, _, _ in _flags(build_parser())})
 UNDOCUMENTED = {  # see /tmp/prompts/bugs.md: these flags have no help text yet
-    "consensus": "--centralized/--no-centralized",
-    "node": "--centralized/--no-centralized",
     "party": "--reconnect-timeout",
 }
 
