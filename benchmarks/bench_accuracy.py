@@ -29,14 +29,13 @@ import torch
 
 from fedfuse import ArrayDataset, Federation, LocalPool, TorchAdapter, TrainConfig
 from fedfuse.data import federate, format_label_stats, load_dataset
-from fedfuse.federation import train_centralized
-from fedfuse.models import mlp
+from fedfuse.models import mlp, train_centralized
 
 NUM_PARTIES = 10
 HIDDEN = (200, 200)
 CONFIG = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", learning_rate=0.05)
 PARTITIONS = (
-    ("FedAvg 2-class", "classes", {"k": 2}),
+    ("FedAvg 2-class", "classes", {"classes_per_party": 2}),
     ("FedAvg Dir(0.5)", "dirichlet", {"alpha": 0.5}),
 )
 CENTRALIZED = "centralized same epochs"

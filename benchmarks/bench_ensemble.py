@@ -21,8 +21,8 @@ import torch
 from _fl import machine, write
 
 from fedfuse.data import federate, load_dataset
-from fedfuse.federation import compare_ensemble
 from fedfuse.models import TrainConfig, mlp
+from fedfuse.recipes import compare_ensemble
 
 ALPHAS = (0.1, 0.3, 1.0)
 RECIPES = {

@@ -2,9 +2,10 @@
 
 What is measured
     Ten parties take 1 to 10 simulated seconds per local task (log-spaced, seeded order:
-    ``spread_task_seconds``). Synchronous FedAvg waits for every sampled party, so a round
-    lasts as long as its slowest party: all 10 parties per round (10 s a round), or 5 sampled
-    per round. FedBuff (``AsyncFederation``) keeps all 10 parties training and fuses every
+    ``fedfuse.runtime.spread_task_seconds``). Synchronous FedAvg waits for every sampled
+    party, so a round lasts as long as its slowest party: all 10 parties per round (10 s a
+    round), or 5 sampled per round. FedBuff (``Federation`` with
+    ``Aggregation(mode="buffered")``) keeps all 10 parties training and fuses every
     K = 5 arrivals, scaling stale updates by 1/sqrt(1 + staleness). Reported: central test
     accuracy against simulated time, the simulated time to reach target accuracies, and the
     local tasks (compute) and uploads each used to get there. Every run gets the same
@@ -25,16 +26,16 @@ from typing import Any
 import _fl
 import torch
 
-from fedfuse.federation import AsyncFederation, spread_task_seconds
+from fedfuse.federation import Aggregation, Federation, Sampling
 from fedfuse.models import TorchAdapter, TrainConfig
-from fedfuse.runtime import LocalPool
+from fedfuse.runtime import LocalPool, spread_task_seconds
 
 TARGETS = (0.70, 0.75, 0.78)
 
 
 def sync_run(fed, config, seconds, budget, *, count=None) -> list[dict[str, Any]]:
     """Synchronous FedAvg; each round lasts as long as its slowest sampled party."""
-    federation = _fl.federation(fed, config, count=count)
+    federation = _fl.federation(fed, config, sampling=Sampling(count=count))
     clock, curve, tasks = 0.0, [], 0
     while True:
         record = federation.run_round()
@@ -47,21 +48,27 @@ def sync_run(fed, config, seconds, budget, *, count=None) -> list[dict[str, Any]
 
 
 def fedbuff_run(fed, config, seconds, budget, *, buffer_size) -> list[dict[str, Any]]:
+    """FedBuff: every party trains continuously on the pool's simulated clock; each step fuses
+    ``buffer_size`` arrivals. Runs until the clock passes ``budget``."""
     torch.manual_seed(0)
     adapter = TorchAdapter(_fl.model_fn(fed)())
-    federation = AsyncFederation(
-        LocalPool.from_dataset(fed, adapter),
+    federation = Federation(
+        LocalPool.from_dataset(fed, adapter, seconds),
         adapter.get_weights(),
-        seconds,
         config=config,
-        buffer_size=buffer_size,
+        aggregation=Aggregation(mode="buffered", buffer_size=buffer_size),
         central_eval=_fl.central_evaluator(fed),
     )
-    history = federation.run(10**6, until=budget)
-    return [
-        {"time": r["time"], "accuracy": r["central"]["accuracy"], "tasks": buffer_size * i}
-        for i, r in enumerate(history, start=1)
-    ]
+    curve, tasks = [], 0
+    while True:
+        record = federation.run_round()
+        if record["time"] > budget:
+            break
+        tasks += len(record["participants"])
+        curve.append(
+            {"time": record["time"], "accuracy": record["central"]["accuracy"], "tasks": tasks}
+        )
+    return curve
 
 
 def time_to(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None:

@@ -25,8 +25,8 @@ from _fl import machine, write
 from torch import nn
 
 from fedfuse.data import federate, load_dataset
-from fedfuse.federation import compare_oneshot
 from fedfuse.models import TrainConfig
+from fedfuse.recipes import compare_oneshot
 
 FUSIONS = (
     "plain",
@@ -40,7 +40,7 @@ PARTITIONS = {
     "iid, 2 parties": (2, "iid", {}),
     "dirichlet 0.5, 3 parties": (3, "dirichlet", {"alpha": 0.5}),
     "dirichlet 0.3, 3 parties": (3, "dirichlet", {"alpha": 0.3}),
-    "6 classes each, 2 parties": (2, "classes", {"k": 6}),
+    "6 classes each, 2 parties": (2, "classes", {"classes_per_party": 6}),
 }
 
 

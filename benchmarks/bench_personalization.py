@@ -21,8 +21,8 @@ import torch
 from _fl import machine, write
 
 from fedfuse.data import federate, load_dataset
-from fedfuse.federation import PERSONALIZATION_MODELS, compare_personalization
 from fedfuse.models import TrainConfig, mlp
+from fedfuse.recipes import PERSONALIZATION_MODELS, compare_personalization
 
 ALPHAS = (0.1, 0.3, 1.0)
 ROUNDS, FINETUNE = 30, 5

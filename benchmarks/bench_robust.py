@@ -35,6 +35,7 @@ import _fl
 import numpy as np
 import torch
 
+from fedfuse.federation import Aggregation
 from fedfuse.fusion import Update, get_fusion
 from fedfuse.models import TrainConfig
 from fedfuse.weights import global_norm, scale
@@ -72,7 +73,9 @@ class AttackPool:
         return {n: self.rng.normal(size=a.shape).astype(a.dtype) for n, a in delta.items()}
 
 
-def run(fed, config, rounds, fusion, attack, **kwargs) -> dict[str, Any]:
+def run(fed, config, rounds, fusion, attack, **bounds) -> dict[str, Any]:
+    """``bounds`` are the update bounds of ``Aggregation`` (``max_update_norm``,
+    ``max_update_ratio``)."""
     pools: list[AttackPool] = []
 
     def wrap(pool):
@@ -80,7 +83,8 @@ def run(fed, config, rounds, fusion, attack, **kwargs) -> dict[str, Any]:
         return pools[-1]
 
     start = time.perf_counter()
-    federation = _fl.federation(fed, config, fusion=fusion, wrap_pool=wrap, **kwargs)
+    aggregation = Aggregation(**bounds)
+    federation = _fl.federation(fed, config, fusion=fusion, wrap_pool=wrap, aggregation=aggregation)
     history = federation.run(rounds)
     return {
         "accuracy": history[-1]["central"]["accuracy"],
