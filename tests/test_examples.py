@@ -3,6 +3,8 @@
 import runpy
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -91,3 +93,22 @@ def test_consensus_ring(tmp_path):
     assert out["ecl"].centralized_final["accuracy"] > 0.9
     assert (tmp_path / "out" / "comparison.png").exists()
     assert (tmp_path / "out" / "history.json").exists()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARK_FILES = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("name", BENCHMARK_FILES)
+def test_benchmark_imports_on_the_current_api(name, monkeypatch):
+    """Benchmarks are never run here (they take minutes to hours), but each must import: a
+    renamed or removed name fails this test instead of the next benchmark run."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # for their shared helper module, _fl
+    namespace = runpy.run_path(str(BENCHMARKS / name), run_name="benchmark_import_check")
+    assert callable(namespace["main"]), f"{name} has no main()"
+
+
+def test_every_example_is_run_here():
+    source = Path(__file__).read_text()
+    untested = [p.name for p in sorted(EXAMPLES.glob("*.py")) if f'"{p.name}"' not in source]
+    assert untested == [], f"examples without a test here: {untested}"
