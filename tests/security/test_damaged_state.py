@@ -25,6 +25,7 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
+import fedfuse.service._folders as folders_module
 import fedfuse.service._manager as manager_module
 from fedfuse import FederationSpec
 from fedfuse.service import SERVICE_DEFAULTS, Manager, ServiceSettings, StorageError, create_app
@@ -284,7 +285,7 @@ def _left_behind(data_dir) -> list[str]:
 
 def test_a_full_disk_at_creation_leaves_no_folder_and_no_row(tmp_path, monkeypatch):
     manager = Manager(tmp_path)
-    real_write = manager_module.write_synced
+    real_write = folders_module.write_synced  # a federation's files are written there
     calls = []
 
     def fills_up(path, data):
@@ -294,14 +295,14 @@ def test_a_full_disk_at_creation_leaves_no_folder_and_no_row(tmp_path, monkeypat
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(manager_module, "write_synced", fills_up)
+    monkeypatch.setattr(folders_module, "write_synced", fills_up)
     with pytest.raises(StorageError, match="the disk is full") as info:
         manager.create(_spec(), model_bytes=None)
     assert info.value.errno == errno.ENOSPC
     assert calls == ["initial.safetensors", "manifest.json"]
     assert _left_behind(tmp_path) == []
     assert manager.store.federations() == [] and manager.list() == []
-    monkeypatch.setattr(manager_module, "write_synced", real_write)
+    monkeypatch.setattr(folders_module, "write_synced", real_write)
     fid, _ = manager.create(_spec())  # once there is room again, creation works
     assert _left_behind(tmp_path) == [fid]
 
@@ -324,6 +325,7 @@ def _no_space(path, data):
 
 
 def test_a_full_disk_is_a_507_over_http_and_the_service_still_answers(tmp_path, monkeypatch):
+    monkeypatch.setattr(folders_module, "write_synced", _no_space)
     monkeypatch.setattr(manager_module, "write_synced", _no_space)
     app = create_app(ServiceSettings(data_dir=str(tmp_path)))
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -384,6 +386,7 @@ def test_recovery_fails_federations_whose_folder_or_checkpoint_is_gone(tmp_path)
     rewound, _ = manager.create(_spec())
     intact, _ = manager.create(_spec())
     manager.store.record_round(rewound, {"round": 1, "rejected": {}})
+    intact_weights = manager.global_weights(intact)
     manager.store.close()
     shutil.rmtree(tmp_path / "federations" / gone)
     again = Manager(tmp_path)
@@ -394,7 +397,7 @@ def test_recovery_fails_federations_whose_folder_or_checkpoint_is_gone(tmp_path)
     assert again.status(rewound)["status"] == "failed"
     assert "holds no checkpoint, but the store records 1 completed round(s)" in error
     assert again.status(intact)["status"] == "registering" and again.status(intact)["error"] is None
-    assert again.global_weights(intact).keys() == manager.global_weights(intact).keys()
+    assert again.global_weights(intact).keys() == intact_weights.keys()
 
 
 def test_a_damaged_round_record_does_not_hide_the_others(tmp_path):
