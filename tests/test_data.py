@@ -90,6 +90,7 @@ def test_public_names() -> None:
             "load_sklearn",
             "mnist_keras",
             "newsgroup_text",
+            "partition_defaults",
             "partition_indices",
             "partition_params",
             "quantity_skew",

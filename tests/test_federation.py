@@ -221,7 +221,7 @@ def test_federation_argument_errors():
     fed, adapter = _setup()
     pool = LocalPool.from_dataset(fed, adapter)
     w = adapter.get_weights()
-    with pytest.raises(SettingsError, match="fusion.name must be one of 'doc2vec', .*got 'avg'"):
+    with pytest.raises(SettingsError, match="fusion.name must be one of 'classwise_avg', .*'avg'"):
         Federation(pool, w, fusion="avg")
     with pytest.raises(SettingsError, match="config.epochs must be an integer >= 1, got 0"):
         Federation(pool, w, config=TrainConfig(epochs=0))

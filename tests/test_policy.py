@@ -16,8 +16,8 @@ from fedfuse.party import TaskError, TrainTask
 from fedfuse.runtime import LocalPool, MockPool
 
 FUSION_NAMES = (
-    "'doc2vec', 'fedadagrad', 'fedadam', 'fedavg', 'fedavgm', 'fedyogi', 'iter_avg', 'krum', "
-    "'matched_avg', 'median', 'multi_krum', 'trimmed_mean'"
+    "'classwise_avg', 'doc2vec', 'fedadagrad', 'fedadam', 'fedavg', 'fedavgm', 'fedyogi', "
+    "'iter_avg', 'krum', 'matched_avg', 'median', 'multi_krum', 'trimmed_mean'"
 )
 DATASETS = "'breast_cancer', 'cifar10', 'digits', 'fashion_mnist', 'iris', 'mnist', 'wine', "
 DATASETS += "'emnist', 'femnist'"
