@@ -18,7 +18,7 @@ Run: ``python examples/three_uses.py``.
 from __future__ import annotations
 
 import fedfuse
-from fedfuse.federation import format_use_report
+from fedfuse.recipes import format_use_report
 
 COMMON = {"dataset": "digits", "model": "mlp", "partition": "dirichlet", "seed": 0}
 
