@@ -174,41 +174,33 @@ def test_simulate_buffered_from_the_command_line(tmp_path):
     assert doc["centralized"] == []
 
 
-def _flags(parser, command=()):
+def _flags(parser, command=(), *, required_only=False):
     """(sub-command, flag, help) for every flag of ``parser`` and its sub-commands."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                yield from _flags(sub, (*command, name))
-        elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                yield from _flags(sub, (*command, name), required_only=required_only)
+        elif (
+            action.option_strings
+            and not isinstance(action, argparse._HelpAction)
+            and (action.required or not required_only)
+        ):
             yield " ".join(command), "/".join(action.option_strings), action.help
 
 
 COMMANDS = sorted({command for command, _, _ in _flags(build_parser())})
-UNDOCUMENTED = {  # see /tmp/prompts/bugs.md: these flags have no help text yet
-    "party": "--reconnect-timeout",
-}
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(
-                reason=f"see bugs.md: {UNDOCUMENTED[c]} has no help text", strict=True
-            ),
-        )
-        if c in UNDOCUMENTED
-        else c
-        for c in COMMANDS
-    ],
-)
-def test_every_flag_has_a_help_text(command):
-    flags = [(flag, text) for c, flag, text in _flags(build_parser()) if c == command]
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_has_a_help_text_that_shows_its_default(command):
+    parser = build_parser()
+    flags = [(flag, text) for c, flag, text in _flags(parser) if c == command]
     assert flags, command
     missing = [flag for flag, text in flags if not text or text == argparse.SUPPRESS]
     assert missing == [], f"fedfuse {command}: flags without help: {missing}"
+    required = {f for c, f, _ in _flags(parser, required_only=True) if c == command}
+    silent = [flag for flag, text in flags if flag not in required and "default" not in text]
+    assert silent == [], f"fedfuse {command}: help texts that do not say the default: {silent}"
 
 
 def test_the_commands_are_all_walked():

@@ -58,16 +58,14 @@ class Interval:
 
     def __str__(self) -> str:
         what = "an integer" if self.kind is Integral else "a number"
-        low = (
-            None
-            if self.low is None
-            else f"{'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
-        )
-        high = (
-            None
-            if self.high is None
-            else f"{'<=' if self.closed in ('both', 'right') else '<'} {self.high:g}"
-        )
+
+        def bound(sign: str, value: float) -> str:
+            return f"{sign} {int(value) if self.kind is Integral else format(value, 'g')}"
+
+        left = ">=" if self.closed in ("both", "left") else ">"
+        right = "<=" if self.closed in ("both", "right") else "<"
+        low = None if self.low is None else bound(left, self.low)
+        high = None if self.high is None else bound(right, self.high)
         return " ".join([what, " and ".join(b for b in (low, high) if b)]).strip()
 
 

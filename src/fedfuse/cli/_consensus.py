@@ -357,7 +357,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     node.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
-    node.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    node.add_argument(
+        "--port", type=int, default=0, help="port to listen on, 0: any free port (default: 0)"
+    )
     node.add_argument(
         "--data",
         help="this node's .npz (x_train, y_train, x_test, y_test) (default: none, compute "

@@ -54,12 +54,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     party.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8080")
     party.add_argument("--token", required=True, help="the federation's join token")
     party.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")
-    party.add_argument("--handler", help="data handler name (e.g. mnist_pytorch)")
-    party.add_argument("--name", help="stable name; rejoining with it resumes the same party")
+    party.add_argument(
+        "--handler",
+        help="data handler name, e.g. mnist_pytorch (default: none, the arrays as they are)",
+    )
+    party.add_argument(
+        "--name", help="stable name; rejoining with it resumes the same party (default: none)"
+    )
     party.add_argument(
         "--secret-file",
-        help="keep this party's secret here: a restarted party proves its --name with it",
+        help="keep this party's secret here: a restarted party proves its --name with it "
+        "(default: none, only this process can rejoin by name)",
     )
-    party.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
-    party.add_argument("--reconnect-timeout", type=float, default=120.0)
+    party.add_argument(
+        "--ca-cert",
+        help="CA bundle for a TLS service with its own certificate (default: the system's)",
+    )
+    party.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to keep retrying while the service is unreachable (default: %(default)s)",
+    )
     party.set_defaults(func=_cmd_party)

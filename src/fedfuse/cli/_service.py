@@ -126,37 +126,48 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="fedfuse-data",
         help="SQLite file and checkpoints (default: %(default)s)",
     )
-    serve.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM)")
-    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
-    serve.add_argument("--max-upload-mb", type=int, default=256, help="request size limit")
+    serve.add_argument(
+        "--ssl-certfile", help="serve TLS with this certificate, PEM (default: plain HTTP)"
+    )
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key, PEM (default: none)")
+    serve.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=256,
+        help="request size limit in MiB (default: %(default)s)",
+    )
     serve.add_argument(
         "--liveness",
         type=float,
         default=30.0,
-        help="seconds without a poll after which a party is not sampled",
+        help="seconds without a poll after which a party is not sampled (default: %(default)s)",
     )
     serve.add_argument(
         "--allow-import",
         action="append",
         metavar="MODULE_PREFIX",
-        help="let uploaded model files use classes under this import path",
+        help="let uploaded model files use classes under this import path, repeatable "
+        "(default: built-in torch.nn classes only)",
     )
     serve.add_argument(
         "--api-key",
         help="require 'Authorization: Bearer KEY' to create, control and read federations "
-        "(shown by ps: prefer --api-key-file or FEDFUSE_API_KEY)",
+        "(shown by ps: prefer --api-key-file or FEDFUSE_API_KEY) (default: no key)",
     )
-    serve.add_argument("--api-key-file", help="read the API key from this file")
+    serve.add_argument(
+        "--api-key-file", help="read the API key from this file (default: FEDFUSE_API_KEY, if set)"
+    )
     serve.add_argument(
         "--allowed-host",
         action="append",
         metavar="NAME",
-        help="a host name clients use for this service (Host/Origin check; '*' allows any)",
+        help="a host name clients use for this service (Host/Origin check; '*' allows any), "
+        "repeatable (default: loopback names and the bound address)",
     )
     serve.add_argument(
         "--insecure",
         action="store_true",
-        help="allow plain HTTP without an API key on a non-loopback address",
+        help="allow plain HTTP without an API key on a non-loopback address (default: refuse)",
     )
     serve.add_argument(
         "--max-model-params",
@@ -168,7 +179,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--read-timeout",
         type=float,
         default=30.0,
-        help="seconds a request body may send nothing before it is refused (408)",
+        help="seconds a request body may send nothing before it is refused, 408 "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--log-level", default="warning", help="uvicorn's log level (default: %(default)s)"
@@ -186,11 +198,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--token", help="the join token to use, 16-256 characters (default: the service makes one)"
     )
-    create.add_argument("--ca-cert", help="CA bundle for a TLS service with its own certificate")
     create.add_argument(
-        "--api-key", help="the service's API key (shown by ps: prefer --api-key-file)"
+        "--ca-cert",
+        help="CA bundle for a TLS service with its own certificate (default: the system's)",
     )
     create.add_argument(
-        "--api-key-file", help="read the service's API key from this file (or FEDFUSE_API_KEY)"
+        "--api-key",
+        help="the service's API key (shown by ps: prefer --api-key-file) (default: none)",
+    )
+    create.add_argument(
+        "--api-key-file",
+        help="read the service's API key from this file (default: FEDFUSE_API_KEY, if set)",
     )
     create.set_defaults(func=_cmd_create)

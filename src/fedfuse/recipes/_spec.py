@@ -171,8 +171,12 @@ class FederationSpec(Settings):
         nested = (base or cls()).to_dict()
         table = flat_table()
         rest = {}
+        parts = cls.parts()
         for key, value in values.items():
-            if key in table:
+            if key in parts and isinstance(value, Mapping):  # a whole part, as a table
+                for inner, v in value.items():
+                    _put(nested, f"{key}.{inner}", v)
+            elif key in table:
                 _put(nested, table[key], value)
             elif key in _DICT_ALIASES:
                 if not isinstance(value, Mapping):

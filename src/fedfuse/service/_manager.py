@@ -178,7 +178,8 @@ class Manager:
         parties = self.store.parties(fid)
         run = self._runs.get(fid)
         live = set(run.pool.party_ids()) if run else set()
-        config = fed["config"] or {}  # None: a damaged row (the federation is failed)
+        config = self._config(fed["config"])
+        fed["config"] = config or fed["config"]
         fed["parties"] = [
             {
                 "party_id": p["party_id"],
@@ -191,15 +192,26 @@ class Manager:
         fed["parties_remaining"] = max(0, config.get("num_parties", 0) - len(parties))
         return fed
 
+    @staticmethod
+    def _config(stored: dict[str, Any] | None) -> dict[str, Any]:
+        """The nested spec a federation was stored with (older rows hold the flat form);
+        ``{}`` for a damaged row (that federation is failed)."""
+        if not stored:
+            return {}
+        try:
+            return stored_spec(stored).to_dict()
+        except (TypeError, ValueError):
+            return {}
+
     def list(self) -> list[dict[str, Any]]:
-        return [
-            {k: f[k] for k in ("id", "created", "status", "rounds_done", "error")}
-            | {
-                "rounds": (f["config"] or {}).get("rounds"),
-                "fusion": ((f["config"] or {}).get("fusion") or {}).get("name"),
-            }
-            for f in self.store.federations()
-        ]
+        rows = []
+        for f in self.store.federations():
+            config = self._config(f["config"])
+            rows.append(
+                {k: f[k] for k in ("id", "created", "status", "rounds_done", "error")}
+                | {"rounds": config.get("rounds"), "fusion": config.get("fusion", {}).get("name")}
+            )
+        return rows
 
     def global_weights(self, fid: str) -> Weights:
         self.status_of(fid)  # the runner knows its status before it answers
