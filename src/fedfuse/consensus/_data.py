@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
+from fedfuse._natural import natural_key
 from fedfuse.consensus._topology import Topology
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData, load_party_npz
 
@@ -37,10 +37,6 @@ NodeData = Union[tuple[Any, Any], ArrayDataset, PartyData]  # noqa: UP007 - a ru
 #: A graph: a ``Topology``, an adjacency mapping ``{id: [neighbour ids]}``, an edge list
 #: ``[(id, id), ...]``, or the path of a JSON file holding either.
 GraphLike = Union[Topology, Mapping[Any, Iterable[Any]], Iterable[Sequence[Any]], str, os.PathLike]  # noqa: UP007
-
-
-def _natural_key(node_id: Hashable) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(node_id))]
 
 
 def _check_id(node_id: Any, where: str) -> None:
@@ -61,7 +57,7 @@ def order_ids(ids: Iterable[Any], where: str) -> list[Any]:
         if str(node_id) in seen:
             raise ValueError(f"{where}: nodes {seen[str(node_id)]!r} and {node_id!r} are one id")
         seen[str(node_id)] = node_id
-    return sorted(ids, key=_natural_key)
+    return sorted(ids, key=natural_key)
 
 
 def as_dataset(value: Any, what: str) -> ArrayDataset:
@@ -251,7 +247,7 @@ def as_topology(graph: GraphLike, node_ids: Sequence[Any] | None = None) -> Topo
     unknown = [n for key, n in in_graph.items() if key not in index]
     if unknown:
         raise ValueError(
-            f"{where}: names node(s) {sorted(map(str, unknown), key=_natural_key)} that have no "
+            f"{where}: names node(s) {sorted(map(str, unknown), key=natural_key)} that have no "
             f"data; the nodes are {', '.join(map(str, node_ids))}"
         )
     missing = [n for n in node_ids if str(n) not in in_graph]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fedfuse.weights import SizeLimits
 
-__all__ = ["DatasetFormatError", "DatasetNotFoundError", "checked_size", "natural_key"]
+__all__ = ["DatasetFormatError", "DatasetNotFoundError", "checked_size"]
 
 
 class DatasetFormatError(ValueError):
@@ -30,8 +29,3 @@ def checked_size(path: Path, limits: SizeLimits, what: str) -> int:
     size = path.stat().st_size
     limits.check_bytes(size, f"{path}: {what}")
     return size
-
-
-def natural_key(path: Path) -> list[object]:
-    """Sort ``data_party10`` after ``data_party9``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from fedfuse._natural import natural_key
 from fedfuse.data._dataset import ArrayDataset, FederatedDataset
-from fedfuse.data._files import DatasetFormatError, DatasetNotFoundError, checked_size, natural_key
+from fedfuse.data._files import DatasetFormatError, DatasetNotFoundError, checked_size
 from fedfuse.weights import SizeLimits
 
 __all__ = ["load_leaf"]
@@ -40,11 +41,21 @@ def _json_files(directory: Path) -> tuple[list[Path], list[Path]]:
     if directory.is_file():
         return [directory], []
     if (directory / "train").is_dir():
-        train = sorted((directory / "train").glob("*.json"), key=natural_key)
+        train = sorted(
+            (directory / "train").glob("*.json"), key=lambda path: natural_key(path.name)
+        )
         test_dir = directory / "test"
-        test = sorted(test_dir.glob("*.json"), key=natural_key) if test_dir.is_dir() else []
+        test = (
+            sorted(test_dir.glob("*.json"), key=lambda path: natural_key(path.name))
+            if test_dir.is_dir()
+            else []
+        )
     else:
-        train = sorted(directory.glob("*.json"), key=natural_key) if directory.is_dir() else []
+        train = (
+            sorted(directory.glob("*.json"), key=lambda path: natural_key(path.name))
+            if directory.is_dir()
+            else []
+        )
         test = []
     if not train:
         raise DatasetNotFoundError(

@@ -30,10 +30,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from fedfuse._natural import natural_key
 from fedfuse.data._cifar import load_cifar10
 from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
 from fedfuse.data._emnist import load_federated_emnist
-from fedfuse.data._files import DatasetFormatError, DatasetNotFoundError, natural_key
+from fedfuse.data._files import DatasetFormatError, DatasetNotFoundError
 from fedfuse.data._leaf import load_leaf
 from fedfuse.weights import SizeLimitError, SizeLimits
 
@@ -492,7 +493,9 @@ def load_federated_npz(
         folder = Path(paths)
         if not folder.is_dir():
             raise DatasetNotFoundError(f"{folder} is not a folder of party .npz files")
-        sources: Sequence[NpzSource] = sorted(folder.glob("*.npz"), key=natural_key)
+        sources: Sequence[NpzSource] = sorted(
+            folder.glob("*.npz"), key=lambda path: natural_key(path.name)
+        )
         if not sources:
             raise DatasetNotFoundError(f"no .npz party files in {folder}")
     else:

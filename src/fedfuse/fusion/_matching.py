@@ -30,13 +30,13 @@ References:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedfuse._extras import import_extra
+from fedfuse._natural import natural_key
 from fedfuse.fusion._base import FusionError, FusionTransform, Update, stateless
 from fedfuse.weights import Weights
 
@@ -60,10 +60,6 @@ class Layer:
     per_unit: tuple[str, ...] = ()
 
 
-def _natural(prefix: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", prefix)]
-
-
 def infer_layers(weights: Mapping[str, np.ndarray]) -> list[Layer]:
     """The layers of a feed-forward network, in order, from PyTorch-style names and shapes."""
     groups: dict[str, dict[str, str]] = {}
@@ -71,7 +67,7 @@ def infer_layers(weights: Mapping[str, np.ndarray]) -> list[Layer]:
         prefix, _, leaf = name.rpartition(".")
         groups.setdefault(prefix, {})[leaf] = name
     layers: list[Layer] = []
-    for prefix in sorted(groups, key=_natural):
+    for prefix in sorted(groups, key=natural_key):
         members = groups[prefix]
         weight = members.get("weight")
         if weight is not None and weights[weight].ndim >= 2:

@@ -21,12 +21,12 @@ References:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from fedfuse._natural import natural_key
 from fedfuse.data import ArrayDataset
 from fedfuse.models import TrainConfig
 from fedfuse.weights import Weights
@@ -34,14 +34,10 @@ from fedfuse.weights import Weights
 __all__ = ["PersonalAdapter", "head_layer", "split_personal"]
 
 
-def _natural(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
 def head_layer(weights: Mapping[str, np.ndarray]) -> tuple[str, ...]:
     """The names of the last module's parameters (``("4.bias", "4.weight")`` for a Sequential)."""
     prefixes = {name.rpartition(".")[0] for name in weights}
-    last = max(prefixes, key=_natural)
+    last = max(prefixes, key=natural_key)
     return tuple(sorted(n for n in weights if n.rpartition(".")[0] == last))
 
 
