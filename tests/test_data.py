@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedfuse.data as data
 from fedfuse.data import (
     DATASETS,
     PARTITIONS,
@@ -49,58 +48,6 @@ MNIST_STEMS = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-def test_public_names() -> None:
-    assert sorted(data.__all__) == sorted(
-        [
-            "ArrayDataset",
-            "DATASETS",
-            "DATA_HANDLERS",
-            "DEBIAN_FASHION_MNIST_DIR",
-            "DataSpec",
-            "FEDERATED_DATASETS",
-            "DataHandler",
-            "DatasetFormatError",
-            "DatasetNotFoundError",
-            "FederatedDataset",
-            "PARTITIONS",
-            "PartyData",
-            "by_group",
-            "cifar10_keras",
-            "classes_per_party",
-            "dirichlet",
-            "fashion_mnist_dir",
-            "federate",
-            "format_label_stats",
-            "get_data_handler",
-            "iid",
-            "load_cifar10",
-            "load_csv",
-            "load_dataset",
-            "load_federated_dataset",
-            "load_federated_emnist",
-            "load_federated_npz",
-            "load_idx",
-            "load_leaf",
-            "load_lee_corpus",
-            "load_lee_similarity",
-            "load_mnist_idx",
-            "load_party_npz",
-            "load_sklearn",
-            "mnist_keras",
-            "newsgroup_text",
-            "partition_defaults",
-            "partition_indices",
-            "partition_params",
-            "quantity_skew",
-            "register_data_handler",
-            "shards",
-            "tokenize",
-            "wikipedia_text",
-        ]
-    )
-    assert all(hasattr(data, name) for name in data.__all__)
 
 
 # --- idx files -------------------------------------------------------------------------------

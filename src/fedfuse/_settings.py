@@ -160,11 +160,6 @@ class Settings:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Self:
         """Read a ``.toml`` or ``.json`` file: its top level (or its ``[<kind>]`` table)."""
-        path = Path(path)
-        if not path.is_file():
-            raise SettingsError(f"no settings file at {path}")
-        if path.stat().st_size > 1 << 20:
-            raise SettingsError(f"{path} is larger than 1 MiB; a settings file is small")
         data = read_settings_file(path)
         return cls.from_dict(data.get(cls.kind, data))
 
@@ -216,9 +211,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_settings_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A TOML (``.toml``) or JSON (anything else) file's top-level table."""
+def read_settings_file(path: str | os.PathLike, what: str = "settings") -> dict[str, Any]:
+    """A TOML (``.toml``) or JSON (anything else) file's top-level table; at most 1 MiB.
+    ``what`` names the file in errors (``no spec file at ...``)."""
     path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"no {what} file at {path}")
+    if path.stat().st_size > 1 << 20:
+        raise SettingsError(f"{path} is larger than 1 MiB; a {what} file is small")
     try:
         if path.suffix == ".toml":
             with open(path, "rb") as f:

@@ -37,7 +37,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Integral
-from pathlib import Path
 from typing import Any, ClassVar
 
 from fedfuse._settings import Interval, Options, Settings, SettingsError, read_settings_file
@@ -280,12 +279,7 @@ def load_spec(path: str | os.PathLike, *, base: FederationSpec | None = None) ->
     """A spec from a TOML or JSON file, on top of ``base``: the nested form (``[training]``,
     ``[fusion]`` tables...), flat names (``learning_rate = 0.1``), or both; everything under
     a ``[federation]`` table if there is one."""
-    path = Path(path)
-    if not path.is_file():
-        raise SettingsError(f"no spec file at {path}")
-    if path.stat().st_size > 1 << 20:
-        raise SettingsError(f"{path} is larger than 1 MiB; a spec file is small")
-    data = read_settings_file(path)
+    data = read_settings_file(path, "spec")
     data = data.get("federation", data)
     parts = FederationSpec.parts()
     nested = {k: v for k, v in data.items() if k in parts and isinstance(v, Mapping)}
