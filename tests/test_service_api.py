@@ -748,3 +748,14 @@ def test_a_fusion_parameter_is_a_flat_form_field_of_its_fusion(client):
     assert r.status_code == 200, r.text
     config = client.get(f"/v1/federations/{r.json()['aggregator_id']}").json()["config"]
     assert config["fusion"] == {"name": "fedadam", "params": {"server_learning_rate": 0.01}}
+
+
+def test_join_tokens_the_service_makes_are_safe_on_a_command_line(monkeypatch):
+    """A token starting with '-' reads as an option to `fedfuse party --token` (1 in 64 did)."""
+    import secrets
+
+    from fedfuse.service._manager import _join_token
+
+    drawn = iter(["-starts-with-a-dash-00000000000", "fine-token-000000000000000"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert _join_token() == "fine-token-000000000000000"

@@ -55,6 +55,14 @@ __all__ = ["Manager"]
 log = logging.getLogger("fedfuse.service")
 
 
+def _join_token() -> str:
+    """A fresh join token that never starts with ``-``: users pass it on a command line
+    (``fedfuse party --token ...``), where argparse would take it for an option."""
+    while (token := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return token
+
+
 class Manager:
     """All federations of one service, backed by ``data_dir``.
 
@@ -142,7 +150,7 @@ class Manager:
             if not weights:
                 raise SpecError("initial_weights holds no arrays")
         fid = uuid.uuid4().hex
-        token = join_token or secrets.token_urlsafe(24)
+        token = join_token or _join_token()
         files = {"initial.safetensors": to_bytes(weights)}
         if model_bytes is not None:
             files["model_file"] = model_bytes
