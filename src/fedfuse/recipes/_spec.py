@@ -168,15 +168,19 @@ class FederationSpec(Settings):
         the chosen fusion, partition or use (``server_learning_rate``, ``alpha``,
         ``finetune_epochs``) goes to that part's ``params``. See ``flat_names()``."""
         nested = (base or cls()).to_dict()
+        before = {choice: _get(nested, choice) for choice in _CHOICES}
         table = flat_table()
         rest = {}
         parts = cls.parts()
+        touched = set()
         for key, value in values.items():
             if key in parts and isinstance(value, Mapping):  # a whole part, as a table
                 for inner, v in value.items():
                     _put(nested, f"{key}.{inner}", v)
+                    touched.add(f"{key}.{inner}")
             elif key in table:
                 _put(nested, table[key], value)
+                touched.add(table[key])
             elif key in _DICT_ALIASES:
                 if not isinstance(value, Mapping):
                     raise SettingsError(f"{key} must be a table (mapping), got {value!r}")
@@ -188,6 +192,11 @@ class FederationSpec(Settings):
                     _put(nested, f"{_DICT_ALIASES[key]}.{inner}", v)
             else:
                 rest[key] = value
+        for choice, params in _CHOICES.items():  # a new fusion/partition/use: its own params
+            if _get(nested, choice) != before[choice] and params not in touched:
+                given = {t.rsplit(".", 1)[-1] for t in touched if t.startswith(f"{params}.")}
+                kept = {k: v for k, v in _get(nested, params).items() if k in given}
+                _put(nested, params, kept)
         for key, value in rest.items():
             path = _param_path(nested, key)
             if path is None:
@@ -208,6 +217,12 @@ _ALIASES = {
     "ensemble_weighting": "use.params.weighting",
 }
 _DICT_ALIASES = {"train_options": "training"}
+# a choice -> the parameters that belong to what it chose
+_CHOICES = {
+    "fusion.name": "fusion.params",
+    "data.partition": "data.partition_params",
+    "use.name": "use.params",
+}
 _NOT_FLAT = {"training.seed", "fusion.name", "fusion.params", "model.name", "use.name",
              "use.params"}  # fmt: skip
 
@@ -231,6 +246,12 @@ def flat_table() -> dict[str, str]:
 def flat_names() -> list[str]:
     """Every flat setting name ``from_flat`` knows (besides fusion/partition/use params)."""
     return sorted([*flat_table(), *_DICT_ALIASES])
+
+
+def _get(nested: dict[str, Any], path: str) -> Any:
+    for name in path.split("."):
+        nested = nested.get(name, {})
+    return nested
 
 
 def _put(nested: dict[str, Any], path: str, value: Any) -> None:
