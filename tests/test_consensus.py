@@ -328,7 +328,7 @@ def test_cli_consensus_writes_history_and_plot(tmp_path, capsys):
 def test_config_from_toml_and_errors(tmp_path, capsys):
     toml = tmp_path / "c.toml"
     toml.write_text('[consensus]\nalgorithm = "gossip"\nnum_nodes = 3\n')
-    assert ConsensusConfig.from_toml(toml).num_nodes == 3
+    assert ConsensusConfig.from_file(toml).num_nodes == 3
     with pytest.raises(ValueError, match="unknown consensus setting"):
         ConsensusConfig.from_dict({"rounds": 3})
     assert (

@@ -163,8 +163,6 @@ class Settings:
         data = read_settings_file(path)
         return cls.from_dict(data.get(cls.kind, data))
 
-    from_toml = from_file
-
     def to_dict(self) -> dict[str, Any]:
         """Plain nested data (what a TOML/JSON file or the REST API holds)."""
         return {

@@ -168,7 +168,7 @@ class FederationSpec(Settings):
         the chosen fusion, partition or use (``server_learning_rate``, ``alpha``,
         ``finetune_epochs``) goes to that part's ``params``. See ``flat_names()``."""
         nested = (base or cls()).to_dict()
-        before = {choice: _get(nested, choice) for choice in _CHOICES}
+        before = {choice: _get(nested, choice) for choice, _, _ in _CHOICES.values()}
         table = flat_table()
         rest = {}
         parts = cls.parts()
@@ -192,7 +192,7 @@ class FederationSpec(Settings):
                     _put(nested, f"{_DICT_ALIASES[key]}.{inner}", v)
             else:
                 rest[key] = value
-        for choice, params in _CHOICES.items():  # a new fusion/partition/use: its own params
+        for choice, params, _ in _CHOICES.values():  # a new fusion/partition/use: its params
             if _get(nested, choice) != before[choice] and params not in touched:
                 given = {t.rsplit(".", 1)[-1] for t in touched if t.startswith(f"{params}.")}
                 kept = {k: v for k, v in _get(nested, params).items() if k in given}
@@ -217,11 +217,11 @@ _ALIASES = {
     "ensemble_weighting": "use.params.weighting",
 }
 _DICT_ALIASES = {"train_options": "training"}
-# a choice -> the parameters that belong to what it chose
+# what is chosen -> (its path, the path of its parameters, the parameters each choice takes)
 _CHOICES = {
-    "fusion.name": "fusion.params",
-    "data.partition": "data.partition_params",
-    "use.name": "use.params",
+    "fusion": ("fusion.name", "fusion.params", fusion_params),
+    "partition": ("data.partition", "data.partition_params", partition_params),
+    "use": ("use.name", "use.params", use_params),
 }
 _NOT_FLAT = {"training.seed", "fusion.name", "fusion.params", "model.name", "use.name",
              "use.params"}  # fmt: skip
@@ -262,16 +262,21 @@ def _put(nested: dict[str, Any], path: str, value: Any) -> None:
     target[last] = value
 
 
+def _chosen_params(nested: dict[str, Any]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """For the chosen fusion, partition and use: ``(what, name, params path, parameters)``
+    (a name no part knows is left out: its own check reports it)."""
+    chosen = []
+    for what, (choice, params, names) in _CHOICES.items():
+        name = _get(nested, choice)
+        with contextlib.suppress(ValueError):
+            chosen.append((what, name, params, names(name)))
+    return chosen
+
+
 def _unknown_flat(nested: dict[str, Any], key: str) -> str:
     """Why ``key`` is not a flat setting, naming what the chosen fusion, partition and use take."""
-    chosen = []
-    for what, name, params in (
-        ("fusion", nested["fusion"]["name"], fusion_params),
-        ("partition", nested["data"]["partition"], partition_params),
-        ("use", nested["use"]["name"], use_params),
-    ):
-        with contextlib.suppress(ValueError):  # an unknown name is reported by its own check
-            chosen.append(f"{what} {name!r} takes {', '.join(params(name)) or 'none'}")
+    chosen = [f"{what} {name!r} takes {', '.join(names) or 'none'}"
+              for what, name, _, names in _chosen_params(nested)]  # fmt: skip
     return (
         f"unknown setting {key!r}: it is no flat setting, and {'; '.join(chosen)} "
         f"(flat settings: {', '.join(flat_names())})"
@@ -281,18 +286,9 @@ def _unknown_flat(nested: dict[str, Any], key: str) -> str:
 def _param_path(nested: dict[str, Any], key: str) -> str | None:
     """Where a flat ``key`` goes when it names a parameter of the chosen fusion, partition or
     use (they are chosen by then: flat names are applied first)."""
-    try:
-        if key in fusion_params(nested["fusion"]["name"]):
-            return f"fusion.params.{key}"
-    except ValueError:
-        pass
-    try:
-        if key in partition_params(nested["data"]["partition"]):
-            return f"data.partition_params.{key}"
-    except ValueError:
-        pass
-    if key in use_params(nested["use"]["name"]):
-        return f"use.params.{key}"
+    for _, _, params, names in _chosen_params(nested):
+        if key in names:
+            return f"{params}.{key}"
     return None
 
 
