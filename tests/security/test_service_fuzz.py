@@ -259,3 +259,12 @@ def test_reply_metadata_of_any_shape_gets_an_answer(meta, body):
     )
     _fine(r)
     assert _client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_rejected_deep_body_is_not_echoed_back():
+    """A 422 names what was wrong without quoting the input: 900 nested lists came back
+    whole before, too deep for a client to decode."""
+    deep = "[" * 900 + "]" * 900
+    response = _client.post("/train", content=deep, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert len(response.content) < 2000 and "input" not in response.json()["detail"][0]

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fedfuse.runtime import UnexpectedReplyError
@@ -110,6 +111,20 @@ def create_app(
         headers = {"Retry-After": "30"} if status == 503 else None
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
+    def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the errors without the input they quote: a deeply nested or huge body is not
+        # echoed back (a client could not even decode the answer)
+        errors = [
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", ""))[:500],
+                "type": e.get("type"),
+            }
+            for e in exc.errors()[:20]
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
     app.include_router(fusion_routes(settings, manager, guards))
     app.include_router(federation_routes(manager, guards))
