@@ -1,5 +1,5 @@
-"""Composable fusion transforms (optax style): reducers, robust rules, server optimizers, and
-the ``chain`` that composes them."""
+"""Composable fusion transforms (optax style): reducers, robust rules, server optimizers,
+differential privacy, and the ``chain`` that composes them."""
 
 from fedfuse.fusion._base import (
     FusionError,
@@ -22,6 +22,14 @@ from fedfuse.fusion._matching import (
     matched_fusion,
 )
 from fedfuse.fusion._mean import fedavg, iter_avg, weighted_mean
+from fedfuse.fusion._privacy import (
+    adaptive_clip,
+    add_gaussian_noise,
+    dp_mean,
+    gaussian_noise,
+    tree_aggregation_noise,
+    tree_levels,
+)
 from fedfuse.fusion._registry import FUSIONS, check_fusion_size, fusion_params, get_fusion
 from fedfuse.fusion._robust import (
     clip_by_norm,
@@ -37,6 +45,12 @@ from fedfuse.fusion._staleness import scale_by_staleness, staleness_weight
 
 __all__ = [
     "FusionSpec",
+    "adaptive_clip",
+    "add_gaussian_noise",
+    "dp_mean",
+    "gaussian_noise",
+    "tree_aggregation_noise",
+    "tree_levels",
     "apply_update",
     "scale_by_staleness",
     "staleness_weight",

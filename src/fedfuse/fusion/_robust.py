@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from fedfuse.fusion._base import FusionError, FusionTransform, Update, chain, stateless
+from fedfuse.fusion._base import (
+    FusionError,
+    FusionTransform,
+    Update,
+    chain,
+    stateless,
+    with_info,
+)
 from fedfuse.fusion._mean import iter_avg
 from fedfuse.weights import Weights, global_norm, scale
 
@@ -24,7 +31,8 @@ def clip_by_norm(max_norm: float) -> FusionTransform:
     """Scale each update down to an L2 norm of at most ``max_norm``: ``u · min(1, c / ||u||)``.
 
     Per update and lazy: updates stream through one at a time. Bounds how far any one party
-    can pull the model (and is the sensitivity bound of differential privacy).
+    can pull the model (and is the sensitivity bound of differential privacy): each update
+    leaves with ``info["clip_norm"] = max_norm``, which ``dp_mean`` reads as the sensitivity.
 
     References:
         McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018.
@@ -37,7 +45,7 @@ def clip_by_norm(max_norm: float) -> FusionTransform:
             norm = global_norm(u.weights)
             if norm > max_norm:
                 u = dataclasses.replace(u, weights=scale(u.weights, max_norm / norm))
-            yield u
+            yield with_info(u, clip_norm=float(max_norm))
 
     return stateless(clip)
 
