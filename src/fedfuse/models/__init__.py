@@ -8,6 +8,7 @@ from fedfuse.models._doc2vec import (
     merge_word_counts,
     prepare_doc2vec,
 )
+from fedfuse.models._dpsgd import dp_sgd_epsilon, dp_sgd_steps
 from fedfuse.models._files import (
     ModelFileError,
     builtin_module_classes,
@@ -34,6 +35,8 @@ __all__ = [
     "Doc2VecAdapter",
     "merge_word_counts",
     "prepare_doc2vec",
+    "dp_sgd_epsilon",
+    "dp_sgd_steps",
     "KerasAdapter",
     "keras_optimizer",
     "load_keras_model",

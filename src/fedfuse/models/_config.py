@@ -47,6 +47,25 @@ class TrainConfig(Settings):
     to its update's ``info`` (``label_counts``), for transforms that weigh the classifier's
     outputs class by class (``classwise_avg``, ``matched_avg``, class-wise ensembles). Off by
     default: a label distribution says more about a party than its example count.
+
+    Record-level differential privacy at the party, DP-SGD (Abadi et al., CCS 2016; off by
+    default), trained through Opacus:
+
+    - ``dp_sgd_noise_multiplier``: ``sigma`` > 0 turns DP-SGD on. Each step takes a Poisson
+      sample of the party's examples (each one independently, with rate ``q = batch_size / n``,
+      capped at 1), clips every example's gradient to an L2 norm of at most
+      ``dp_sgd_max_grad_norm`` ``C``, sums them, adds Gaussian noise ``N(0, sigma^2 C^2)`` to
+      the sum and divides by the expected batch size ``q n``: ``g = (sum_i clip_C(g_i) +
+      N(0, sigma^2 C^2 I)) / (q n)``. An epoch is ``round(n / batch_size)`` such steps. The
+      party's ``(epsilon, delta)`` follows from ``q``, ``sigma`` and the steps taken
+      (``dp_sgd_epsilon``, ``dp_sgd_steps``). The guarantee covers the weights sent; the
+      example count a party reports (``num_examples``) is not protected, as in Opacus, and
+      ``share_label_counts`` is refused with DP-SGD.
+    - ``dp_sgd_seeded_noise``: with ``seed`` set, draw DP-SGD's batches and noise from the
+      seed too, so that a seeded fit is reproducible. For simulations only: whoever knows the
+      seed can subtract the noise, and the round loop derives every party's seed from the
+      federation's seed, which the server holds. Off, both come from a generator seeded from
+      the operating system's entropy afresh in every fit.
     """
 
     kind: ClassVar[str] = "training"
@@ -66,6 +85,9 @@ class TrainConfig(Settings):
         "max_consecutive_skips": [Interval(Integral, 0)],
         "count_examples": [Options(("dataset", "processed"))],
         "share_label_counts": [bool],
+        "dp_sgd_noise_multiplier": [Interval(Real, 0)],
+        "dp_sgd_max_grad_norm": [Interval(Real, 0, None, closed="neither")],
+        "dp_sgd_seeded_noise": [bool],
     }
 
     epochs: int = 1
@@ -83,9 +105,20 @@ class TrainConfig(Settings):
     max_consecutive_skips: int = 3
     count_examples: str = "dataset"
     share_label_counts: bool = False
+    dp_sgd_noise_multiplier: float = 0.0
+    dp_sgd_max_grad_norm: float = 1.0
+    dp_sgd_seeded_noise: bool = False
 
     def with_seed(self, seed: int) -> TrainConfig:
         return replace(self, seed=seed)
+
+    def check_together(self) -> list[str]:
+        if self.dp_sgd_noise_multiplier > 0 and self.share_label_counts:
+            return [
+                "share_label_counts must be false with dp_sgd_noise_multiplier > 0: exact "
+                "label counts are not covered by DP-SGD's record-level guarantee"
+            ]
+        return []
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range field (from ``constraints``)."""

@@ -5,7 +5,8 @@ such as BatchNorm statistics). Integer buffers (``num_batches_tracked``) stay lo
 a counter means nothing.
 
 Training holds the whole local dataset as tensors and walks it in shuffled index batches, so
-the hot path is tensor indexing, forward, backward and step, with no per-sample Python.
+the hot path is tensor indexing, forward, backward and step, with no per-sample Python. DP-SGD
+walks Poisson-sampled index batches instead, through Opacus (``fedfuse.models._dpsgd``).
 
 Randomness is never a process-wide seed set from library code: parties of two federations may
 train at the same time on threads of one service. A seeded fit shuffles with its own
@@ -27,6 +28,7 @@ from torch import nn
 
 from fedfuse.data import ArrayDataset
 from fedfuse.models._config import TrainConfig
+from fedfuse.models._dpsgd import dp_sgd_training, noise_only_step
 from fedfuse.models._optim import make_optimizer, resolve_optimizer
 from fedfuse.weights import Weights, check_compatible
 
@@ -64,6 +66,15 @@ def _as_tensors(data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64))
     return x, y
+
+
+def _proximal_pull(module: nn.Module, mu: float) -> Callable[[], None] | None:
+    """FedProx's pull towards the module's weights now, to run after each backward pass."""
+    if mu == 0:
+        return None
+    params = [p for p in module.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params]
+    return lambda: _add_proximal_gradient(params, anchor, mu)
 
 
 @torch.no_grad()
@@ -120,9 +131,15 @@ class TorchAdapter:
         those the module had when ``fit`` started: ``mu (w - w_start)`` is added to the
         gradients (the reported loss is the data loss alone).
 
+        With ``config.dp_sgd_noise_multiplier > 0`` it trains with DP-SGD (see ``TrainConfig``
+        and ``fedfuse.models._dpsgd``): Poisson batches, each example's gradient clipped, noise
+        on their sum. The loss must average over the batch, and the module be one Opacus can
+        compute per-example gradients for (no BatchNorm); the FedProx pull is added after the
+        noise. The metrics are over the examples the batches took.
+
         With ``config.seed`` set, the batch order (and dropout) depend on that seed alone, not
         on other threads, and torch's global RNG state is left as it was (see the module
-        docstring).
+        docstring); DP-SGD's batches and noise do too only with ``dp_sgd_seeded_noise``.
         """
         config.validate()
         resolve_optimizer(config.optimizer)
@@ -140,35 +157,59 @@ class TorchAdapter:
         self, data: ArrayDataset, config: TrainConfig, generator: torch.Generator | None
     ) -> dict[str, float]:
         x, y = _as_tensors(data)
-        optimizer = make_optimizer(config.optimizer, self.module.parameters(), config.learning_rate)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        anchor = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
-        self.module.train()
         n = len(y)
+        optimizer = make_optimizer(config.optimizer, self.module.parameters(), config.learning_rate)
+        pull = _proximal_pull(self.module, config.proximal_mu)
+        self.module.train()
+        if config.dp_sgd_noise_multiplier == 0:
+
+            def shuffled() -> Iterator[torch.Tensor]:
+                order = torch.randperm(n, generator=generator)
+                return (order[s : s + config.batch_size] for s in range(0, n, config.batch_size))
+
+            return self._train(x, y, config.epochs, optimizer, shuffled, pull)
+        private = dp_sgd_training(self.module, self.loss, optimizer, config, n, generator, pull)
+        with private as (dp_optimizer, poisson):
+            return self._train(x, y, config.epochs, dp_optimizer, poisson, None)
+
+    def _train(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epochs: int,
+        optimizer: torch.optim.Optimizer,
+        epoch_batches: Callable[[], Iterator[torch.Tensor]],
+        pull: Callable[[], None] | None,
+    ) -> dict[str, float]:
         # Metrics cost no per-batch work beyond keeping references: losses and logits are
         # summed and compared once per epoch.
-        loss_sum, correct, classified = 0.0, 0, True
-        for _ in range(config.epochs):
-            order = torch.randperm(n, generator=generator)
-            losses, sizes, logits = [], [], []
-            for start in range(0, n, config.batch_size):
-                idx = order[start : start + config.batch_size]
-                xb, yb = x[idx], y[idx]
+        loss_sum, correct, seen, classified = 0.0, 0, 0, True
+        for _ in range(epochs):
+            losses, sizes, logits, taken = [], [], [], []
+            for idx in epoch_batches():
                 optimizer.zero_grad(set_to_none=True)
-                out = self.module(xb)
-                loss = self.loss(out, yb)
+                if len(idx) == 0:  # only DP-SGD's Poisson sampling draws empty batches
+                    noise_only_step(optimizer)
+                    continue
+                out = self.module(x[idx])
+                loss = self.loss(out, y[idx])
                 loss.backward()
-                if anchor is not None:
-                    _add_proximal_gradient(params, anchor, config.proximal_mu)
+                if pull is not None:
+                    pull()
                 optimizer.step()
                 losses.append(loss.detach())
                 sizes.append(len(idx))
                 logits.append(out.detach())
+                taken.append(idx)
+            if not sizes:
+                continue
             loss_sum += float(torch.stack(losses).double() @ torch.tensor(sizes).double())
+            seen += sum(sizes)
             classified = classified and logits[0].ndim == 2 and y.ndim == 1
             if classified:
-                correct += int((torch.cat(logits).argmax(dim=1) == y[order]).sum())
-        seen = n * config.epochs
+                correct += int((torch.cat(logits).argmax(dim=1) == y[torch.cat(taken)]).sum())
+        if seen == 0:
+            return {}
         metrics = {"loss": loss_sum / seen}
         if classified:
             metrics["accuracy"] = correct / seen
