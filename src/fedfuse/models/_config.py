@@ -56,9 +56,9 @@ class TrainConfig(Settings):
       capped at 1), clips every example's gradient to an L2 norm of at most
       ``dp_sgd_max_grad_norm`` ``C``, sums them, adds Gaussian noise ``N(0, sigma^2 C^2)`` to
       the sum and divides by the expected batch size ``q n``: ``g = (sum_i clip_C(g_i) +
-      N(0, sigma^2 C^2 I)) / (q n)``. An epoch is ``round(n / batch_size)`` such steps. The
-      party's ``(epsilon, delta)`` follows from ``q``, ``sigma`` and the steps taken
-      (``dp_sgd_epsilon``, ``dp_sgd_steps``). The guarantee covers the weights sent; the
+      N(0, sigma^2 C^2 I)) / (q n)``. An epoch is ``round(n / batch_size)`` such steps (at
+      least one). The party's ``(epsilon, delta)`` follows from ``q``, ``sigma`` and the steps
+      taken (``dp_sgd_epsilon``, ``dp_sgd_steps``). The guarantee covers the weights sent; the
       example count a party reports (``num_examples``) is not protected, as in Opacus, and
       ``share_label_counts`` is refused with DP-SGD.
     - ``dp_sgd_seeded_noise``: with ``seed`` set, draw DP-SGD's batches and noise from the
