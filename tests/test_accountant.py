@@ -76,7 +76,12 @@ def test_every_party_every_round_is_a_plain_gaussian():
     acc = PrivacyAccountant("pld", "none", 10, DELTA)
     for _ in range(5):
         acc.record(3.0)
-    want = _direct(PLDAccountant(), dp_accounting.GaussianDpEvent(3.0 / math.sqrt(5)))
+    # five Gaussians are one, of multiplier 3 / sqrt(5): its exact epsilon, and PLD's close by
+    exact = dp_accounting.get_epsilon_gaussian(3.0 / math.sqrt(5), DELTA)
+    assert acc.epsilon() == pytest.approx(exact, rel=1e-9)
+    want = _direct(
+        PLDAccountant(), dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(3.0), 5)
+    )
     assert acc.epsilon() == pytest.approx(want, rel=1e-3)
     with pytest.raises(ValueError, match="neither"):
         acc.record(3.0, sample_rate=0.1)
@@ -113,8 +118,12 @@ def test_tree_release_is_one_gaussian_with_the_tree_sensitivity():
     acc.record_tree(4.0, rounds=10, max_participations=1)
     acc.record_tree(4.0, rounds=20, max_participations=2)  # replaces: one tree, not two
     levels = tree_levels(20)
-    want = _direct(PLDAccountant(), dp_accounting.GaussianDpEvent(4.0 / (2 * math.sqrt(levels))))
-    assert acc.epsilon() == pytest.approx(want, rel=1e-9)
+    z = 4.0 / (2 * math.sqrt(levels))
+    assert acc.epsilon() == pytest.approx(dp_accounting.get_epsilon_gaussian(z, DELTA), rel=1e-9)
+    rdp = PrivacyAccountant("rdp", "none", 100, DELTA)
+    rdp.record_tree(4.0, rounds=20, max_participations=2)
+    want = _direct(RdpAccountant(), dp_accounting.GaussianDpEvent(z))
+    assert rdp.epsilon() == pytest.approx(want, rel=1e-9)
     assert acc.would_exceed_tree(
         acc.epsilon(), noise_multiplier=4.0, rounds=21, max_participations=3
     )

@@ -15,7 +15,9 @@ deviation ``z C`` (``z = noise_multiplier``). What one round is, for the account
   ``SampledWithoutReplacementDpEvent(N, m, GaussianDpEvent(z / 2))``. PLD does not support
   that event, so a ``"fixed"`` accountant always uses RDP with ``REPLACE_ONE`` (``.method``
   says which was used); its epsilon is for replace-one neighbours.
-- ``sampling="none"`` (every party, every round): ``GaussianDpEvent(z)``.
+- ``sampling="none"`` (every party, every round): ``GaussianDpEvent(z)``. With PLD, rounds
+  that are all plain Gaussians compose to one Gaussian of multiplier ``(sum_i z_i⁻²)^(-1/2)``,
+  whose epsilon is computed exactly (Balle and Wang's analytic Gaussian) instead of by PLD.
 
 With adaptive clipping the noisy count of unclipped updates is a second Gaussian query on the
 same parties; the centred count has sensitivity 1/2, and the two together are one Gaussian
@@ -37,6 +39,8 @@ References:
     Discrete Approximations of Privacy Loss Distributions", PETS 2022.
     Wang, Balle and Kasiviswanathan, "Subsampled Rényi Differential Privacy and Analytical
     Moments Accountant", AISTATS 2019.
+    Balle and Wang, "Improving the Gaussian Mechanism for Differential Privacy: Analytical
+    Calibration and Optimal Denoising", ICML 2018.
     Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021.
     Kairouz et al., "Practical and Private (Deep) Learning without Sampling or Shuffling",
     ICML 2021.
@@ -247,16 +251,31 @@ class PrivacyAccountant:
             event = self._gaussian(z)
         return dp_accounting.SelfComposedDpEvent(event, run["count"])
 
+    @staticmethod
+    def _tree_multiplier(t: dict[str, Any]) -> float:
+        return t["noise_multiplier"] / (t["max_participations"] * tree_levels(t["rounds"]) ** 0.5)
+
     def dp_event(self) -> dp_accounting.DpEvent:
         """Everything recorded, as one dp-accounting event (runs of equal rounds composed)."""
         events = [self._event(run) for run in self._runs]
         if self._tree is not None:
-            t = self._tree
-            levels = tree_levels(t["rounds"])
-            events.append(
-                self._gaussian(t["noise_multiplier"] / (t["max_participations"] * levels**0.5))
-            )
+            events.append(self._gaussian(self._tree_multiplier(self._tree)))
         return dp_accounting.ComposedDpEvent(events)
+
+    def _plain_gaussian(self) -> float | None:
+        """The one Gaussian's noise multiplier that everything recorded composes to, when no
+        round was sampled (``(sum_i z_i⁻²)^(-1/2)``, 0 if one had no noise); else ``None``."""
+        if self.sampling == "fixed" or any(run.get("sample_rate", 1) < 1 for run in self._runs):
+            return None
+        multipliers = [
+            (effective_noise_multiplier(run["noise_multiplier"], run["count_stddev"]), run["count"])
+            for run in self._runs
+        ]
+        if self._tree is not None:
+            multipliers.append((self._tree_multiplier(self._tree), 1))
+        if any(z == 0 for z, _ in multipliers):
+            return 0.0
+        return sum(count / z**2 for z, count in multipliers) ** -0.5
 
     def epsilon(self, delta: float | None = None) -> float:
         """``epsilon`` at ``delta`` (the accountant's own by default) over everything
@@ -267,6 +286,15 @@ class PrivacyAccountant:
             return self._cache[1]
         if not self._runs and self._tree is None:
             return 0.0
+        plain = self._plain_gaussian() if self.method == "pld" else None
+        if plain is not None:
+            # Composed Gaussians are one Gaussian: its exact epsilon, where a PLD of a
+            # large-epsilon Gaussian is slow (seconds) and a little pessimistic.
+            eps = (
+                math.inf if plain == 0 else float(dp_accounting.get_epsilon_gaussian(plain, delta))
+            )
+            self._cache = (key, eps)
+            return eps
         if self.method == "pld":
             acc: dp_accounting.PrivacyAccountant = pld_privacy_accountant.PLDAccountant(
                 _Relation.ADD_OR_REMOVE_ONE
