@@ -93,7 +93,8 @@ def add_gaussian_noise(weights: Weights, stddev: float, rng: np.random.Generator
     The party's half of distributed DP under secure aggregation: if each of ``K`` parties adds
     ``stddev = z C / sqrt(K)`` to its clipped update, the sum the aggregator unmasks carries
     ``N(0, (z C)²)`` per coordinate, as central ``dp_mean`` would add, while no one sees a
-    single party's update without noise.
+    single party's update without noise. Only the parties whose updates are summed count:
+    with dropouts, take ``K`` as the fewest that secure aggregation accepts.
 
     References:
         Kairouz et al., "The Distributed Discrete Gaussian Mechanism for Federated Learning
