@@ -35,7 +35,7 @@ def test_demo_runs_the_full_federation(tmp_path):
     proc = run_cli("demo", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "10 parties (dirichlet partition)" in out and "FedAvg per round" in out
+    assert "10 parties (dirichlet partition)" in out and "fedavg per round" in out
     history = json.loads((tmp_path / "fedfuse-demo-output" / "history.json").read_text())
     rounds = history["rounds"]
     assert len(rounds) == 25 and len(rounds[0]["participants"]) == 10

@@ -50,20 +50,16 @@ def _num(metrics: dict[str, Any] | None, key: str = "loss") -> str:
 
 
 def _round_table(result: SimulationResult) -> Table:
-    table = Table(title="FedAvg per round (accuracy in %)")
-    for col in (
-        "round",
-        "parties",
-        "train loss",
-        "train acc",
-        "central loss",
-        "central acc",
-        "federated loss",
-        "federated acc",
-    ):
+    table = Table(title=f"{result.spec.fusion.name} per round (accuracy in %)")
+    private = any("epsilon" in r for r in result.history)
+    columns = ["round", "parties", "train loss", "train acc", "central loss", "central acc",
+               "federated loss", "federated acc"]  # fmt: skip
+    if private:
+        columns += ["epsilon", "delta", "sigma"]
+    for col in columns:
         table.add_column(col, justify="right")
     for r in result.history:
-        table.add_row(
+        row = [
             str(r["round"]),
             f"{len(r['participants'])}/{len(r['sampled'])}",
             _num(r["train"]),
@@ -72,7 +68,10 @@ def _round_table(result: SimulationResult) -> Table:
             _pct(r.get("central")),
             _num(r.get("federated")),
             _pct(r.get("federated")),
-        )
+        ]
+        if private:
+            row += [f"{r['epsilon']:.3f}", f"{r['delta']:g}", f"{r['sigma']:g}"]
+        table.add_row(*row)
     return table
 
 
@@ -104,6 +103,10 @@ def _run(spec: FederationSpec, out_dir: str, console: Console) -> SimulationResu
             console.print(f"{name}: {path}")
         return result
     console.print(_round_table(result))
+    if result.stop_reason:
+        console.print(f"stopped after round {len(result.history)}: {result.stop_reason}")
+    if not result.history:
+        return result
     last = result.history[-1]
     console.print(f"federated model: central test accuracy {_pct(last.get('central'))}%")
     if result.centralized:

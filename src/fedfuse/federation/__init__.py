@@ -6,6 +6,7 @@ built on it (``simulate``, the TFF-style process, the three uses, baselines, plo
 floor up, in ``fedfuse.recipes``.
 """
 
+from fedfuse.federation._accountant import PrivacyAccountant
 from fedfuse.federation._checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -14,9 +15,16 @@ from fedfuse.federation._checkpoint import (
     save_checkpoint,
     write_synced,
 )
-from fedfuse.federation._federation import Evaluator, Federation
+from fedfuse.federation._federation import Evaluator, Federation, PrivacyBudgetExceeded
 from fedfuse.federation._metrics import WeightedMetrics
 from fedfuse.federation._policy import Aggregation, Sampling
+from fedfuse.federation._privacy import (
+    SUM_FUSIONS,
+    Privacy,
+    SecureAggregation,
+    privacy_problem,
+    private_fusion,
+)
 from fedfuse.federation._round import (
     RoundResult,
     evaluate_parties,
@@ -26,6 +34,7 @@ from fedfuse.federation._round import (
     train_round,
 )
 from fedfuse.federation._sampling import derive_seed, sample_parties, sampled_count
+from fedfuse.federation._secure_round import secure_round
 from fedfuse.federation._validate import (
     DEFAULT_MAX_UPDATE_RATIO,
     MAX_NUM_EXAMPLES,
@@ -37,14 +46,19 @@ from fedfuse.federation._validate import (
 __all__ = [
     "DEFAULT_MAX_UPDATE_RATIO",
     "MAX_NUM_EXAMPLES",
+    "SUM_FUSIONS",
     "UPDATE_NORM_FLOOR",
     "Aggregation",
     "Checkpoint",
     "CheckpointError",
     "Evaluator",
     "Federation",
+    "Privacy",
+    "PrivacyAccountant",
+    "PrivacyBudgetExceeded",
     "RoundResult",
     "Sampling",
+    "SecureAggregation",
     "WeightedMetrics",
     "check_update_bounds",
     "derive_seed",
@@ -53,10 +67,13 @@ __all__ = [
     "fsync_directory",
     "fuse_safely",
     "load_checkpoint",
+    "privacy_problem",
+    "private_fusion",
     "sample_parties",
     "sampled_count",
     "save_checkpoint",
     "screen_reply",
+    "secure_round",
     "train_round",
     "validate_update",
     "write_synced",

@@ -12,10 +12,17 @@ aggregation policy decides only where arrivals come from and when they are fused
   service's ``RemotePool``).
 
 Everything else, validation, fusion, records and checkpoints, is the same code for both.
+
+Privacy (``Privacy``, ``SecureAggregation``) changes what is fused, not the loop: differential
+privacy replaces the fusion's mean with a clipped, noised sum and a ``PrivacyAccountant``
+records each step (epsilon, delta and sigma go into the record; a step that would exceed
+``max_epsilon`` is not run); secure aggregation runs a synchronous round as the stages of
+SecAgg+ (``secure_round``), so the aggregator sees only the sum.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,19 +30,34 @@ from typing import Any
 
 import numpy as np
 
+from fedfuse.federation._accountant import PrivacyAccountant
 from fedfuse.federation._checkpoint import load_checkpoint, save_checkpoint
 from fedfuse.federation._policy import Aggregation, Sampling
+from fedfuse.federation._privacy import (
+    Privacy,
+    SecureAggregation,
+    central_noise,
+    expected_per_round,
+    privacy_problem,
+    private_fusion,
+    server_optimizer,
+)
 from fedfuse.federation._round import RoundResult, evaluate_parties, fold_replies
 from fedfuse.federation._sampling import derive_seed, sample_parties, sampled_count
+from fedfuse.federation._secure_round import secure_round
 from fedfuse.fusion import FusionSpec, FusionTransform, chain, scale_by_staleness
 from fedfuse.models import TrainConfig
-from fedfuse.party import Reply, TrainTask
+from fedfuse.party import Reply, SecureEncoding, TrainTask
 from fedfuse.runtime import PartyPool
 from fedfuse.weights import Weights, check_compatible, get_codec
 
-__all__ = ["Evaluator", "Federation"]
+__all__ = ["Evaluator", "Federation", "PrivacyBudgetExceeded"]
 
 Evaluator = Callable[[Weights], dict[str, float]]
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """The next step would take epsilon past ``Privacy.max_epsilon``; it was not run."""
 
 
 class Federation:
@@ -56,6 +78,10 @@ class Federation:
             (in buffered mode, the parties not training at that moment).
         checkpoint_dir: where a checkpoint is written after each step; if it already holds
             one, the federation resumes from it.
+        privacy: differential privacy (``Privacy``; off by default).
+        secure: secure aggregation (``SecureAggregation``; off by default).
+        population: how many parties the federation has, for the privacy accountant and the
+            expected number per round (default: the pool's parties now).
 
     ``round`` counts steps (rounds, or buffers in buffered mode); ``history`` has one record
     per step.
@@ -74,21 +100,34 @@ class Federation:
         central_eval: Evaluator | None = None,
         federated_eval: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
+        privacy: Privacy | None = None,
+        secure: SecureAggregation | None = None,
+        population: int | None = None,
     ) -> None:
         self.pool = pool
         self.config = config or TrainConfig()
         self.sampling = sampling or Sampling()
         self.aggregation = aggregation or Aggregation()
+        self.privacy = privacy or Privacy()
+        self.secure = secure or SecureAggregation()
         self.seed = seed
         self.central_eval = central_eval
         self.federated_eval = federated_eval
         self.checkpoint_dir = checkpoint_dir
+        self.population = population or len(pool.party_ids())
         spec = FusionSpec(fusion) if isinstance(fusion, str) else fusion
+        self._fusion_name = spec.name if isinstance(spec, FusionSpec) else None
         self._check(spec)
-        transform = spec.build() if isinstance(spec, FusionSpec) else spec
-        if self.aggregation.mode == "buffered":
-            transform = chain(scale_by_staleness(self.aggregation.staleness_exponent), transform)
-        self.fusion = transform
+        self.fusion = self._build_fusion(spec)
+        self.accountant: PrivacyAccountant | None = None
+        if self.privacy.enabled:
+            self.accountant = PrivacyAccountant(
+                self.privacy.accountant,
+                "none" if self.aggregation.mode == "buffered" else self.sampling.method,
+                max(self.population, 1),
+                self.privacy.delta,
+            )
+        self.stop_reason = ""
         self.round = 0
         self.version = 0  # fused steps: an update's staleness counts them
         self.weights = initial_weights
@@ -105,6 +144,18 @@ class Federation:
         self.config.check("config.")
         self.sampling.check("sampling.")
         self.aggregation.check("aggregation.")
+        self.privacy.check("privacy.")
+        self.secure.check("secure.")
+        problem = privacy_problem(
+            fusion,
+            self.privacy,
+            self.secure,
+            self.sampling,
+            self.aggregation,
+            self.config.compression,
+        )
+        if problem is not None:
+            raise ValueError(problem)
         if not isinstance(fusion, FusionSpec):
             return
         fusion.check("fusion.")
@@ -118,6 +169,51 @@ class Federation:
     def _per_round(self, num_parties: int) -> int:
         return sampled_count(num_parties, self.sampling.fraction, self.sampling.count)
 
+    @property
+    def expected_count(self) -> float:
+        """Updates one step is expected to fuse: DP's fixed denominator."""
+        if self.aggregation.mode == "buffered":
+            return float(self.aggregation.buffer_size)
+        return expected_per_round(
+            max(self.population, 1), self.sampling.fraction, self.sampling.count
+        )
+
+    def _build_fusion(self, spec: FusionSpec | FusionTransform) -> FusionTransform:
+        """The chain the loop folds updates with; under secure aggregation, what follows the
+        mean (the loop sums securely)."""
+        if self.secure.secagg:
+            assert isinstance(spec, FusionSpec)  # (checked)
+            parts = [central_noise(self.privacy, self.expected_count), server_optimizer(spec)]
+            return chain(*[p for p in parts if p is not None])
+        if self.privacy.enabled:
+            assert isinstance(spec, FusionSpec)
+            transform = private_fusion(spec, self.privacy, self.expected_count)
+        else:
+            transform = spec.build() if isinstance(spec, FusionSpec) else spec
+        if self.aggregation.mode == "buffered":
+            transform = chain(scale_by_staleness(self.aggregation.staleness_exponent), transform)
+        return transform
+
+    def _encoding(self, num_parties: int) -> SecureEncoding:
+        """How the parties of a secure round of ``num_parties`` encode their update."""
+        privacy, secure = self.privacy, self.secure
+        weighting = "examples"
+        if privacy.enabled or self._fusion_name == "iter_avg":
+            weighting = "uniform"
+        noise = 0.0
+        if privacy.enabled and privacy.noise == "distributed":
+            # enough that the parties expected to survive dropout_rate carry z C together
+            survivors = max(1, math.floor(self.expected_count * (1 - secure.dropout_rate)))
+            noise = float(privacy.noise_multiplier) * privacy.l2_norm_clip / math.sqrt(survivors)
+        return SecureEncoding(
+            weighting=weighting,
+            weight_cap=secure.weight_cap,
+            clip_norm=privacy.l2_norm_clip if privacy.enabled else None,
+            noise_stddev=noise,
+            clip_range=secure.clip_range,
+            max_summands=max(1, num_parties),
+        )
+
     def _resume(self, initial_weights: Weights) -> None:
         checkpoint = load_checkpoint(self.checkpoint_dir)
         if checkpoint is None:
@@ -127,6 +223,8 @@ class Federation:
         self.weights = checkpoint.weights
         self.fusion_state = checkpoint.fusion_state
         self.history = checkpoint.history
+        if self.accountant is not None and "accountant" in checkpoint.meta:
+            self.accountant = PrivacyAccountant.from_state(checkpoint.meta["accountant"])
         self.version = sum(bool(r.get("fused")) for r in self.history)
         if self.history and "time" in self.history[-1] and hasattr(self.pool, "clock"):
             self.pool.clock = max(self.pool.clock, self.history[-1]["time"])  # time goes on
@@ -141,11 +239,15 @@ class Federation:
 
     # ---- one step --------------------------------------------------------------------------
     def run_round(self) -> dict[str, Any]:
-        """Run the next step (a round, or one buffer); returns its history record."""
+        """Run the next step (a round, or one buffer); returns its history record.
+
+        Raises ``PrivacyBudgetExceeded`` instead of running a step that would take epsilon
+        past ``privacy.max_epsilon`` (``stop_reason`` says so)."""
         step = self.round + 1
+        self._check_budget()
         result = RoundResult(step, self.weights, self.fusion_state, {})
+        sampled = None
         if self.aggregation.mode == "buffered":
-            sampled = None
             arrivals = self._buffered(result)
         else:
             sampled = sample_parties(
@@ -154,33 +256,124 @@ class Federation:
                 fraction=self.sampling.fraction,
                 count=self.sampling.count,
                 seed=self.seed,
+                poisson=self.sampling.poisson,
             )
-            tasks = {pid: self._task(step, pid) for pid in sampled}
-            arrivals = (
-                (pid, reply, 0)
-                for pid, reply in self.pool.dispatch(tasks, timeout=self.aggregation.deadline)
+        if self.secure.secagg:
+            self._secure_round(result, sampled or [])
+        else:
+            if sampled is not None:
+                tasks = {pid: self._task(step, pid) for pid in sampled}
+                dispatched = self.pool.dispatch(tasks, timeout=self.aggregation.deadline)
+                arrivals = ((pid, reply, 0) for pid, reply in dispatched)
+            fold_replies(
+                result,
+                arrivals,
+                self.fusion,
+                self._codec,
+                quorum=self.aggregation.quorum,
+                max_update_norm=self.aggregation.max_update_norm,
+                max_update_ratio=self.aggregation.max_update_ratio,
             )
-        fold_replies(
-            result,
-            arrivals,
-            self.fusion,
-            self._codec,
-            quorum=self.aggregation.quorum,
-            max_update_norm=self.aggregation.max_update_norm,
-            max_update_ratio=self.aggregation.max_update_ratio,
-        )
         self.round = step
         if result.fused:
             self.version += 1
         self.weights = result.weights
         self.fusion_state = result.fusion_state
+        if self.accountant is not None:
+            self._account(result, sampled)
         record = self._record(result, sampled)
         self.history.append(record)
         if self.checkpoint_dir is not None:
+            meta = {"accountant": self.accountant.to_state()} if self.accountant else None
             save_checkpoint(
-                self.checkpoint_dir, self.round, self.weights, self.fusion_state, self.history
+                self.checkpoint_dir,
+                self.round,
+                self.weights,
+                self.fusion_state,
+                self.history,
+                meta,
             )
         return record
+
+    def _secure_round(self, result: RoundResult, sampled: list[str]) -> None:
+        if not sampled:
+            result.not_fused = "no party was sampled"
+            return
+        configs = {pid: self._task(result.round, pid).config for pid in sampled}
+        secure_round(
+            result,
+            self.pool,
+            configs,
+            self._encoding(len(sampled)),
+            self.fusion,
+            dropout_rate=self.secure.dropout_rate,
+            corruption_rate=self.secure.corruption_rate,
+            denominator=self.expected_count if self.privacy.enabled else None,
+            deadline=self.aggregation.deadline,
+            quorum=self.aggregation.quorum,
+            max_update_norm=self.aggregation.max_update_norm,
+            max_update_ratio=self.aggregation.max_update_ratio,
+        )
+
+    # ---- differential privacy --------------------------------------------------------------
+    def _round_event(self, sampled: list[str] | None, participants: list[str]) -> dict[str, Any]:
+        """What the accountant records for a step: the noise multiplier and the sampler's
+        numbers. In buffered mode a party may arrive twice in one buffer: the sensitivity is
+        then that many clip norms, so the multiplier is divided by it (no amplification)."""
+        z = float(self.privacy.noise_multiplier)
+        event: dict[str, Any] = {"noise_multiplier": z}
+        if self.aggregation.mode == "buffered":
+            most = max((participants.count(p) for p in set(participants)), default=1)
+            event["noise_multiplier"] = z / most
+        elif self.sampling.method == "poisson":
+            event["sample_rate"] = self.sampling.fraction
+        elif self.sampling.method == "fixed":
+            event["sample_size"] = len(sampled or ())
+        if self.privacy.clipping == "adaptive":
+            event["count_stddev"] = self.privacy.count_stddev(self.expected_count)
+        return event
+
+    def _check_budget(self) -> None:
+        limit = self.privacy.max_epsilon
+        if self.accountant is None or limit is None:
+            return
+        if self.privacy.noise == "tree":
+            upcoming = self._tree_event(extra_round=True)
+            exceeded = self.accountant.would_exceed_tree(limit, **upcoming)
+        else:
+            upcoming = self._round_event(self._upcoming_sample(), [])
+            exceeded = self.accountant.would_exceed(limit, **upcoming)
+        if exceeded:
+            self.stop_reason = (
+                f"one more step would take epsilon past privacy.max_epsilon={limit:g} "
+                f"(now {self.accountant.epsilon():.4g} at delta={self.privacy.delta:g})"
+            )
+            raise PrivacyBudgetExceeded(self.stop_reason)
+
+    def _upcoming_sample(self) -> list[str]:
+        if self.sampling.method != "fixed":
+            return []
+        count = self._per_round(max(len(self.pool.party_ids()), 1))
+        return [""] * count
+
+    def _tree_event(self, *, extra_round: bool = False) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for record in self.history:
+            for pid in record.get("participants", ()):
+                counts[pid] = counts.get(pid, 0) + 1
+        most = max(counts.values(), default=0) + (1 if extra_round else 0)
+        return {
+            "noise_multiplier": float(self.privacy.noise_multiplier),
+            "rounds": self.round + (1 if extra_round else 0),
+            "max_participations": max(most, 1),
+        }
+
+    def _account(self, result: RoundResult, sampled: list[str] | None) -> None:
+        assert self.accountant is not None
+        if self.privacy.noise == "tree":
+            self.accountant.record_tree(**self._tree_event())
+        else:
+            self.accountant.record(**self._round_event(sampled, result.participants))
 
     def _buffered(self, result: RoundResult) -> Iterator[tuple[str, Reply, int]]:
         """Arrivals for one buffer: keep the sampled number of parties training, yield each
@@ -245,6 +438,12 @@ class Federation:
         }
         if self.aggregation.mode == "buffered":
             record["staleness"] = result.staleness
+        if result.secure:
+            record["secure"] = result.secure
+        if self.accountant is not None:
+            record["epsilon"] = self.accountant.epsilon()
+            record["delta"] = self.privacy.delta
+            record["sigma"] = float(self.privacy.noise_multiplier)
         clock = getattr(self.pool, "clock", None)
         if clock is not None:
             record["time"] = clock
@@ -275,12 +474,16 @@ class Federation:
     ) -> list[dict[str, Any]]:
         """Run until step ``rounds`` is complete (a resumed federation continues where it was),
         or, with ``until``, until the pool's clock (simulated seconds in ``LocalPool``) has
-        reached ``until``: a time budget, to compare policies at equal time."""
+        reached ``until``: a time budget, to compare policies at equal time. It stops early
+        when the next step would exceed ``privacy.max_epsilon`` (``stop_reason`` says so)."""
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
         clock = self._clock()
         while self.round < rounds and (until is None or clock() < until):
-            record = self.run_round()
+            try:
+                record = self.run_round()
+            except PrivacyBudgetExceeded:
+                break  # stop_reason says why
             if on_round is not None:
                 on_round(record)
         return self.history

@@ -18,22 +18,36 @@ class Sampling(Settings):
 
     In synchronous rounds, the parties sampled per round (seeded, see ``sample_parties``); in
     buffered aggregation, the parties training at any moment (a finished one is replaced by an
-    idle one chosen at random, seeded).
+    idle one chosen at random, seeded). With ``poisson`` (synchronous rounds, with a
+    ``fraction`` q), each party takes part in a round independently with probability q, so
+    the number per round varies: the sampler differential privacy's amplification by
+    sampling assumes (``Privacy``).
     """
 
     kind: ClassVar[str] = "sampling"
     constraints: ClassVar[dict[str, list[Any]]] = {
         "fraction": [None, Interval(Real, 0, 1, closed="right")],
         "count": [None, Interval(Integral, 1)],
+        "poisson": [bool],
     }
 
     fraction: float | None = None
     count: int | None = None
+    poisson: bool = False
 
     def check_together(self) -> list[str]:
         if self.fraction is not None and self.count is not None:
             return ["fraction and count: give either fraction or count per round, not both"]
+        if self.poisson and self.fraction is None:
+            return ["poisson: Poisson sampling takes each party with probability fraction"]
         return []
+
+    @property
+    def method(self) -> str:
+        """The sampler, as the privacy accountant names it: poisson, fixed or none."""
+        if self.poisson:
+            return "poisson"
+        return "none" if self.fraction is None and self.count is None else "fixed"
 
 
 @dataclass(frozen=True)

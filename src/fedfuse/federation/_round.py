@@ -60,6 +60,7 @@ class RoundResult:
     bytes_up: int = 0
     bytes_dense: int = 0
     staleness: list[int] = field(default_factory=list)
+    secure: dict[str, Any] = field(default_factory=dict)
 
 
 def train_round(

@@ -34,14 +34,20 @@ def sample_parties(
     fraction: float | None = None,
     count: int | None = None,
     seed: int = 0,
+    poisson: bool = False,
 ) -> list[str]:
     """The parties of round ``round_num``: a ``fraction`` or a ``count`` of ``party_ids``.
 
-    With neither, every party takes part. The choice depends only on ``seed``, the round and
-    the ids, so a resumed federation samples exactly as an uninterrupted one. The result keeps
-    the order of ``party_ids``.
+    With neither, every party takes part. With ``poisson``, each party takes part with
+    probability ``fraction``, independently of the others (a round may have none). The choice
+    depends only on ``seed``, the round and the ids, so a resumed federation samples exactly
+    as an uninterrupted one. The result keeps the order of ``party_ids``.
     """
     n = len(party_ids)
+    if poisson:
+        Sampling(fraction, count, poisson).check("sampling.")
+        chosen = np.random.default_rng([seed, round_num]).random(n) < fraction
+        return [pid for pid, taken in zip(party_ids, chosen, strict=True) if taken]
     k = sampled_count(n, fraction, count)
     if k == n:
         return list(party_ids)

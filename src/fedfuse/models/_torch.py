@@ -99,6 +99,9 @@ class TorchAdapter:
         loss: ``loss(output, target) -> scalar``; cross-entropy by default.
     """
 
+    #: ``fit`` honours ``TrainConfig.dp_sgd_*`` (parties refuse DP-SGD on adapters without it)
+    supports_dp_sgd = True
+
     def __init__(self, module: nn.Module, loss: LossFn | None = None) -> None:
         self.module = module
         self.loss = loss if loss is not None else nn.CrossEntropyLoss()

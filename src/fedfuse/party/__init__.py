@@ -3,11 +3,14 @@
 from fedfuse.party._client import ClientParty, NumPyClient
 from fedfuse.party._party import ModelAdapter, Party
 from fedfuse.party._personal import PersonalAdapter, head_layer, split_personal
+from fedfuse.party._secure import SecureEncoding, decode_sum, encode_update, vector_size
 from fedfuse.party._tasks import (
     EvaluateTask,
     Evaluation,
     Malformed,
     Reply,
+    SecureReply,
+    SecureTask,
     Skipped,
     Task,
     TaskError,
@@ -27,9 +30,15 @@ __all__ = [
     "ModelAdapter",
     "Party",
     "Reply",
+    "SecureEncoding",
+    "SecureReply",
+    "SecureTask",
     "Skipped",
     "Task",
     "TaskError",
     "TrainTask",
     "Update",
+    "decode_sum",
+    "encode_update",
+    "vector_size",
 ]

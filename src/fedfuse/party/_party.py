@@ -8,16 +8,20 @@ import numpy as np
 
 from fedfuse.data import ArrayDataset, PartyData
 from fedfuse.fusion import Update
-from fedfuse.models import TrainConfig
+from fedfuse.models import TrainConfig, dp_sgd_epsilon, dp_sgd_steps
+from fedfuse.party._secure import encode_update
 from fedfuse.party._tasks import (
     EvaluateTask,
     Evaluation,
     Reply,
+    SecureReply,
+    SecureTask,
     Skipped,
     Task,
     TaskError,
     TrainTask,
 )
+from fedfuse.secure import SecAggError, SecAggParty
 from fedfuse.weights import (
     Weights,
     WeightsMismatchError,
@@ -27,7 +31,9 @@ from fedfuse.weights import (
     subtract,
 )
 
-__all__ = ["ModelAdapter", "Party"]
+__all__ = ["DP_SGD_DELTA", "ModelAdapter", "Party"]
+
+DP_SGD_DELTA = 1e-5  # the delta a party's DP-SGD epsilon is reported at
 
 
 class ModelAdapter(Protocol):
@@ -46,6 +52,10 @@ class Party:
     Several parties may share one adapter (the simulation does): a task always starts by loading
     the task's weights, so nothing leaks from one party's task to the next.
 
+    With ``TrainConfig.dp_sgd_noise_multiplier > 0`` the party trains with DP-SGD (record-level
+    privacy, on adapters that support it) and adds its own ``dp_sgd_epsilon`` so far (at
+    delta ``DP_SGD_DELTA``, over every step it has taken) to its training metrics.
+
     What a party remembers between rounds lives here, not in the adapter: the residual that
     compression dropped (error feedback), the last delta it sent or the global model it last
     started from (for ``skip_cosine``) and how many rounds in a row it skipped. A skipped
@@ -62,6 +72,8 @@ class Party:
         self.last_sent: Weights | None = None
         self.last_global: Weights | None = None
         self.skips_in_a_row = 0
+        self.secure_session: SecAggParty | None = None
+        self.dp_sgd_steps = 0
 
     def handle(self, task: Task) -> Reply:
         try:
@@ -69,16 +81,53 @@ class Party:
                 return self._train(task)
             if isinstance(task, EvaluateTask):
                 return self._evaluate(task)
+            if isinstance(task, SecureTask):
+                return self._secure(task)
             return TaskError(f"unknown task type {type(task).__name__}")
+        except SecAggError as exc:
+            self.secure_session = None  # an aborted session is over for this party
+            return TaskError(f"secure aggregation: {exc}")
         except (ValueError, WeightsMismatchError, RuntimeError) as exc:
             return TaskError(f"{type(exc).__name__}: {exc}")
 
+    def _secure(self, task: SecureTask) -> Reply:
+        """One stage of secure aggregation: train and start a session at ``advertise``, then
+        let the session answer (it refuses stages out of order, replays and other sessions)."""
+        metrics: dict[str, float] = {}
+        if task.stage == "advertise":
+            if task.weights is None or task.config is None or task.encoding is None:
+                return TaskError("the advertise stage needs weights, a config and an encoding")
+            task.encoding.check("encoding.")
+            if task.config.compression != "none":
+                return TaskError("secure aggregation sends uncompressed updates")
+            reply = self._train(TrainTask(task.round, task.weights, task.config))
+            if not isinstance(reply, Update):
+                self.secure_session = None
+                return reply  # a skipped party takes no part in the round
+            vector = encode_update(reply.weights, reply.num_examples, task.encoding)
+            self.secure_session = SecAggParty(self.party_id, vector)
+            metrics = dict(reply.metrics)
+        elif self.secure_session is None:
+            return TaskError(f"no secure aggregation session for stage {task.stage!r}")
+        message = self.secure_session.handle(task.request)
+        if task.stage == "unmask":
+            self.secure_session = None
+        return SecureReply(task.stage, message, metrics)
+
     def _train(self, task: TrainTask) -> Update | Skipped:
         config = task.config
+        private = config.dp_sgd_noise_multiplier > 0
+        if private and not getattr(self.adapter, "supports_dp_sgd", False):
+            raise ValueError(
+                f"dp_sgd_noise_multiplier: {type(self.adapter).__name__} does not train with "
+                "DP-SGD (TorchAdapter does)"
+            )
         self.adapter.set_weights(task.weights)
         metrics = self.adapter.fit(self.data.train, config)
         local = self.adapter.get_weights()
         num_examples = len(self.data.train)
+        if private:
+            metrics = {**metrics, "dp_sgd_epsilon": self._dp_sgd_epsilon(config)}
         if config.count_examples == "processed":  # TFF's count: over all local epochs
             num_examples *= config.epochs
         info = {}
@@ -102,6 +151,12 @@ class Party:
         else:
             encoded = codec.encode(delta)
         return Update(encoded, num_examples, metrics, True, self.party_id, info)
+
+    def _dp_sgd_epsilon(self, config: TrainConfig) -> float:
+        n = len(self.data.train)
+        self.dp_sgd_steps += dp_sgd_steps(n, config)
+        rate = min(1.0, config.batch_size / n)
+        return dp_sgd_epsilon(rate, config.dp_sgd_noise_multiplier, self.dp_sgd_steps, DP_SGD_DELTA)
 
     def _skip_reason(self, delta: Weights, start: Weights, config: TrainConfig) -> str | None:
         """Why ``delta`` says too little to be worth sending, or ``None`` to send it."""

@@ -82,6 +82,10 @@ class PersonalAdapter:
     def _split(self, weights: Mapping[str, np.ndarray]) -> tuple[Weights, Weights]:
         return split_personal(weights, self.personal)
 
+    @property
+    def supports_dp_sgd(self) -> bool:
+        return bool(getattr(self.adapter, "supports_dp_sgd", False))
+
     def get_weights(self) -> Weights:
         """The shared parameters only."""
         return self._split(self.adapter.get_weights())[0]

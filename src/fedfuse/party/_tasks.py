@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
+from fedfuse.party._secure import SecureEncoding
 from fedfuse.weights import Weights
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "EvaluateTask",
     "Malformed",
     "Reply",
+    "SecureReply",
+    "SecureTask",
     "Skipped",
     "Task",
     "TaskError",
@@ -82,5 +85,32 @@ class Malformed:
     reason: str
 
 
-Task = TrainTask | EvaluateTask
-Reply = Update | Skipped | Evaluation | TaskError | Malformed
+@dataclass(frozen=True, eq=False)
+class SecureTask:
+    """One stage of a secure aggregation round (SecAgg+, ``fedfuse.secure``).
+
+    At stage ``advertise`` the party first trains from ``weights`` with ``config`` (as for a
+    ``TrainTask``), encodes its delta as ``encoding`` says and keeps it; every stage then hands
+    ``request``, the protocol's message from the aggregator, to the party's protocol state.
+    """
+
+    round: int
+    stage: str
+    request: dict[str, Any]
+    weights: Weights | None = None
+    config: TrainConfig | None = None
+    encoding: SecureEncoding | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SecureReply:
+    """The party's protocol message for one stage of secure aggregation; at ``advertise`` also
+    its training ``metrics`` (the aggregator sees those, never the update)."""
+
+    stage: str
+    message: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Task = TrainTask | EvaluateTask | SecureTask
+Reply = Update | Skipped | Evaluation | TaskError | Malformed | SecureReply

@@ -37,7 +37,8 @@ SIMULATION_DEFAULTS = FederationSpec(training=TrainConfig(learning_rate=0.05))
 
 @dataclass
 class SimulationResult:
-    """What a simulation produced: per-round history, final weights and the baseline curve."""
+    """What a simulation produced: per-round history, final weights and the baseline curve;
+    ``stop_reason`` says why it ended before ``spec.rounds`` (a spent privacy budget)."""
 
     spec: FederationSpec
     history: list[dict[str, Any]]
@@ -46,6 +47,7 @@ class SimulationResult:
     centralized: list[dict[str, float]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str = ""
 
 
 def build_federated_dataset(spec: FederationSpec) -> FederatedDataset:
@@ -118,9 +120,14 @@ def simulate(
         seed=spec.seed,
         central_eval=central_eval if fed.test is not None else None,
         federated_eval=spec.evaluation.federated and bool(fed.test_data()),
+        privacy=spec.privacy,
+        secure=spec.secure,
+        population=spec.num_parties,
     )
     history = federation.run(spec.rounds, on_round=on_round)
-    result = SimulationResult(spec, history, federation.weights, fed)
+    result = SimulationResult(
+        spec, history, federation.weights, fed, stop_reason=federation.stop_reason
+    )
     if spec.evaluation.centralized and fed.test is not None:
         result.centralized = train_centralized(
             model_fn,

@@ -11,6 +11,8 @@ A ``FederationSpec`` is composed of the parts each layer reads (see ``fedfuse._s
     data         DataSpec         fedfuse.data      dataset and partition (simulations)
     evaluation   EvaluationSpec   here              federated / centralized evaluation
     use          UseSpec          here              one of the Model Fusion API's three uses
+    privacy      Privacy          fedfuse.federation  differential privacy and its budget
+    secure       SecureAggregation fedfuse.federation  SecAgg+: the aggregator sees only sums
 
 As TOML::
 
@@ -41,7 +43,14 @@ from typing import Any, ClassVar
 
 from fedfuse._settings import Interval, Options, Settings, SettingsError, read_settings_file
 from fedfuse.data import DataSpec, partition_params
-from fedfuse.federation import Aggregation, Sampling, sampled_count
+from fedfuse.federation import (
+    Aggregation,
+    Privacy,
+    Sampling,
+    SecureAggregation,
+    privacy_problem,
+    sampled_count,
+)
 from fedfuse.fusion import FusionSpec, fusion_params
 from fedfuse.models import ModelSpec, TrainConfig
 from fedfuse.recipes._ensemble import compare_ensemble
@@ -133,9 +142,21 @@ class FederationSpec(Settings):
     data: DataSpec = field(default_factory=DataSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     use: UseSpec = field(default_factory=UseSpec)
+    privacy: Privacy = field(default_factory=Privacy)
+    secure: SecureAggregation = field(default_factory=SecureAggregation)
 
     def check_together(self) -> list[str]:
         problems = []
+        problem = privacy_problem(
+            self.fusion,
+            self.privacy,
+            self.secure,
+            self.sampling,
+            self.aggregation,
+            self.training.compression,
+        )
+        if problem is not None:
+            problems.append(problem)
         if self.aggregation.quorum > self.num_parties:
             problems.append(
                 f"aggregation.quorum={self.aggregation.quorum} exceeds "

@@ -271,9 +271,9 @@ class PartyClient:
             reply = party.handle(pending.task)
             if isinstance(reply, TaskError):
                 log.warning(
-                    "round %d: %s task failed: %s",
+                    "round %d: %s failed: %s",
                     pending.task.round,
-                    "train" if isinstance(pending.task, TrainTask) else "evaluate",
+                    type(pending.task).__name__,
                     reply.message,
                 )
                 summary._fail(pending.task.round, reply.message)

@@ -15,6 +15,8 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
 from fedfuse.party import (
@@ -22,12 +24,16 @@ from fedfuse.party import (
     Evaluation,
     Malformed,
     Reply,
+    SecureEncoding,
+    SecureReply,
+    SecureTask,
     Skipped,
     Task,
     TaskError,
     TrainTask,
 )
 from fedfuse.runtime._remote import PendingTask
+from fedfuse.secure import SecAggError, pack, unpack
 from fedfuse.weights import Weights, WeightsFormatError, from_buffer, from_bytes
 
 __all__ = [
@@ -70,9 +76,58 @@ def _weights(body: bytes | bytearray, *, copy: bool = True) -> Weights:
         raise WireFormatError(str(exc)) from None
 
 
+SECURE_MESSAGE = "fedfuse.secagg"  # the body tensor that carries a secure aggregation message
+MAX_SECURE_MESSAGE = 1 << 22  # bytes of one packed message (shares for thousands of neighbours)
+
+
+def _message_tensor(message: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(pack(message), dtype=np.uint8)
+
+
+def _message(weights: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The secure aggregation message in a body's ``SECURE_MESSAGE`` tensor (checked)."""
+    tensor = weights.pop(SECURE_MESSAGE, None)
+    if not isinstance(tensor, np.ndarray) or tensor.dtype != np.uint8 or tensor.ndim != 1:
+        raise WireFormatError(f"a secure message needs a 1-D uint8 tensor {SECURE_MESSAGE!r}")
+    try:
+        return unpack(tensor.tobytes(), MAX_SECURE_MESSAGE)
+    except SecAggError as exc:
+        raise WireFormatError(f"bad secure aggregation message: {exc}") from None
+
+
+def _secure_task_to_wire(task: SecureTask, meta: dict[str, Any]) -> tuple[dict, Weights]:
+    meta |= {"kind": "secure", "stage": task.stage}
+    weights = dict(task.weights or {})
+    if SECURE_MESSAGE in weights:
+        raise WireFormatError(f"a model parameter may not be called {SECURE_MESSAGE!r}")
+    if task.config is not None:
+        meta["config"] = task.config.to_dict()
+    if task.encoding is not None:
+        meta["encoding"] = task.encoding.to_dict()
+    weights[SECURE_MESSAGE] = _message_tensor(task.request)
+    return meta, weights
+
+
+def _secure_task_from_wire(meta: dict[str, Any], weights: Weights, round_num: int) -> SecureTask:
+    stage = _field(meta, "stage", str)
+    weights = dict(weights)
+    request = _message(weights)
+    config = encoding = None
+    try:
+        if "config" in meta:
+            config = TrainConfig(**_field(meta, "config", dict))
+        if "encoding" in meta:
+            encoding = SecureEncoding(**_field(meta, "encoding", dict))
+    except TypeError as exc:
+        raise WireFormatError(f"bad secure task settings: {exc}") from None
+    return SecureTask(round_num, stage, request, weights or None, config, encoding)
+
+
 def task_to_wire(pending: PendingTask) -> tuple[dict[str, Any], Weights]:
     task = pending.task
     meta: dict[str, Any] = {"task_id": pending.task_id, "round": task.round}
+    if isinstance(task, SecureTask):
+        return _secure_task_to_wire(task, meta)
     if isinstance(task, TrainTask):
         meta |= {"kind": "train", "config": task.config.to_dict(), "send_delta": task.send_delta}
     else:
@@ -97,12 +152,26 @@ def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
         task = TrainTask(round_num, weights, config, send_delta)
     elif kind == "evaluate":
         task = EvaluateTask(round_num, weights, meta.get("split", "test"))
+    elif kind == "secure":
+        task = _secure_task_from_wire(meta, weights, round_num)
     else:
         raise WireFormatError(f"unknown task kind {kind!r}")
     return PendingTask(task_id, task)
 
 
 def reply_to_wire(reply: Reply) -> tuple[dict[str, Any], Weights | None]:
+    if isinstance(reply, SecureReply):
+        meta = {
+            "kind": "secure",
+            "stage": reply.stage,
+            "metrics": {k: float(v) for k, v in reply.metrics.items()},
+        }
+        masked = reply.message.get("masked")
+        small = {k: v for k, v in reply.message.items() if k != "masked"}
+        body = {SECURE_MESSAGE: _message_tensor(small)}
+        if masked is not None:
+            body["masked"] = masked
+        return meta, body
     if isinstance(reply, Update):
         meta = {
             "kind": "update",
@@ -202,7 +271,24 @@ def _error(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Repl
     return TaskError(str(meta.get("message", "party reported an error"))[:2000])
 
 
-_REPLY_KINDS = {"update": _update, "skipped": _skipped, "evaluation": _evaluation, "error": _error}
+def _secure(meta: dict[str, Any], body: bytes | bytearray, party_id: str) -> Reply:
+    weights = dict(_weights(body, copy=False))
+    message = _message(weights)
+    masked = weights.pop("masked", None)
+    if weights:
+        raise WireFormatError(f"unexpected tensors in a secure reply: {sorted(weights)[:5]}")
+    if masked is not None:
+        message["masked"] = masked
+    return SecureReply(_field(meta, "stage", str), message, _metrics(meta))
+
+
+_REPLY_KINDS = {
+    "update": _update,
+    "skipped": _skipped,
+    "evaluation": _evaluation,
+    "error": _error,
+    "secure": _secure,
+}
 
 
 def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str = "") -> Reply:
@@ -212,7 +298,8 @@ def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str
     read = _REPLY_KINDS.get(kind) if isinstance(kind, str) else None
     if read is None:
         raise WireFormatError(
-            f"unknown reply kind {str(kind)[:64]!r}; expected update, skipped, evaluation or error"
+            f"unknown reply kind {str(kind)[:64]!r}; expected update, skipped, evaluation, "
+            "secure or error"
         )
     try:
         return read(meta, body, party_id)

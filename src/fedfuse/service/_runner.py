@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fedfuse.data import get_data_handler, load_party_npz
-from fedfuse.federation import CheckpointError, Federation, load_checkpoint
+from fedfuse.federation import CheckpointError, Federation, PrivacyBudgetExceeded, load_checkpoint
 from fedfuse.models import TorchAdapter, build_model, get_model_type, torch_seed
 from fedfuse.party import Party
 from fedfuse.recipes import FederationSpec
@@ -49,6 +49,8 @@ def describe_round(fid: str, record: dict[str, Any]) -> str:
     for key in ("rejected", "failed"):
         for pid, reason in sorted((record.get(key) or {}).items()):
             parts.append(f"{key} {pid}: {str(reason)[:200]}")
+    if "epsilon" in record:
+        parts.append(f"epsilon {record['epsilon']:.4g} at delta {record['delta']:g}")
     if record.get("not_fused"):
         parts.append(f"not fused: {record['not_fused']}")
     return f"federation {fid[:8]} round {record['round']}: " + ", ".join(parts)
@@ -307,6 +309,9 @@ class FederationRunner:
                 seed=spec.seed,
                 federated_eval=spec.evaluation.federated,
                 checkpoint_dir=self.folder / "checkpoint",
+                privacy=spec.privacy,
+                secure=spec.secure,
+                population=spec.num_parties,
             )
             self.federation = federation
             # the checkpoint is the truth: rounds recorded after it (its newest file was
@@ -328,6 +333,8 @@ class FederationRunner:
                     on_round(federation.run_round())
             if not self.stop_event.is_set():
                 self.set_status("completed")
+        except PrivacyBudgetExceeded as exc:  # the budget is spent: training is complete
+            self.set_status("completed", str(exc))
         except _Stopped:
             pass
         except Exception as exc:  # a failed federation is recorded, never crashes the service
