@@ -539,3 +539,28 @@ def test_unpack_and_pack_refuse_more():
 
 def test_wire_share_size():
     assert WIRE_SHARE_BYTES == 70
+
+
+def test_consistency_check_with_any_share_indices():
+    from fedfuse.secure._shamir import _evaluate, _on_one_polynomial
+
+    base = shamir_split(b"k" * 32, 3, 3)
+    points = [(x, _evaluate(base, x)) for x in (5, 1000, 10**6, 7, 2)]
+    assert _on_one_polynomial(points, 3)
+    assert not _on_one_polynomial([*points[:4], (2, points[4][1] + 1)], 3)
+    gapped = [(x, _evaluate(base, x)) for x in (1, 2, 4, 7, 8)]  # holders 3, 5, 6 missing
+    assert _on_one_polynomial(gapped, 3)
+    assert not _on_one_polynomial(gapped, 2)
+
+
+def test_server_validates_its_parameters():
+    with pytest.raises(ValueError, match="distinct strings"):
+        SecAggServer(["a", "a"], 10)
+    with pytest.raises(ValueError, match="vector_size"):
+        SecAggServer(["a", "b"], 0)
+    with pytest.raises(ValueError, match="min_parties"):
+        SecAggServer(["a", "b"], 10, min_parties=1)
+    with pytest.raises(ValueError, match="dropout_rate"):
+        SecAggServer(["a", "b"], 10, dropout_rate=1.5)
+    with pytest.raises(ValueError, match="corruption_rate"):
+        SecAggServer([f"p{i}" for i in range(20)], 10, corruption_rate=0.4)

@@ -3,6 +3,7 @@ the shares, and AES-256-CTR as the pseudorandom generator of the masks."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "add_prg_",
     "KEY_BYTES",
     "NONCE_BYTES",
     "TAG_BYTES",
@@ -84,9 +86,29 @@ def decrypt(key: bytes, ciphertext: bytes, session: bytes, sender: str, receiver
     return AESGCM(key).decrypt(nonce, body, _aad(session, sender, receiver))
 
 
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
+
+
 def prg(seed: bytes, size: int) -> np.ndarray:
     """``size`` pseudorandom ``uint32``: the AES-256-CTR keystream of ``seed`` (zero IV; each
     seed is used for one vector only), read little-endian."""
+    out = np.empty(size + 4, dtype="<u4")  # update_into wants room for a block more
+    _keystream_into(seed, size, out)
+    return out[:size].astype(np.uint32, copy=False)
+
+
+def _keystream_into(seed: bytes, size: int, out: np.ndarray) -> None:
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-    stream = encryptor.update(bytes(4 * size)) + encryptor.finalize()
-    return np.frombuffer(stream, dtype="<u4").astype(np.uint32, copy=False)
+    encryptor.update_into(_zeros(4 * size), memoryview(out).cast("B"))
+
+
+def add_prg_(target: np.ndarray, seeds: list[tuple[bytes, bool]]) -> None:
+    """``target += PRG(seed)`` (or ``-=`` where the flag says so) for each seed, in place,
+    through one reused buffer."""
+    size = target.size
+    scratch = np.empty(size + 4, dtype="<u4")
+    for seed, subtract in seeds:
+        _keystream_into(seed, size, scratch)
+        (np.subtract if subtract else np.add)(target, scratch[:size], out=target)

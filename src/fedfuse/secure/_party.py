@@ -10,7 +10,15 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedfuse.secure._crypto import KEY_BYTES, agree, decrypt, encrypt, mask_seed, prg, share_key
+from fedfuse.secure._crypto import (
+    KEY_BYTES,
+    add_prg_,
+    agree,
+    decrypt,
+    encrypt,
+    mask_seed,
+    share_key,
+)
 from fedfuse.secure._errors import SecAggError
 from fedfuse.secure._protocol import (
     CIPHERTEXT_BYTES,
@@ -141,15 +149,15 @@ class SecAggParty:
             if x == 0 or s_y >= PRIME or b_y >= PRIME:
                 raise SecAggError(f"{who}: the shares from {v!r} are not points of the field")
             received[v] = (x, s_y, b_y)
-        masked = self.vector.copy()
-        np.add(masked, prg(self._b, masked.size), out=masked)
+        seeds = [(self._b, False)]
         for v in sorted(live):
             try:
                 shared = agree(self._s, self._keys[v]["s_pk"])
             except ValueError as e:
                 raise SecAggError(f"{who}: the s_pk of {v!r} is not a valid X25519 key") from e
-            pad = prg(mask_seed(shared, self._session), masked.size)
-            (np.add if self.party_id < v else np.subtract)(masked, pad, out=masked)
+            seeds.append((mask_seed(shared, self._session), self.party_id > v))
+        masked = self.vector.copy()
+        add_prg_(masked, seeds)
         self._received, self._participants = received, set(participants)
         return {"masked": masked}
 

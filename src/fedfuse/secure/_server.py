@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfuse.secure._crypto import KEY_BYTES, agree, mask_seed, prg, private_key, public_of
+from fedfuse.secure._crypto import KEY_BYTES, add_prg_, agree, mask_seed, private_key, public_of
 from fedfuse.secure._errors import SecAggError
 from fedfuse.secure._graph import choose_degree, harary_graph
 from fedfuse.secure._protocol import (
@@ -77,6 +77,7 @@ class SecAggServer:
             raise ValueError(
                 f"SecAggServer: min_parties must be None or an integer >= 2, got {min_parties!r}"
             )
+        choose_degree(len(ids), dropout_rate, corruption_rate)  # ValueError if it cannot work
         self.party_ids, self.vector_size = ids, vector_size
         self.dropout_rate, self.corruption_rate = dropout_rate, corruption_rate
         self.min_parties = min_parties
@@ -89,6 +90,7 @@ class SecAggServer:
         self._asked: set[str] = set(ids)
         self._answers: dict[str, Any] = {}
         self._keys: dict[str, dict[str, bytes]] = {}
+        self._taken: set[bytes] = set()
         self._graph: dict[str, list[str]] = {}
         self._shares_sent: dict[str, dict[str, bytes]] = {}
         self._u2: set[str] = set()
@@ -149,9 +151,9 @@ class SecAggServer:
 
     def _check_advertise(self, who: str, u: str, message: dict) -> dict[str, bytes]:
         keys = {f: check_bytes(who, f, message[f], KEY_BYTES) for f in KEY_FIELDS}
-        taken = {k for other in self._answers.values() for k in (other["c_pk"], other["s_pk"])}
-        if keys["c_pk"] == keys["s_pk"] or {keys["c_pk"], keys["s_pk"]} & taken:
+        if keys["c_pk"] == keys["s_pk"] or {keys["c_pk"], keys["s_pk"]} & self._taken:
             raise SecAggError(f"{who}: reuses a public key already advertised")
+        self._taken |= {keys["c_pk"], keys["s_pk"]}
         return keys
 
     def _check_share(self, who: str, u: str, message: dict) -> dict[str, bytes]:
@@ -239,13 +241,12 @@ class SecAggServer:
             self._unmask(answers)
 
     def _recover(self, owner: str, answers: dict[str, Any], kind: str, verify) -> bytes:
-        position = {v: i + 1 for i, v in enumerate(self._graph[owner])}
         shares = {}
-        for v, answer in answers.items():
-            if owner in answer[kind]:
-                x, y = answer[kind][owner]
-                if x != position[v]:
-                    self.flagged[v] = f"unmask: share of {owner!r} has index {x}, not {position[v]}"
+        for position, v in enumerate(self._graph[owner], start=1):
+            if v in answers and owner in answers[v][kind]:
+                x, y = answers[v][kind][owner]
+                if x != position:
+                    self.flagged[v] = f"unmask: share of {owner!r} has index {x}, not {position}"
                     continue
                 shares[v] = (x, y)
         try:
@@ -257,19 +258,21 @@ class SecAggServer:
         return secret
 
     def _unmask(self, answers: dict[str, Any]) -> None:
-        total, size = self._total, self.vector_size
+        seeds = []
         for u in sorted(self._u3):
             commit = self._keys[u]["b_commit"]
             b = self._recover(u, answers, "b", lambda c, h=commit: hashlib.sha256(c).digest() == h)
-            np.subtract(total, prg(b, size), out=total)
+            seeds.append((b, True))
         for u in sorted(self._u2 - self._u3):
             s_pk = self._keys[u]["s_pk"]
-            s_sk = self._recover(u, answers, "s", lambda c, pk=s_pk: public_of(c) == pk)
-            private = private_key(s_sk)
+            private = private_key(
+                self._recover(u, answers, "s", lambda c, pk=s_pk: public_of(c) == pk)
+            )
             for v in self._graph[u]:
                 if v in self._u3:
-                    pad = prg(mask_seed(agree(private, self._keys[v]["s_pk"]), self.session), size)
-                    (np.subtract if v < u else np.add)(total, pad, out=total)
+                    shared = agree(private, self._keys[v]["s_pk"])
+                    seeds.append((mask_seed(shared, self.session), v < u))
+        add_prg_(self._total, seeds)
 
     def result(self) -> np.ndarray:
         """``sum_{u in survivors} x_u mod 2**32`` (``uint32``), once the unmask stage is closed."""

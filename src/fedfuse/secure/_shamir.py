@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import secrets
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
@@ -51,18 +52,78 @@ def shamir_split(
     return shares
 
 
+def _inverses(values: Sequence[int]) -> list[int]:
+    """``1 / v mod p`` for every ``v`` with one modular inversion (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inverse * prefix[i] % PRIME
+        inverse = inverse * values[i] % PRIME
+    return out
+
+
 @functools.lru_cache(maxsize=8192)
 def _lagrange(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
     """Weights ``l_i(at) = prod_{j != i} (at - x_j) / (x_i - x_j)`` mod p."""
-    weights = []
+    nums, dens = [], []
     for i, xi in enumerate(xs):
         num = den = 1
         for j, xj in enumerate(xs):
             if j != i:
                 num *= at - xj
                 den *= xi - xj
-        weights.append(num * pow(den, -1, PRIME) % PRIME)
-    return tuple(weights)
+        nums.append(num)
+        dens.append(den % PRIME)
+    return tuple(n * d % PRIME for n, d in zip(nums, _inverses(dens), strict=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _inverse_factors(k: int) -> tuple[int, ...]:
+    """``1 / prod_{l in 1..k, l != x} (x - l)`` for ``x = 1..k`` (index ``x - 1``)."""
+    dens = [
+        (-1) ** (k - x) * math.factorial(x - 1) * math.factorial(k - x) for x in range(1, k + 1)
+    ]
+    return tuple(_inverses([d % PRIME for d in dens]))
+
+
+def _dual_weights(xs: Sequence[int]) -> list[int]:
+    """``v_i = 1 / prod_{l != i} (x_i - x_l)``; for share indices within ``1..k`` (the usual
+    case: a few holders missing) from the cached full range, the missing ``l`` put back."""
+    k = max(xs)
+    if k <= 4 * len(xs):
+        missing = sorted(set(range(1, k + 1)) - set(xs))
+        full = _inverse_factors(k)
+        weights = []
+        for x in xs:
+            factor = 1
+            for m in missing:
+                factor *= x - m
+            weights.append(full[x - 1] * factor % PRIME)
+        return weights
+    dens = []
+    for i, xi in enumerate(xs):
+        den = 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                den *= xi - xj
+        dens.append(den % PRIME)
+    return _inverses(dens)
+
+
+def _on_one_polynomial(shares: Sequence[tuple[int, int]], t: int) -> bool:
+    """Whether the ``m`` points lie on one polynomial of degree ``< t``: the parity checks of
+    the Reed-Solomon code, ``sum_i v_i x_i^j y_i = 0`` for ``j < m - t`` with
+    ``v_i = 1 / prod_{l != i} (x_i - x_l)`` (the dual code has dimension ``m - t``)."""
+    xs = [x for x, _ in shares]
+    terms = [v * y % PRIME for v, (_, y) in zip(_dual_weights(xs), shares, strict=True)]
+    for _ in range(len(shares) - t):
+        if sum(terms) % PRIME:
+            return False
+        terms = [w * x % PRIME for w, x in zip(terms, xs, strict=True)]
+    return True
 
 
 def _evaluate(shares: Sequence[tuple[int, int]], at: int) -> int:
@@ -116,13 +177,16 @@ def reconstruct(
         if not verify(candidate):
             return None
         chosen = set(subset)
-        off = [
+        return candidate, [
             h
             for h in holders
             if h not in chosen and _evaluate(points, shares[h][0]) != shares[h][1]
         ]
-        return candidate, off
 
+    if _on_one_polynomial([shares[h] for h in holders], t):
+        secret = _evaluate([shares[h] for h in holders[:t]], 0)
+        if secret < 1 << (8 * SECRET_BYTES) and verify(secret.to_bytes(SECRET_BYTES, "big")):
+            return secret.to_bytes(SECRET_BYTES, "big"), []
     for subset in itertools.islice(itertools.combinations(holders, t), MAX_SUBSETS):
         found = attempt(subset)
         if found is not None:
