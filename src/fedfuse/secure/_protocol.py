@@ -11,17 +11,21 @@ from fedfuse.secure._shamir import PRIME, SHARE_BYTES
 
 __all__ = [
     "CIPHERTEXT_BYTES",
+    "INDEX_BYTES",
+    "KEY_FIELDS",
     "SESSION_BYTES",
     "STAGES",
     "WIRE_SHARE_BYTES",
     "check_bytes",
     "check_ids",
+    "check_keys",
     "check_message",
     "decode_share",
     "encode_share",
 ]
 
 STAGES = ("advertise", "share", "mask", "unmask")
+KEY_FIELDS = ("c_pk", "s_pk", "b_commit")
 SESSION_BYTES = 16
 INDEX_BYTES = 4
 WIRE_SHARE_BYTES = INDEX_BYTES + SHARE_BYTES
@@ -89,6 +93,3 @@ def decode_share(who: str, data: Any) -> tuple[int, int]:
     if x == 0 or y >= PRIME:
         raise SecAggError(f"{who}: a share is not a point of the field")
     return x, y
-
-
-KEY_FIELDS = ("c_pk", "s_pk", "b_commit")
