@@ -10,7 +10,11 @@ from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 from opacus.accountants import RDPAccountant
 
-from fedfuse.federation._accountant import PrivacyAccountant, effective_noise_multiplier
+from fedfuse.federation._accountant import (
+    PrivacyAccountant,
+    _epsilon_of,
+    effective_noise_multiplier,
+)
 from fedfuse.fusion import tree_levels
 
 DELTA = 1e-5
@@ -150,6 +154,12 @@ def test_would_exceed_looks_one_round_ahead_without_recording():
     assert acc.would_exceed(now, noise_multiplier=1.0, sample_rate=0.1)
     assert not acc.would_exceed(now + 1, noise_multiplier=1.0, sample_rate=0.1)
     assert acc.rounds == 20 and acc.epsilon() == now
+    # the round that was looked ahead at is not computed again once recorded
+    _epsilon_of.cache_clear()
+    acc.would_exceed(now, noise_multiplier=1.0, sample_rate=0.1)
+    acc.record(1.0, sample_rate=0.1)
+    acc.epsilon()
+    assert (_epsilon_of.cache_info().misses, _epsilon_of.cache_info().hits) == (1, 1)
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,8 @@ References:
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -146,7 +148,6 @@ class PrivacyAccountant:
         self.delta = self._delta(delta)
         self._runs: list[dict[str, Any]] = []
         self._tree: dict[str, Any] | None = None
-        self._cache: tuple[Any, float] | None = None
 
     @property
     def method(self) -> str:
@@ -281,22 +282,23 @@ class PrivacyAccountant:
 
     def epsilon(self, delta: float | None = None) -> float:
         """``epsilon`` at ``delta`` (the accountant's own by default) over everything
-        recorded; ``inf`` when unbounded (a round without noise), 0 before any round."""
+        recorded; ``inf`` when unbounded (a round without noise), 0 before any round.
+
+        Remembered for the last few records seen by any accountant, so that a round's
+        ``would_exceed`` and its ``epsilon`` after ``record`` compute it once."""
         delta = self.delta if delta is None else self._delta(delta)
-        key = (repr(self._runs), repr(self._tree), delta)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        return _epsilon_of(json.dumps(self.to_state(), sort_keys=True), delta)
+
+    def _compute_epsilon(self, delta: float) -> float:
         if not self._runs and self._tree is None:
             return 0.0
         plain = self._plain_gaussian() if self.method == "pld" else None
         if plain is not None:
             # Composed Gaussians are one Gaussian: its exact epsilon, where a PLD of a
             # large-epsilon Gaussian is slow (seconds) and a little pessimistic.
-            eps = (
+            return (
                 math.inf if plain == 0 else float(dp_accounting.get_epsilon_gaussian(plain, delta))
             )
-            self._cache = (key, eps)
-            return eps
         if self.method == "pld":
             acc: dp_accounting.PrivacyAccountant = pld_privacy_accountant.PLDAccountant(
                 _Relation.ADD_OR_REMOVE_ONE
@@ -308,9 +310,7 @@ class PrivacyAccountant:
             )
         with _quiet_rdp():
             acc.compose(self.dp_event())
-            eps = float(acc.get_epsilon(delta))
-        self._cache = (key, eps)
-        return eps
+            return float(acc.get_epsilon(delta))
 
     def would_exceed(self, max_epsilon: float, **round_args: Any) -> bool:
         """Whether one more round (``record``'s arguments) would take epsilon past
@@ -358,3 +358,8 @@ class PrivacyAccountant:
         if tree is not None:
             out.record_tree(tree["noise_multiplier"], tree["rounds"], tree["max_participations"])
         return out
+
+
+@functools.lru_cache(maxsize=16)
+def _epsilon_of(state: str, delta: float) -> float:
+    return PrivacyAccountant.from_state(json.loads(state))._compute_epsilon(delta)
