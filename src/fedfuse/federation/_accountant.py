@@ -62,7 +62,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedfuse.fusion import tree_levels
 
-__all__ = ["PrivacyAccountant"]
+__all__ = ["PrivacyAccountant", "effective_noise_multiplier"]
 
 ACCOUNTANTS = ("pld", "rdp")
 SAMPLINGS = ("poisson", "fixed", "none")
