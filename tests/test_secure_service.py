@@ -50,3 +50,30 @@ def test_secagg_with_distributed_dp_through_the_service_with_party_processes(tmp
         assert "epsilon" in log.read_text()
     finally:
         stop_all([*parties, service])
+
+
+def test_the_tutorial_form_turns_on_dp_and_secagg_and_refuses_what_cannot_work(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fedfuse.service import ServiceSettings, create_app
+    from test_service_api import FORM, model_bytes
+
+    app = create_app(ServiceSettings(data_dir=str(tmp_path), max_upload_bytes=2_000_000))
+    files = {"model_file": ("m.pt", model_bytes())}
+    with TestClient(app) as client:
+        form = FORM | {"noise_multiplier": "1.1", "max_epsilon": "5", "secagg": "true",
+                       "noise": "distributed", "dropout_rate": "0.2"}  # fmt: skip
+        r = client.post("/start-aggregator", data=form, files=files)
+        assert r.status_code == 200, r.text
+        config = client.get(f"/v1/federations/{r.json()['aggregator_id']}").json()["config"]
+        assert config["privacy"]["noise_multiplier"] == 1.1
+        assert config["privacy"]["max_epsilon"] == 5
+        assert config["secure"] == config["secure"] | {"secagg": True, "dropout_rate": 0.2}
+        for bad, needle in [
+            ({"secagg": "true", "noise_seed": "1", "noise_multiplier": "1"}, "noise_seed"),
+            ({"noise_multiplier": "-2"}, "privacy.noise_multiplier"),
+            ({"secagg": "maybe"}, "secagg"),
+        ]:
+            r = client.post("/start-aggregator", data=FORM | bad, files=files)
+            assert r.status_code == 400, r.text
+            assert needle in r.json()["detail"]

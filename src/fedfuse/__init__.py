@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything can import keras
 
 from fedfuse.data import ArrayDataset, FederatedDataset, PartyData, federate, load_dataset
-from fedfuse.federation import Aggregation, Federation, Sampling
+from fedfuse.federation import Aggregation, Federation, Privacy, Sampling, SecureAggregation
 from fedfuse.fusion import FusionTransform, Update, chain, fedavg, iter_avg
 from fedfuse.models import TorchAdapter, TrainConfig, build_model
 from fedfuse.party import Party
@@ -42,8 +42,10 @@ __all__ = [
     "LocalPool",
     "Party",
     "PartyData",
+    "Privacy",
     "ServerState",
     "Sampling",
+    "SecureAggregation",
     "SimulationResult",
     "TorchAdapter",
     "TrainConfig",

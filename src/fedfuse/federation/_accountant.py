@@ -48,18 +48,16 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import logging
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedfuse._quiet import quiet_rdp
 from fedfuse.fusion import tree_levels
 
 __all__ = ["PrivacyAccountant", "effective_noise_multiplier"]
@@ -95,25 +93,6 @@ def effective_noise_multiplier(noise_multiplier: float, count_stddev: float | No
     if noise_multiplier == 0 or count_stddev == 0:
         return 0.0
     return (noise_multiplier**-2 + (2 * count_stddev) ** -2) ** -0.5
-
-
-@contextlib.contextmanager
-def _quiet_rdp() -> Iterator[None]:
-    """Drop dp-accounting's "failed to converge ... excluding this order" warnings while it
-    runs (dozens per call, every round). The orders left out only loosen the RDP bound, which
-    stays valid: with large epsilon (e.g. q = 0.1, z = 0.5) RDP then reports more than
-    Opacus's RDP does (see benchmarks/results/dp_accounting.md); PLD, the default, is not
-    affected. Only this filter on absl's logger is added, and removed afterwards."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "failed to converge" not in str(record.msg)
-
-    logger = logging.getLogger("absl")
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
 
 
 class PrivacyAccountant:
@@ -308,7 +287,7 @@ class PrivacyAccountant:
             acc = rdp_privacy_accountant.RdpAccountant(
                 neighboring_relation=relation or _Relation.ADD_OR_REMOVE_ONE
             )
-        with _quiet_rdp():
+        with quiet_rdp():
             acc.compose(self.dp_event())
             return float(acc.get_epsilon(delta))
 

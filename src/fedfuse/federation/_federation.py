@@ -45,9 +45,15 @@ from fedfuse.federation._privacy import (
 from fedfuse.federation._round import RoundResult, evaluate_parties, fold_replies
 from fedfuse.federation._sampling import derive_seed, sample_parties, sampled_count
 from fedfuse.federation._secure_round import secure_round
-from fedfuse.fusion import FusionSpec, FusionTransform, chain, scale_by_staleness
+from fedfuse.fusion import (
+    FusionSpec,
+    FusionTransform,
+    chain,
+    scale_by_staleness,
+    staleness_weight,
+)
 from fedfuse.models import TrainConfig
-from fedfuse.party import Reply, SecureEncoding, TrainTask
+from fedfuse.party import Reply, SecureEncoding, SecureReply, Skipped, TaskError, TrainTask
 from fedfuse.runtime import PartyPool
 from fedfuse.weights import Weights, check_compatible, get_codec
 
@@ -135,6 +141,7 @@ class Federation:
         self.history: list[dict[str, Any]] = []
         self._codec = get_codec(self.config.compression, topk_fraction=self.config.topk_fraction)
         self._started: dict[str, int] = {}  # buffered: party in flight -> version it started at
+        self._holding: dict[str, int] = {}  # buffered secagg: parties holding an update
         self._tasks = 0
         self._rng = np.random.default_rng([seed, 0xFEDB0FF])
         if checkpoint_dir is not None:
@@ -235,7 +242,8 @@ class Federation:
         if self.aggregation.mode == "buffered":  # one party trains several times per step
             self._tasks += 1
             seed = derive_seed(self.seed, self._tasks, party_id)
-        return TrainTask(step, self.weights, self.config.with_seed(seed))
+        hold = self.secure.secagg and self.aggregation.mode == "buffered"
+        return TrainTask(step, self.weights, self.config.with_seed(seed), hold=hold)
 
     # ---- one step --------------------------------------------------------------------------
     def run_round(self) -> dict[str, Any]:
@@ -258,8 +266,10 @@ class Federation:
                 seed=self.seed,
                 poisson=self.sampling.poisson,
             )
-        if self.secure.secagg:
-            self._secure_round(result, sampled or [])
+        if self.secure.secagg and sampled is None:
+            self._secure_buffer(result, arrivals)
+        elif self.secure.secagg:
+            self._secure_round(result, sampled)
         else:
             if sampled is not None:
                 tasks = {pid: self._task(step, pid) for pid in sampled}
@@ -295,17 +305,28 @@ class Federation:
             )
         return record
 
-    def _secure_round(self, result: RoundResult, sampled: list[str]) -> None:
+    def _secure_round(
+        self,
+        result: RoundResult,
+        sampled: list[str],
+        held: dict[str, int] | None = None,
+    ) -> None:
+        """A secure round with ``sampled``; with ``held`` (buffered: party -> staleness of the
+        update it holds), the parties already trained, and each scales its weight by its
+        staleness weight, a public number."""
         if not sampled:
             result.not_fused = "no party was sampled"
             return
         configs = {pid: self._task(result.round, pid).config for pid in sampled}
+        exponent = self.aggregation.staleness_exponent
         secure_round(
             result,
             self.pool,
             configs,
             self._encoding(len(sampled)),
             self.fusion,
+            scale=None if held is None else (lambda pid: staleness_weight(held[pid], exponent)),
+            use_held=held is not None,
             dropout_rate=self.secure.dropout_rate,
             corruption_rate=self.secure.corruption_rate,
             denominator=self.expected_count if self.privacy.enabled else None,
@@ -314,6 +335,33 @@ class Federation:
             max_update_norm=self.aggregation.max_update_norm,
             max_update_ratio=self.aggregation.max_update_ratio,
         )
+
+    def _secure_buffer(
+        self, result: RoundResult, arrivals: Iterator[tuple[str, Reply, int]]
+    ) -> None:
+        """Buffered secure aggregation: parties train at their own pace and hold their update;
+        once ``buffer_size`` of them hold one, they run one secure round together (and train
+        again only after it)."""
+        held: dict[str, int] = {}
+        self._holding = held
+        try:
+            for pid, reply, staleness in arrivals:
+                if isinstance(reply, SecureReply) and reply.stage == "trained":
+                    held[pid] = staleness
+                    result.participants.append(pid)  # counts the buffer; reset below
+                elif isinstance(reply, TaskError):
+                    result.failed[pid] = reply.message
+                elif isinstance(reply, Skipped):
+                    result.skipped.append(pid)
+                else:
+                    result.rejected[pid] = f"expected a held update, got {type(reply).__name__}"
+            result.participants = []
+            if result.not_fused:  # the buffer did not fill in time: the holders train again
+                return
+            self._secure_round(result, list(held), held)
+            result.staleness = [held[p] for p in result.participants]
+        finally:
+            self._holding = {}
 
     # ---- differential privacy --------------------------------------------------------------
     def _round_event(self, sampled: list[str] | None, participants: list[str]) -> dict[str, Any]:
@@ -356,10 +404,14 @@ class Federation:
         count = self._per_round(max(len(self.pool.party_ids()), 1))
         return [""] * count
 
-    def _tree_event(self, *, extra_round: bool = False) -> dict[str, Any]:
+    def _tree_event(
+        self, current: list[str] | None = None, *, extra_round: bool = False
+    ) -> dict[str, Any]:
+        """DP-FTRL's event: the rounds so far and the most rounds any party took part in
+        (with ``extra_round``, as if the next round had every party once more)."""
         counts: dict[str, int] = {}
-        for record in self.history:
-            for pid in record.get("participants", ()):
+        for participants in [*(r.get("participants", ()) for r in self.history), current or ()]:
+            for pid in participants:
                 counts[pid] = counts.get(pid, 0) + 1
         most = max(counts.values(), default=0) + (1 if extra_round else 0)
         return {
@@ -371,7 +423,7 @@ class Federation:
     def _account(self, result: RoundResult, sampled: list[str] | None) -> None:
         assert self.accountant is not None
         if self.privacy.noise == "tree":
-            self.accountant.record_tree(**self._tree_event())
+            self.accountant.record_tree(**self._tree_event(result.participants))
         else:
             self.accountant.record(**self._round_event(sampled, result.participants))
 
@@ -415,7 +467,7 @@ class Federation:
             self.pool.cancel(pid)
         if not live:
             return
-        idle = [p for p in live if p not in self._started]
+        idle = [p for p in live if p not in self._started and p not in self._holding]
         while idle and len(self._started) < self._per_round(len(live)):
             pid = idle.pop(int(self._rng.integers(len(idle))))
             self._started[pid] = self.version

@@ -176,8 +176,6 @@ def privacy_problem(
     loop and ``FederationSpec`` share."""
     if sampling.poisson and aggregation.mode == "buffered":
         return "sampling.poisson: buffered aggregation keeps a count of parties training"
-    if secure.secagg and aggregation.mode == "buffered":
-        return "secure aggregation runs synchronous rounds: use aggregation.mode='sync'"
     if secure.secagg and compression != "none":
         return "training.compression: secure aggregation sends uncompressed updates"
     return sum_fusion_problem(fusion, privacy, secure)
@@ -230,6 +228,7 @@ def private_fusion(fusion: FusionSpec, privacy: Privacy, expected_count: float) 
             privacy.clip_learning_rate,
             privacy.count_stddev(expected_count),
             seed=None if seed is None else seed + 1,
+            expected_count=expected_count,
         )
     else:
         clip = clip_by_norm(privacy.l2_norm_clip)

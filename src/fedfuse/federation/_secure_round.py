@@ -54,6 +54,7 @@ def secure_round(
     corruption_rate: float,
     denominator: float | None = None,
     scale: Callable[[str], float] | None = None,
+    use_held: bool = False,
     deadline: float | None = None,
     quorum: int = 1,
     max_update_norm: float | None = None,
@@ -66,7 +67,8 @@ def secure_round(
 
     ``denominator``: divide the sum by this (differential privacy's expected count) instead of
     the unmasked total weight. ``scale``: a public factor per party the aggregator asks it to
-    multiply its weight by (buffered aggregation's staleness weight).
+    multiply its weight by (buffered aggregation's staleness weight). ``use_held``: the parties
+    already trained (``TrainTask.hold``) and use the update they hold instead of training.
     """
     weights = result.weights
     metrics = WeightedMetrics()
@@ -91,7 +93,7 @@ def secure_round(
                     result.round,
                     stage,
                     request,
-                    weights,
+                    None if use_held else weights,
                     configs[pid],
                     encoding,
                     None if scale is None else scale(pid),
@@ -142,7 +144,7 @@ def _task(
     round_num: int,
     stage: str,
     request: dict[str, Any],
-    weights: Weights,
+    weights: Weights | None,
     config: TrainConfig,
     encoding: SecureEncoding,
     scale: float | None,

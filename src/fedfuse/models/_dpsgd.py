@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from fedfuse._extras import import_extra
+from fedfuse._quiet import quiet_rdp
 from fedfuse.models._config import TrainConfig
 
 __all__ = ["dp_sgd_epsilon", "dp_sgd_steps"]
@@ -93,7 +94,8 @@ def dp_sgd_epsilon(sample_rate: float, noise_multiplier: float, steps: int, delt
     )
     accountant = rdp.RdpAccountant()
     accountant.compose(dp_accounting.SelfComposedDpEvent(step, int(steps)))
-    return float(accountant.get_epsilon(delta))
+    with quiet_rdp():
+        return float(accountant.get_epsilon(delta))
 
 
 def _check_number(name: str, value: Any, allowed: str, test: Callable[[float], bool]) -> None:

@@ -73,10 +73,13 @@ class Party:
         self.last_global: Weights | None = None
         self.skips_in_a_row = 0
         self.secure_session: SecAggParty | None = None
+        self.held: Update | None = None  # trained, waiting for a secure round (buffered)
         self.dp_sgd_steps = 0
 
     def handle(self, task: Task) -> Reply:
         try:
+            if isinstance(task, TrainTask) and task.hold:
+                return self._hold(task)
             if isinstance(task, TrainTask):
                 return self._train(task)
             if isinstance(task, EvaluateTask):
@@ -90,17 +93,29 @@ class Party:
         except (ValueError, WeightsMismatchError, RuntimeError) as exc:
             return TaskError(f"{type(exc).__name__}: {exc}")
 
+    def _hold(self, task: TrainTask) -> Reply:
+        reply = self._train(task)
+        if not isinstance(reply, Update):
+            return reply
+        self.held = reply
+        return SecureReply("trained", {}, dict(reply.metrics))
+
     def _secure(self, task: SecureTask) -> Reply:
         """One stage of secure aggregation: train and start a session at ``advertise``, then
         let the session answer (it refuses stages out of order, replays and other sessions)."""
         metrics: dict[str, float] = {}
         if task.stage == "advertise":
-            if task.weights is None or task.config is None or task.encoding is None:
-                return TaskError("the advertise stage needs weights, a config and an encoding")
+            if task.config is None or task.encoding is None:
+                return TaskError("the advertise stage needs a config and an encoding")
             task.encoding.check("encoding.")
             if task.config.compression != "none":
                 return TaskError("secure aggregation sends uncompressed updates")
-            reply = self._train(TrainTask(task.round, task.weights, task.config))
+            if task.weights is not None:
+                reply: Reply = self._train(TrainTask(task.round, task.weights, task.config))
+            elif self.held is not None:
+                reply, self.held = self.held, None
+            else:
+                return TaskError("the advertise stage has no weights and no update is held")
             if not isinstance(reply, Update):
                 self.secure_session = None
                 return reply  # a skipped party takes no part in the round

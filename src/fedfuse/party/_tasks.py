@@ -27,12 +27,16 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class TrainTask:
-    """Start from ``weights``, train locally with ``config``, reply with an ``Update``."""
+    """Start from ``weights``, train locally with ``config``, reply with an ``Update``.
+
+    With ``hold`` (buffered secure aggregation) the party keeps the update for a coming secure
+    round and replies ``SecureReply("trained", {}, metrics)`` instead of sending it."""
 
     round: int
     weights: Weights
     config: TrainConfig = field(default_factory=TrainConfig)
     send_delta: bool = True
+    hold: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +94,8 @@ class SecureTask:
     """One stage of a secure aggregation round (SecAgg+, ``fedfuse.secure``).
 
     At stage ``advertise`` the party first trains from ``weights`` with ``config`` (as for a
-    ``TrainTask``), encodes its delta as ``encoding`` says and keeps it; every stage then hands
+    ``TrainTask``; without ``weights`` it takes the update it holds from a ``TrainTask`` with
+    ``hold``), encodes its delta as ``encoding`` says and keeps it; every stage then hands
     ``request``, the protocol's message from the aggregator, to the party's protocol state.
     """
 

@@ -130,6 +130,8 @@ def task_to_wire(pending: PendingTask) -> tuple[dict[str, Any], Weights]:
         return _secure_task_to_wire(task, meta)
     if isinstance(task, TrainTask):
         meta |= {"kind": "train", "config": task.config.to_dict(), "send_delta": task.send_delta}
+        if task.hold:
+            meta["hold"] = True
     else:
         meta |= {"kind": "evaluate", "split": task.split}
     return meta, task.weights
@@ -146,10 +148,11 @@ def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
             config = TrainConfig(**_field(meta, "config", dict))
         except TypeError as exc:
             raise WireFormatError(f"bad train config: {exc}") from None
-        send_delta = meta.get("send_delta", True)
-        if not isinstance(send_delta, bool):
-            raise WireFormatError("metadata field 'send_delta' must be true or false")
-        task = TrainTask(round_num, weights, config, send_delta)
+        send_delta, hold = meta.get("send_delta", True), meta.get("hold", False)
+        for name, flag in (("send_delta", send_delta), ("hold", hold)):
+            if not isinstance(flag, bool):
+                raise WireFormatError(f"metadata field {name!r} must be true or false")
+        task = TrainTask(round_num, weights, config, send_delta, hold)
     elif kind == "evaluate":
         task = EvaluateTask(round_num, weights, meta.get("split", "test"))
     elif kind == "secure":
