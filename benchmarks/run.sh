@@ -30,6 +30,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$python" benchmarks/bench_skip.py "$@"
 "$python" benchmarks/bench_fedbuff.py "$@"
 "$python" benchmarks/bench_service.py "$@"
+"$python" benchmarks/bench_privacy.py "$@"
 # The model-type, three-uses and consensus benchmarks have no quick mode: skipped with --quick.
 if [[ " $* " != *" --quick "* ]]; then
     for name in doc2vec personalization ensemble oneshot consensus; do
