@@ -89,7 +89,7 @@ def test_poisson_sampling_takes_each_party_independently_and_reproducibly():
 
 # ---- differential privacy in the loop -------------------------------------------------------
 def _pld_epsilon(q: float, z: float, rounds: int, delta: float) -> float:
-    accountant = pld_privacy_accountant.PLDAccountant()
+    accountant = pld_privacy_accountant.PLDAccountant()  # dp-accounting's own default grid
     event = dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z))
     accountant.compose(dpa.SelfComposedDpEvent(event, rounds))
     return accountant.get_epsilon(delta)
@@ -108,7 +108,7 @@ def test_every_record_carries_epsilon_delta_and_sigma_equal_to_dp_accounting():
     history = federation.run(3)
     for t, record in enumerate(history, start=1):
         assert record["sigma"] == 0.8 and record["delta"] == 1e-5
-        assert record["epsilon"] == pytest.approx(_pld_epsilon(0.5, 0.8, t, 1e-5), rel=1e-6)
+        assert record["epsilon"] == pytest.approx(_pld_epsilon(0.5, 0.8, t, 1e-5), rel=1e-4)
     assert history[0]["epsilon"] < history[1]["epsilon"] < history[2]["epsilon"]
 
 
@@ -161,6 +161,8 @@ def test_a_resumed_private_federation_keeps_its_budget_and_its_noise(tmp_path):
     resumed = Federation(_pool(fed, adapter), start, checkpoint_dir=tmp_path, **kwargs)
     assert resumed.accountant.epsilon() == pytest.approx(first.accountant.epsilon())
     resumed.run(4)
+    clips = [r["clip_norm"] for r in resumed.history]
+    assert clips[0] != clips[1] != clips[2]  # adaptive clipping moves the clip every round
     assert [r["epsilon"] for r in resumed.history] == pytest.approx(
         [r["epsilon"] for r in straight.history]
     )

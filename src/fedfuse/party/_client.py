@@ -23,7 +23,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedfuse.fusion import Update
-from fedfuse.party._tasks import EvaluateTask, Evaluation, Reply, Task, TaskError, TrainTask
+from fedfuse.party._tasks import (
+    EvaluateTask,
+    Evaluation,
+    Reply,
+    SecureTask,
+    Task,
+    TaskError,
+    TrainTask,
+)
 from fedfuse.weights import Weights, subtract
 
 __all__ = ["ClientParty", "NumPyClient"]
@@ -229,6 +237,11 @@ class ClientParty:
         return dict(sorted(named.items()))
 
     def handle(self, task: Task) -> Reply:
+        if isinstance(task, SecureTask) or getattr(task, "hold", False):
+            return TaskError(
+                "secure aggregation needs a fedfuse Party; a Flower-style client takes part in "
+                "federations without secagg"
+            )
         try:
             order = self._order_for(task)
             # copies: the client's code may write into them, and task.weights is the delta's base
