@@ -3,6 +3,7 @@
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -112,3 +113,15 @@ def test_every_example_is_run_here():
     source = Path(__file__).read_text()
     untested = [p.name for p in sorted(EXAMPLES.glob("*.py")) if f'"{p.name}"' not in source]
     assert untested == [], f"examples without a test here: {untested}"
+
+
+def test_private_federation():
+    private, plain, secure = _load("private_federation.py")["main"]()
+    history = private.history
+    assert 10 < len(history) < 25 and "max_epsilon" in private.stop_reason  # the budget ran out
+    assert all(r["epsilon"] <= 30.0 for r in history)
+    assert [r["epsilon"] for r in history] == sorted(r["epsilon"] for r in history)
+    assert history[-1]["central"]["accuracy"] > 0.6
+    for name in plain.weights:  # the sum it never saw, to within the quantization step
+        np.testing.assert_allclose(secure.weights[name], plain.weights[name], atol=1e-5)
+    assert all(len(r["participants"]) == 8 for r in secure.history)
