@@ -316,3 +316,26 @@ def test_buffered_secure_aggregation_fuses_each_full_buffer_of_held_updates():
     assert not all(np.allclose(federation.weights[n], start[n]) for n in start)
     last = history[-1]["participants"]
     assert all(p.held is None for p in parties.values() if p.party_id in last)
+
+
+def test_buffered_dp_accounts_each_buffer_without_amplification():
+    """FedBuff with central DP: no sampler to amplify with, so each buffer is one Gaussian
+    mechanism, its multiplier divided by how often one party arrived in it."""
+    fed, adapter = _parties(4)
+    parties = {pid: Party(adapter, fed[pid], pid) for pid in fed.party_ids}
+    seconds = {"party_0": 1.0, "party_1": 1.0, "party_2": 5.0, "party_3": 5.0}
+    federation = Federation(
+        LocalPool(parties, seconds),
+        adapter.get_weights(),
+        config=CONFIG,
+        aggregation=Aggregation(mode="buffered", buffer_size=3),
+        privacy=Privacy(noise_multiplier=2.0, noise_seed=0),
+    )
+    history = federation.run(2)
+    accountant = pld_privacy_accountant.PLDAccountant()
+    for record in history:
+        assert record["fused"]
+        most = max(record["participants"].count(p) for p in record["participants"])
+        accountant.compose(dpa.GaussianDpEvent(2.0 / most))
+    assert any(len(set(r["participants"])) < 3 for r in history)  # a fast party came twice
+    assert history[-1]["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)
