@@ -339,3 +339,20 @@ def test_buffered_dp_accounts_each_buffer_without_amplification():
         accountant.compose(dpa.GaussianDpEvent(2.0 / most))
     assert any(len(set(r["participants"])) < 3 for r in history)  # a fast party came twice
     assert history[-1]["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)
+
+
+def test_dp_ftrl_tree_noise_is_accounted_as_one_gaussian_over_the_tree():
+    """DP-FTRL: no sampling amplification; a party in p rounds touches at most p * levels tree
+    nodes, so the release is one Gaussian of multiplier z / (p sqrt(levels))."""
+    fed, adapter = _parties(4)
+    federation = Federation(
+        _pool(fed, adapter),
+        adapter.get_weights(),
+        config=CONFIG,
+        privacy=Privacy(noise_multiplier=4.0, noise="tree", noise_seed=2),
+    )
+    history = federation.run(3)
+    assert all(r["fused"] for r in history)
+    levels = 2  # rounds 1..3 sit in ceil(log2(3 + 1)) = 2 levels of the tree
+    exact = dpa.get_epsilon_gaussian(4.0 / (3 * levels**0.5), 1e-5)  # every party in 3 rounds
+    assert history[-1]["epsilon"] == pytest.approx(exact, rel=1e-6)
