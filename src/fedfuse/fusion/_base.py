@@ -134,6 +134,20 @@ def fuse(
     return out[0], new_state
 
 
+def fused_update(updates: Iterable[Update], name: str, *, delta: bool = False) -> Update:
+    """The one fused update a reducer produced, for the transform ``name`` that follows it;
+    ``FusionError`` if there is not exactly one (or, with ``delta``, it is not a delta)."""
+    updates = list(updates)
+    if len(updates) != 1:
+        raise FusionError(
+            f"{name} needs the one fused update of a reducer, got {len(updates)} updates; "
+            f"put it after a reducer: chain(fedavg(), {name}(...))"
+        )
+    if delta and not updates[0].is_delta:
+        raise FusionError(f"{name} needs a delta (a pseudo-gradient), not full weights")
+    return updates[0]
+
+
 def _one_kind(updates: Iterable[Update]) -> Iterator[Update]:
     kind = None
     for u in updates:

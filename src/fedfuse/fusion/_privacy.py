@@ -28,7 +28,14 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from fedfuse.fusion._base import FusionError, FusionTransform, Update, _float_accumulator, with_info
+from fedfuse.fusion._base import (
+    FusionError,
+    FusionTransform,
+    Update,
+    _float_accumulator,
+    fused_update,
+    with_info,
+)
 from fedfuse.weights import Weights, add_scaled_, global_norm, scale
 
 __all__ = [
@@ -66,16 +73,6 @@ def _rng(seed: int | None, tag: int, counter: int) -> np.random.Generator:
 def _normal(rng: np.random.Generator, like: Mapping[str, np.ndarray], stddev: float) -> Weights:
     """``N(0, stddev²)`` in float64 for every coordinate of ``like``, drawn in name order."""
     return {name: rng.normal(0.0, stddev, like[name].shape) for name in sorted(like)}
-
-
-def _single(updates: Iterable[Update], name: str) -> Update:
-    updates = list(updates)
-    if len(updates) != 1:
-        raise FusionError(
-            f"{name} needs the one fused update of a reducer, got {len(updates)} updates; "
-            f"put it after a reducer: chain(clip_by_norm(c), iter_avg(), {name}(...))"
-        )
-    return updates[0]
 
 
 def _plus(fused: Update, noise: Mapping[str, np.ndarray], **info: float) -> Update:
@@ -278,7 +275,7 @@ def gaussian_noise(stddev: float, seed: int | None = None) -> FusionTransform:
         return {"calls": 0}
 
     def update(updates: Iterable[Update], state: dict, global_weights: Weights):
-        fused = _single(updates, "gaussian_noise")
+        fused = fused_update(updates, "gaussian_noise")
         noise = _normal(_rng(seed, _GAUSSIAN_NOISE, state["calls"]), fused.weights, stddev)
         before = fused.info.get("noise_stddev", 0.0)
         if isinstance(before, bool) or not isinstance(before, int | float):
@@ -327,7 +324,7 @@ def tree_aggregation_noise(stddev: float, seed: int | None = None) -> FusionTran
         return {"round": 0, "nodes": []}
 
     def update(updates: Iterable[Update], state: dict, global_weights: Weights):
-        fused = _single(updates, "tree_aggregation_noise")
+        fused = fused_update(updates, "tree_aggregation_noise")
         t = state["round"] + 1
         level = (t & -t).bit_length() - 1
         kept = [node for node in state["nodes"] if node["level"] > level]

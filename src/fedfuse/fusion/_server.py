@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from fedfuse.fusion._base import FusionError, FusionTransform, Update
+from fedfuse.fusion._base import FusionTransform, Update, fused_update
 from fedfuse.weights import Weights
 
 __all__ = ["server_adagrad", "server_adam", "server_momentum", "server_yogi"]
@@ -48,18 +48,6 @@ def _check(name: str, **values: object) -> None:
             raise ValueError(f"{name}: {key} must be {rule}, got {value!r}")
 
 
-def _fused_delta(updates: Iterable[Update], name: str) -> Update:
-    updates = list(updates)
-    if len(updates) != 1:
-        raise FusionError(
-            f"{name} needs the one fused update of a reducer, got {len(updates)} updates; "
-            f"put it after a reducer: chain(fedavg(), {name}(...))"
-        )
-    if not updates[0].is_delta:
-        raise FusionError(f"{name} needs a delta (a pseudo-gradient), not full weights")
-    return updates[0]
-
-
 def _step(fused: Update, step: dict[str, np.ndarray], global_weights: Weights) -> list[Update]:
     weights = {n: arr.astype(global_weights[n].dtype) for n, arr in step.items()}
     return [Update(weights, fused.num_examples, fused.metrics, True, fused.party_id)]
@@ -77,7 +65,7 @@ def server_momentum(server_learning_rate: float = 1.0, momentum: float = 0.9) ->
         return {"m": {n: np.zeros(a.shape, np.float32) for n, a in global_weights.items()}}
 
     def update(updates: Iterable[Update], state: dict, global_weights: Weights):
-        fused = _fused_delta(updates, "server_momentum")
+        fused = fused_update(updates, "server_momentum", delta=True)
         m = {n: momentum * state["m"][n] + fused.weights[n] for n in state["m"]}
         step = {n: server_learning_rate * a for n, a in m.items()}
         return _step(fused, step, global_weights), {"m": m}
@@ -97,7 +85,7 @@ def _adaptive(
         }
 
     def update(updates: Iterable[Update], state: dict, global_weights: Weights):
-        fused = _fused_delta(updates, name)
+        fused = fused_update(updates, name, delta=True)
         m, v, step = {}, {}, {}
         for n, delta in fused.weights.items():
             d = delta.astype(np.float32, copy=False)
