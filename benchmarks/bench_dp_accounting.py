@@ -35,7 +35,8 @@ import dp_accounting
 from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from opacus.accountants import RDPAccountant
 
-from fedfuse.federation._accountant import PrivacyAccountant, _quiet_rdp
+from fedfuse._quiet import quiet_rdp
+from fedfuse.federation._accountant import PrivacyAccountant
 
 DELTA = 1e-5
 POPULATION = 10_000
@@ -66,7 +67,7 @@ def direct(q: float, sigma: float, rounds: int) -> float:
 def opacus(q: float, sigma: float, rounds: int) -> float:
     acc = RDPAccountant()
     acc.history = [(sigma, q, rounds)]
-    with _quiet_rdp():
+    with quiet_rdp():
         return float(acc.get_epsilon(DELTA))
 
 
