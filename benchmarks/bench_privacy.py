@@ -429,7 +429,8 @@ def tries_markdown(tries: dict[str, dict[str, Any]]) -> list[str]:
         "### Other server settings tried",
         "",
         "The same experiment with other server optimizer settings (the same for the private "
-        "and the non-private runs; local training unchanged).",
+        "and the non-private runs; local training unchanged), each run with "
+        "`bench_privacy.py --part dp --seeds 1 --server-lr LR --server-momentum M`.",
         "",
         f"| server | run | z | final epsilon | accuracy % (last {LAST}) | gap (points) | "
         "wall time per run | seeds |",
