@@ -77,3 +77,33 @@ def test_the_tutorial_form_turns_on_dp_and_secagg_and_refuses_what_cannot_work(t
             r = client.post("/start-aggregator", data=FORM | bad, files=files)
             assert r.status_code == 400, r.text
             assert needle in r.json()["detail"]
+
+
+def test_a_spent_privacy_budget_completes_the_federation_and_says_why(tmp_path):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from fedfuse.service import ServiceSettings, create_app
+    from test_service_api import FORM, model_bytes, party
+
+    app = create_app(ServiceSettings(data_dir=str(tmp_path), max_upload_bytes=2_000_000))
+    form = FORM | {"rounds": "10", "noise_multiplier": "1.0", "max_epsilon": "4.5",
+                   "fusion_algorithm": "fedavg"}  # fmt: skip
+    with TestClient(app) as client:
+        r = client.post(
+            "/start-aggregator", data=form, files={"model_file": ("m.pt", model_bytes())}
+        )
+        agg = r.json()["aggregator_id"]
+        party(client, agg)
+        party(client, agg)
+        assert client.post("/train", json={"aggregator_id": agg, "wait": False}).status_code == 202
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/federations/{agg}").json()["status"] == "training":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status = client.get(f"/v1/federations/{agg}").json()
+        rounds = client.get(f"/v1/federations/{agg}/history").json()["rounds"]
+    assert status["status"] == "completed"
+    assert 0 < len(rounds) < 10 and all(r["epsilon"] <= 4.5 for r in rounds)
+    assert "max_epsilon" in str(status)
