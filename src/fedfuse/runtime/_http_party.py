@@ -24,9 +24,11 @@ import httpx
 
 from fedfuse.party import (
     ClientParty,
+    EvaluateTask,
     Evaluation,
     NumPyClient,
     Reply,
+    SecureTask,
     Task,
     TaskError,
     TrainTask,
@@ -47,6 +49,9 @@ log = logging.getLogger("fedfuse.party")
 META_HEADER = "X-Fedfuse-Meta"
 _LIMITS = SizeLimits()  # the default caps (an immutable value)
 _CONTROL_BYTES = 1 << 20  # a join answer, an error detail, an acknowledgement
+
+
+_TASK_NAMES = {TrainTask: "train", EvaluateTask: "evaluate", SecureTask: "secure aggregation"}
 
 
 class TaskHandler(Protocol):
@@ -271,9 +276,9 @@ class PartyClient:
             reply = party.handle(pending.task)
             if isinstance(reply, TaskError):
                 log.warning(
-                    "round %d: %s failed: %s",
+                    "round %d: %s task failed: %s",
                     pending.task.round,
-                    type(pending.task).__name__,
+                    _TASK_NAMES.get(type(pending.task), "a"),
                     reply.message,
                 )
                 summary._fail(pending.task.round, reply.message)
