@@ -356,3 +356,23 @@ def test_dp_ftrl_tree_noise_is_accounted_as_one_gaussian_over_the_tree():
     levels = 2  # rounds 1..3 sit in ceil(log2(3 + 1)) = 2 levels of the tree
     exact = dpa.get_epsilon_gaussian(4.0 / (3 * levels**0.5), 1e-5)  # every party in 3 rounds
     assert history[-1]["epsilon"] == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("noise", ["central", "tree"])
+def test_under_secure_aggregation_the_aggregator_adds_central_or_tree_noise(noise):
+    fed, adapter = _parties(6)
+    start = adapter.get_weights()
+    steps = {}
+    same = CONFIG.with_seed(1)  # the same local training in both runs
+    for z in (0.0, 3.0):
+        federation = Federation(
+            _pool(fed, adapter),
+            start,
+            config=CONFIG,
+            secure=SecureAggregation(secagg=True, clip_range=4.0),
+            privacy=Privacy(noise_multiplier=z, noise=noise, l2_norm_clip=0.05),
+        )
+        federation._task = lambda step, pid, f=federation: TrainTask(step, f.weights, same)
+        assert federation.run_round()["fused"]
+        steps[z] = np.concatenate([(federation.weights[n] - start[n]).ravel() for n in start])
+    assert np.std(steps[3.0] - steps[0.0]) == pytest.approx(3.0 * 0.05 / 6, rel=0.25)

@@ -243,11 +243,14 @@ def private_fusion(fusion: FusionSpec, privacy: Privacy, expected_count: float) 
 
 
 def central_noise(privacy: Privacy, expected_count: float) -> FusionTransform | None:
-    """Under secure aggregation with ``noise="central"``: the aggregator's noise on the mean
-    it unmasked (``z C / expected_count``); ``None`` when there is none to add."""
-    if not privacy.enabled or privacy.noise != "central":
+    """Under secure aggregation, the noise the aggregator adds to the mean it unmasked:
+    ``z C / expected_count`` per round (``central``) or by tree aggregation (``tree``);
+    ``None`` when the parties add it (``distributed``) or there is no DP."""
+    if not privacy.enabled or privacy.noise == "distributed":
         return None
     stddev = float(privacy.noise_multiplier) * privacy.l2_norm_clip / expected_count
+    if privacy.noise == "tree":
+        return tree_aggregation_noise(stddev, seed=privacy.noise_seed)
     return gaussian_noise(stddev, seed=privacy.noise_seed)
 
 
