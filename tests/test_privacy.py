@@ -376,3 +376,21 @@ def test_under_secure_aggregation_the_aggregator_adds_central_or_tree_noise(nois
         assert federation.run_round()["fused"]
         steps[z] = np.concatenate([(federation.weights[n] - start[n]).ravel() for n in start])
     assert np.std(steps[3.0] - steps[0.0]) == pytest.approx(3.0 * 0.05 / 6, rel=0.25)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},  # no message tensor
+        {"fedfuse.secagg": np.zeros(4, np.float32)},  # not bytes
+        {"fedfuse.secagg": np.frombuffer(b"not json", np.uint8)},
+        {"fedfuse.secagg": np.frombuffer(b'{"a": {"$x": 1}}', np.uint8)},  # unknown tag
+        {"fedfuse.secagg": np.frombuffer(b"{}", np.uint8), "extra": np.zeros(2, np.uint32)},
+    ],
+)
+def test_a_hostile_secure_reply_is_malformed_never_an_exception(body):
+    from fedfuse.party import Malformed
+
+    meta = {"kind": "secure", "stage": "mask", "metrics": {}}
+    reply = reply_from_wire(meta, bytearray(to_bytes(body)), "party_0")
+    assert isinstance(reply, Malformed) and "secure" in reply.reason
