@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -103,6 +104,23 @@ class Service:
                 return body
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting on {path}: {self.get(path).json()}")
+
+
+def cli_create(url: str, tmp_path: Path, *flags: str) -> dict:
+    """``fedfuse create --server url <flags>`` as a process; its JSON answer."""
+    created = tmp_path / "created.json"
+    create = fedfuse_process("create", "--server", url, *flags, log=created)
+    assert create.wait(120) == 0, created.read_text()
+    return json.loads(created.read_text())
+
+
+def party_processes(url: str, token: str, files, tmp_path: Path) -> list[subprocess.Popen]:
+    """One ``fedfuse party`` process per data file, each logging to ``party<i>.log``."""
+    args = ("party", "--server", url, "--token", token)
+    return [
+        fedfuse_process(*args, "--data", str(path), log=tmp_path / f"party{i}.log")
+        for i, path in enumerate(files)
+    ]
 
 
 def stop_all(procs) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from fedfuse.data import federate, load_dataset
-from service_helpers import Service, fedfuse_process, stop_all
+from service_helpers import Service, cli_create, fedfuse_process, party_processes, stop_all
 
 
 def _party_files(tmp_path: Path, n: int) -> list[Path]:
@@ -61,22 +61,18 @@ def test_buffered_federation_through_the_service_with_party_processes(tmp_path):
     parties = []
     try:
         url = _bound_url(log, service)  # `--port 0` says which port it got
-        created = tmp_path / "created.json"
-        create = fedfuse_process(
-            *("create", "--server", url, "--num-parties", "3", "--rounds", "4"),
-            *("--mode", "buffered", "--buffer-size", "2", "--round-timeout", "120"),
-            *("--learning-rate", "0.1", "--epochs", "2"),
-            log=created,
+        answer = cli_create(
+            url,
+            tmp_path,
+            *("--num-parties", "3", "--rounds", "4", "--mode", "buffered", "--buffer-size", "2"),
+            *("--round-timeout", "120", "--learning-rate", "0.1", "--epochs", "2"),
         )
-        assert create.wait(120) == 0, created.read_text()
-        answer = json.loads(created.read_text())
         fid = answer["aggregator_id"]
         spec = httpx.get(f"{url}/v1/federations/{fid}").json()["config"]
         assert spec["aggregation"]["mode"] == "buffered"
         assert spec["aggregation"]["buffer_size"] == 2
-        for i, path in enumerate(_party_files(tmp_path, 3)):
-            args = ("party", "--server", url, "--token", answer["join_token"], "--data", str(path))
-            parties.append(fedfuse_process(*args, log=tmp_path / f"party{i}.log"))
+        files = _party_files(tmp_path, 3)
+        parties = party_processes(url, answer["join_token"], files, tmp_path)
         status = _wait(url, fid, lambda s: s["status"] in ("completed", "failed"))
         assert status["status"] == "completed", status
         assert [p.wait(120) for p in parties] == [0, 0, 0]

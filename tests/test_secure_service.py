@@ -4,12 +4,10 @@ history."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
 
 from fedfuse.data import federate, load_dataset
-from service_helpers import fedfuse_process, stop_all
+from service_helpers import cli_create, fedfuse_process, party_processes, stop_all
 from test_buffered_service import _bound_url, _wait
 
 
@@ -19,23 +17,19 @@ def test_secagg_with_distributed_dp_through_the_service_with_party_processes(tmp
     parties = []
     try:
         url = _bound_url(log, service)
-        created = tmp_path / "created.json"
-        create = fedfuse_process(
-            *("create", "--server", url, "--num-parties", "3", "--rounds", "2"),
-            *("--secagg", "--noise-multiplier", "0.5", "--noise", "distributed"),
-            *("--l2-norm-clip", "1.0", "--learning-rate", "0.1", "--round-timeout", "120"),
-            log=created,
+        answer = cli_create(
+            url,
+            tmp_path,
+            *("--num-parties", "3", "--rounds", "2", "--secagg", "--noise-multiplier", "0.5"),
+            *("--noise", "distributed", "--l2-norm-clip", "1.0", "--learning-rate", "0.1"),
+            *("--round-timeout", "120"),
         )
-        assert create.wait(120) == 0, created.read_text()
-        answer = json.loads(created.read_text())
         fid = answer["aggregator_id"]
         spec = httpx.get(f"{url}/v1/federations/{fid}").json()["config"]
         assert spec["secure"]["secagg"] and spec["privacy"]["noise"] == "distributed"
         train, test = load_dataset("digits")
         files = federate(train, test, 3, "iid", seed=0).save_npz(tmp_path / "parties")
-        for i, path in enumerate(files):
-            args = ("party", "--server", url, "--token", answer["join_token"], "--data", str(path))
-            parties.append(fedfuse_process(*args, log=tmp_path / f"party{i}.log"))
+        parties = party_processes(url, answer["join_token"], files, tmp_path)
         status = _wait(url, fid, lambda s: s["status"] in ("completed", "failed"))
         assert status["status"] == "completed", status
         assert [p.wait(120) for p in parties] == [0, 0, 0]
