@@ -394,3 +394,29 @@ def test_a_hostile_secure_reply_is_malformed_never_an_exception(body):
     meta = {"kind": "secure", "stage": "mask", "metrics": {}}
     reply = reply_from_wire(meta, bytearray(to_bytes(body)), "party_0")
     assert isinstance(reply, Malformed) and "secure" in reply.reason
+
+
+def test_a_party_with_non_finite_metrics_drops_out_of_a_secure_round_only():
+    fed, adapter = _parties(6)
+
+    class _NaNMetrics:
+        def __init__(self, party):
+            self.party = party
+
+        def handle(self, task):
+            reply = self.party.handle(task)
+            if isinstance(reply, SecureReply) and reply.stage == "advertise":
+                return SecureReply(reply.stage, reply.message, {"loss": float("nan")})
+            return reply
+
+    federation = Federation(
+        _pool(fed, adapter, {"party_1": _NaNMetrics}),
+        adapter.get_weights(),
+        config=CONFIG,
+        secure=SecureAggregation(secagg=True, dropout_rate=0.3),
+    )
+    record = federation.run_round()
+    assert record["fused"], record["not_fused"]
+    assert "not finite" in record["rejected"]["party_1"]
+    assert "party_1" not in record["participants"] and len(record["participants"]) == 5
+    assert np.isfinite(record["train"]["loss"])

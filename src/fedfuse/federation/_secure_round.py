@@ -22,8 +22,8 @@ import numpy as np
 
 from fedfuse.federation._metrics import WeightedMetrics
 from fedfuse.federation._round import RoundResult, fuse_safely
-from fedfuse.federation._validate import update_bound
-from fedfuse.fusion import FusionTransform, Update, stateless
+from fedfuse.federation._validate import check_metrics, update_bound
+from fedfuse.fusion import FusionTransform, Update
 from fedfuse.models import TrainConfig
 from fedfuse.party import (
     SecureEncoding,
@@ -40,15 +40,13 @@ from fedfuse.weights import Weights, global_norm, num_bytes
 
 __all__ = ["secure_round"]
 
-_PASS = stateless(lambda updates, global_weights: updates)
-
 
 def secure_round(
     result: RoundResult,
     pool: PartyPool,
     configs: Mapping[str, TrainConfig],
     encoding: SecureEncoding,
-    after_mean: FusionTransform | None,
+    after_mean: FusionTransform,
     *,
     dropout_rate: float,
     corruption_rate: float,
@@ -65,6 +63,7 @@ def secure_round(
     whose masked update is in the sum) and adds ``result.secure`` (degree, threshold, who
     dropped at which stage).
 
+    ``after_mean``: what follows the mean (noise, a server optimizer; ``chain()`` for nothing).
     ``denominator``: divide the sum by this (differential privacy's expected count) instead of
     the unmasked total weight. ``scale``: a public factor per party the aggregator asks it to
     multiply its weight by (buffered aggregation's staleness weight). ``use_held``: the parties
@@ -84,7 +83,6 @@ def secure_round(
     except (SecAggError, ValueError) as exc:
         result.not_fused = f"secure aggregation could not start: {exc}"
         return result
-    secure["dropped"] = {}
     try:
         while server.stage != "done":
             stage = server.stage
@@ -108,12 +106,11 @@ def secure_round(
         total = server.result()
     except SecAggError as exc:
         result.not_fused = f"secure aggregation aborted: {exc}"
+        return result
+    finally:
         secure["dropped"] = {p: str(r) for p, r in server.dropped.items()}
         result.train_metrics = metrics.result()
-        return result
-    secure["dropped"] = {p: str(r) for p, r in server.dropped.items()}
     result.participants = list(server.survivors)
-    result.train_metrics = metrics.result()
     sums, weight_sum = decode_sum(total, weights, encoding)
     divide_by = denominator if denominator is not None else weight_sum
     if len(result.participants) < quorum:
@@ -131,7 +128,7 @@ def secure_round(
         result.not_fused = f"the unmasked mean's norm {norm:.4g} exceeds the limit {limit:.4g}"
         return result
     fused = Update(mean, len(result.participants), {}, True, "fused")
-    outcome = fuse_safely(after_mean or _PASS, iter([fused]), result.fusion_state, weights)
+    outcome = fuse_safely(after_mean, iter([fused]), result.fusion_state, weights)
     if isinstance(outcome, str):
         result.not_fused = outcome
     else:
@@ -168,12 +165,16 @@ def _receive(
     if isinstance(reply, TaskError):
         result.failed[party_id] = f"{stage}: {reply.message}"
         return
+    if not isinstance(reply, SecureReply | Skipped) or getattr(reply, "stage", stage) != stage:
+        result.rejected[party_id] = f"{stage}: expected a secure aggregation message"
+        return
+    reason = check_metrics(reply.metrics)  # (the only numbers a party sends in plain text)
+    if reason is not None:
+        result.rejected[party_id] = f"{stage}: {reason}"
+        return
     if isinstance(reply, Skipped):
         result.skipped.append(party_id)
         metrics.add(reply.metrics, 1)
-        return
-    if not isinstance(reply, SecureReply) or reply.stage != stage:
-        result.rejected[party_id] = f"{stage}: expected a secure aggregation message"
         return
     try:
         server.receive(party_id, reply.message)
