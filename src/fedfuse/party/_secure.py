@@ -69,7 +69,9 @@ def encode_update(
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """``delta`` as the uint32 vector the party masks (see the module docstring)."""
-    flat = np.concatenate([np.asarray(delta[n], np.float64).ravel() for n in sorted(delta)])
+    parts = [np.asarray(delta[n], np.float64).ravel() for n in sorted(delta)]
+    vector = np.concatenate([*parts, np.zeros(1)])  # one copy, with room for the weight
+    flat = vector[:-1]
     if encoding.clip_norm is not None:
         norm = float(np.sqrt(np.einsum("i,i->", flat, flat)))  # no BLAS: no thread spin-up
         if norm > encoding.clip_norm:
@@ -82,7 +84,8 @@ def encode_update(
         weight = 1.0
     weight *= encoding.scale
     flat *= weight
-    return encoding.quantizer.encode(np.append(flat, weight * encoding.clip_range))
+    vector[-1] = weight * encoding.clip_range
+    return encoding.quantizer.encode(vector)
 
 
 def decode_sum(
