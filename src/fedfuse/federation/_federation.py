@@ -364,7 +364,7 @@ class Federation:
             self._holding = {}
 
     # ---- differential privacy --------------------------------------------------------------
-    def _round_event(self, sampled: list[str] | None, participants: list[str]) -> dict[str, Any]:
+    def _round_event(self, sample_size: int, participants: list[str]) -> dict[str, Any]:
         """What the accountant records for a step: the noise multiplier and the sampler's
         numbers. In buffered mode a party may arrive twice in one buffer: the sensitivity is
         then that many clip norms, so the multiplier is divided by it (no amplification)."""
@@ -376,7 +376,7 @@ class Federation:
         elif self.sampling.method == "poisson":
             event["sample_rate"] = self.sampling.fraction
         elif self.sampling.method == "fixed":
-            event["sample_size"] = len(sampled or ())
+            event["sample_size"] = sample_size
         if self.privacy.clipping == "adaptive":
             event["count_stddev"] = self.privacy.count_stddev(self.expected_count)
         return event
@@ -389,7 +389,8 @@ class Federation:
             upcoming = self._tree_event(extra_round=True)
             exceeded = self.accountant.would_exceed_tree(limit, **upcoming)
         else:
-            upcoming = self._round_event(self._upcoming_sample(), [])
+            size = self._per_round(max(len(self.pool.party_ids()), 1))
+            upcoming = self._round_event(size, [])
             exceeded = self.accountant.would_exceed(limit, **upcoming)
         if exceeded:
             self.stop_reason = (
@@ -397,12 +398,6 @@ class Federation:
                 f"(now {self.accountant.epsilon():.4g} at delta={self.privacy.delta:g})"
             )
             raise PrivacyBudgetExceeded(self.stop_reason)
-
-    def _upcoming_sample(self) -> list[str]:
-        if self.sampling.method != "fixed":
-            return []
-        count = self._per_round(max(len(self.pool.party_ids()), 1))
-        return [""] * count
 
     def _tree_event(
         self, current: list[str] | None = None, *, extra_round: bool = False
@@ -434,7 +429,7 @@ class Federation:
         if self.privacy.noise == "tree":
             self.accountant.record_tree(**self._tree_event(result.participants))
         else:
-            self.accountant.record(**self._round_event(sampled, result.participants))
+            self.accountant.record(**self._round_event(len(sampled or ()), result.participants))
 
     def _buffered(self, result: RoundResult) -> Iterator[tuple[str, Reply, int]]:
         """Arrivals for one buffer: keep the sampled number of parties training, yield each
