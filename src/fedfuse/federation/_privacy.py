@@ -227,7 +227,7 @@ def private_fusion(fusion: FusionSpec, privacy: Privacy, expected_count: float) 
             privacy.target_quantile,
             privacy.clip_learning_rate,
             privacy.count_stddev(expected_count),
-            seed=None if seed is None else seed + 1,
+            seed=seed,  # (each transform draws from its own stream of [seed, tag, call])
             expected_count=expected_count,
         )
     else:
@@ -235,7 +235,7 @@ def private_fusion(fusion: FusionSpec, privacy: Privacy, expected_count: float) 
     parts = [clip, dp_mean(z if privacy.noise == "central" else 0.0, expected_count, seed=seed)]
     if privacy.noise == "tree":
         stddev = z * privacy.l2_norm_clip / expected_count
-        parts.append(tree_aggregation_noise(stddev, seed=None if seed is None else seed + 2))
+        parts.append(tree_aggregation_noise(stddev, seed=seed))
     server = server_optimizer(fusion)
     if server is not None:
         parts.append(server)
