@@ -24,7 +24,7 @@ from fedfuse.models import (
 from fedfuse.recipes._report import plot_accuracy, write_history
 from fedfuse.recipes._spec import FederationSpec, load_spec
 from fedfuse.recipes._uses import run_use
-from fedfuse.runtime import LocalPool
+from fedfuse.runtime import PartyPool, make_pool
 from fedfuse.weights import Weights
 
 __all__ = ["SIMULATION_DEFAULTS", "SimulationResult", "build_federated_dataset", "simulate"]
@@ -110,21 +110,9 @@ def simulate(
         central.set_weights(weights)
         return central.evaluate(fed.test)
 
-    federation = Federation(
-        LocalPool.from_dataset(fed, adapter, task_seconds),
-        adapter.get_weights(),
-        fusion=spec.fusion,
-        config=spec.training,
-        sampling=spec.sampling,
-        aggregation=spec.aggregation,
-        seed=spec.seed,
-        central_eval=central_eval if fed.test is not None else None,
-        federated_eval=spec.evaluation.federated and bool(fed.test_data()),
-        privacy=spec.privacy,
-        secure=spec.secure,
-        population=spec.num_parties,
-    )
-    history = federation.run(spec.rounds, on_round=on_round)
+    with make_pool(spec.backend, fed, adapter, task_seconds) as pool:
+        federation = _federation(spec, fed, pool, adapter, central_eval)
+        history = federation.run(spec.rounds, on_round=on_round)
     result = SimulationResult(
         spec, history, federation.weights, fed, stop_reason=federation.stop_reason
     )
@@ -147,6 +135,29 @@ def simulate(
             out / "accuracy.png", history, result.centralized, epochs_per_round=spec.training.epochs
         )
     return result
+
+
+def _federation(
+    spec: FederationSpec,
+    fed: FederatedDataset,
+    pool: PartyPool,
+    adapter: TorchAdapter,
+    central_eval: Callable[[Weights], dict[str, float]],
+) -> Federation:
+    return Federation(
+        pool,
+        adapter.get_weights(),
+        fusion=spec.fusion,
+        config=spec.training,
+        sampling=spec.sampling,
+        aggregation=spec.aggregation,
+        seed=spec.seed,
+        central_eval=central_eval if fed.test is not None else None,
+        federated_eval=spec.evaluation.federated and bool(fed.test_data()),
+        privacy=spec.privacy,
+        secure=spec.secure,
+        population=spec.num_parties,
+    )
 
 
 def _simulate_use(

@@ -13,6 +13,7 @@ A ``FederationSpec`` is composed of the parts each layer reads (see ``fedfuse._s
     use          UseSpec          here              one of the Model Fusion API's three uses
     privacy      Privacy          fedfuse.federation  differential privacy and its budget
     secure       SecureAggregation fedfuse.federation  SecAgg+: the aggregator sees only sums
+    backend      Backend          fedfuse.runtime   where a simulation's parties train
 
 As TOML::
 
@@ -56,6 +57,7 @@ from fedfuse.models import ModelSpec, TrainConfig
 from fedfuse.recipes._ensemble import compare_ensemble
 from fedfuse.recipes._personalize import compare_personalization
 from fedfuse.recipes._uses import USES
+from fedfuse.runtime import Backend
 
 __all__ = [
     "EvaluationSpec",
@@ -144,6 +146,7 @@ class FederationSpec(Settings):
     use: UseSpec = field(default_factory=UseSpec)
     privacy: Privacy = field(default_factory=Privacy)
     secure: SecureAggregation = field(default_factory=SecureAggregation)
+    backend: Backend = field(default_factory=Backend)
 
     def check_together(self) -> list[str]:
         problems = []
@@ -157,6 +160,11 @@ class FederationSpec(Settings):
         )
         if problem is not None:
             problems.append(problem)
+        if self.backend.name != "local" and self.use.name != "aggregate":
+            problems.append(
+                f"backend: use {self.use.name!r} trains in this process; backend "
+                f"{self.backend.name!r} is for use 'aggregate'"
+            )
         if self.aggregation.quorum > self.num_parties:
             problems.append(
                 f"aggregation.quorum={self.aggregation.quorum} exceeds "
@@ -232,6 +240,7 @@ _ALIASES = {
     "fusion_params": "fusion.params",
     "model": "model.name",
     "use": "use.name",
+    "backend": "backend.name",
     "round_timeout": "aggregation.deadline",
     "federated_eval": "evaluation.federated",
     "personal_layers": "use.params.personal",
@@ -245,7 +254,7 @@ _CHOICES = {
     "use": ("use.name", "use.params", use_params),
 }
 _NOT_FLAT = {"training.seed", "fusion.name", "fusion.params", "model.name", "use.name",
-             "use.params"}  # fmt: skip
+             "use.params", "backend.name"}  # fmt: skip
 
 
 def flat_table() -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""Transports that carry tasks to parties: in-process, and mailboxes fed by the service."""
+"""Transports that carry tasks to parties: in-process, worker processes, Ray actors, cohorts
+of vectorized parties, and mailboxes fed by the service."""
 
+from fedfuse.runtime._backend import BACKENDS, Backend, make_pool
 from fedfuse.runtime._base import PartyPool
 from fedfuse.runtime._http_party import (
     PartyClient,
@@ -10,7 +12,9 @@ from fedfuse.runtime._http_party import (
 )
 from fedfuse.runtime._local import LocalPool, MockPool, spread_task_seconds
 from fedfuse.runtime._party_builder import party_from_join
+from fedfuse.runtime._processes import ProcessPool, available_cores
 from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
+from fedfuse.runtime._sharded import ShardedPool
 from fedfuse.runtime._wire import (
     WireFormatError,
     decode_meta,
@@ -21,19 +25,25 @@ from fedfuse.runtime._wire import (
 )
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
     "LocalPool",
     "MockPool",
     "PartyClient",
     "PartyPool",
     "PartyRunSummary",
     "PendingTask",
+    "ProcessPool",
     "ProtocolError",
     "RemotePool",
+    "ShardedPool",
     "UnexpectedReplyError",
     "WireFormatError",
+    "available_cores",
     "create_federation",
     "party_from_join",
     "decode_meta",
+    "make_pool",
     "reply_from_wire",
     "reply_to_wire",
     "run_party",

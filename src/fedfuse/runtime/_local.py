@@ -11,13 +11,14 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Self
 
 import numpy as np
 
 from fedfuse.data import FederatedDataset
 from fedfuse.party import ModelAdapter, Party, Reply, Task, TaskError
 
-__all__ = ["LocalPool", "MockPool", "spread_task_seconds"]
+__all__ = ["LocalPool", "MockPool", "handle_safely", "spread_task_seconds"]
 
 
 class LocalPool:
@@ -32,7 +33,14 @@ class LocalPool:
         parties: party id -> anything with ``handle(task) -> reply``.
         task_seconds: simulated seconds one task takes on each party (1 s for parties not
             listed); see ``spread_task_seconds``.
+
+    ``train_seconds`` counts the real seconds parties spent answering tasks (summed over
+    parties) and ``parallelism`` how many answer at once (1 here): the round loop splits a
+    round's wall time with them. ``close()`` (or ``with``) releases what a pool holds; nothing
+    here.
     """
+
+    parallelism = 1
 
     def __init__(
         self, parties: Mapping[str, Party], task_seconds: Mapping[str, float] | None = None
@@ -43,6 +51,7 @@ class LocalPool:
         if bad:
             raise ValueError(f"task_seconds must be finite and > 0; not for {bad[:5]}")
         self.clock = 0.0
+        self.train_seconds = 0.0
         self._in_flight: list[tuple[float, int, str, Reply]] = []
         self._started = 0
 
@@ -77,11 +86,13 @@ class LocalPool:
             if deadline is not None and time.monotonic() > deadline:
                 yield party_id, TaskError("deadline passed before the party was reached")
             else:
-                yield party_id, _handle(party, task)
+                yield party_id, self._timed(party, task)
 
     def start(self, party_id: str, task: Task) -> None:
         party = self._parties.get(party_id)
-        reply = TaskError(f"unknown party {party_id!r}") if party is None else _handle(party, task)
+        reply = (
+            TaskError(f"unknown party {party_id!r}") if party is None else self._timed(party, task)
+        )
         self._started += 1
         finish = self.clock + self.seconds(party_id)
         heapq.heappush(self._in_flight, (finish, self._started, party_id, reply))
@@ -101,6 +112,22 @@ class LocalPool:
     def cancel(self, party_id: str) -> None:
         self._in_flight = [entry for entry in self._in_flight if entry[2] != party_id]
         heapq.heapify(self._in_flight)
+
+    def close(self) -> None:
+        """Nothing to release in-process; pools with workers stop them here."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _timed(self, party: Party, task: Task) -> Reply:
+        start = time.perf_counter()
+        try:
+            return handle_safely(party, task)
+        finally:
+            self.train_seconds += time.perf_counter() - start
 
 
 class _FunctionParty:
@@ -147,7 +174,7 @@ def spread_task_seconds(
     return {pid: float(seconds[i]) for pid, i in zip(party_ids, order, strict=True)}
 
 
-def _handle(party: Party, task: Task) -> Reply:
+def handle_safely(party: Party, task: Task) -> Reply:
     """``party.handle(task)``; an exception it lets out becomes that party's ``TaskError``, so
     one party (a custom ``Party``-like object among them) cannot end the round for all."""
     try:

@@ -2,7 +2,8 @@
 
 The spec itself is ``fedfuse.recipes.FederationSpec``; this module holds only the service's
 defaults (the tutorial's: 2 parties, 5 rounds, a 600 s round deadline) and the checks that
-belong to a service (a zoo model needs its shapes).
+belong to a service (a zoo model needs its shapes; the parties are remote, so the backend
+is the service's own).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def check_spec(spec: FederationSpec) -> None:
         spec.validate()
     except (SettingsError, TypeError) as exc:
         raise SpecError(str(exc)) from None
+    if spec.backend.name != "local":
+        raise SpecError(
+            f"backend: the service's parties are remote processes; backend {spec.backend.name!r} "
+            "is for simulations (fedfuse simulate)"
+        )
     model = spec.model
     if model.name is not None:
         if not model.input_shape:
