@@ -80,6 +80,8 @@ def test_parties_are_pinned_round_robin_to_distinct_worker_processes():
         again = dict(pool.dispatch({"p2": task, "p3": task}))
         assert again["p2"].metrics["pid"] == pids["p2"]  # the same worker, round after round
     assert all(w is None for w in pool._workers)
+    with pytest.raises(RuntimeError, match="closed"):
+        next(pool.dispatch({"p0": task}))
 
 
 def test_workers_default_to_the_available_cores_and_not_more_than_parties():

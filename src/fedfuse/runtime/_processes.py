@@ -21,6 +21,7 @@ import pickle
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -74,6 +75,8 @@ class ProcessPool(ShardedPool):
         self._context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self._workers: list[_Worker | None] = [None] * self.parallelism
         self._dead: dict[int, str] = {}
+        # a pool dropped without close() still stops its workers (the list changes in place)
+        self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
         for shard in range(self.parallelism):
             self._workers[shard] = self._start_worker(shard)
 
@@ -106,6 +109,8 @@ class ProcessPool(ShardedPool):
         return _Worker(process, task_write, reply_read)
 
     def _send(self, batches: Mapping[int, list[Sent]]) -> None:
+        if not self._finalizer.alive:
+            raise RuntimeError("this ProcessPool is closed: its workers are gone")
         for shard, batch in batches.items():
             worker = self._workers[shard]
             if worker is None or not worker.process.is_alive():
@@ -156,13 +161,7 @@ class ProcessPool(ShardedPool):
 
     def close(self) -> None:
         """Stop the workers (those that do not stop within a few seconds are terminated)."""
-        workers, self._workers = self._workers, [None] * self.parallelism
-        for w in workers:
-            if w is not None:
-                w.stop()
-        for w in workers:
-            if w is not None:
-                w.close()
+        self._finalizer()
 
 
 class _Worker:
@@ -181,6 +180,16 @@ class _Worker:
             self.process.join(timeout=_JOIN_SECONDS)
         self.tasks.close()
         self.replies.close()
+
+
+def _stop_workers(workers: list[_Worker | None]) -> None:
+    for w in workers:
+        if w is not None:
+            w.stop()
+    for shard, w in enumerate(workers):
+        if w is not None:
+            w.close()
+            workers[shard] = None
 
 
 def _death(shard: int, exitcode: int | None) -> str:
