@@ -11,13 +11,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedfuse.cli._spec_flags import add_spec_flags, spec_from_args
+from fedfuse.cli._commands import COMMANDS
+from fedfuse.cli._spec_flags import add_spec_flags, spec_from_args, spec_value
 from fedfuse.data import format_label_stats
 from fedfuse.recipes import (
     SIMULATION_DEFAULTS,
     FederationSpec,
     SimulationResult,
     build_federated_dataset,
+    flat_names,
     format_use_report,
     simulate,
 )
@@ -75,6 +77,20 @@ def _round_table(result: SimulationResult) -> Table:
     return table
 
 
+def _rate(record: dict[str, Any]) -> str:
+    """Parties trained per second in this round: its participants over its wall time."""
+    seconds = record.get("seconds") or 0.0
+    if seconds <= 0:
+        return "-"
+    rate = len(record["participants"]) / seconds
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
+def _progress_text(record: dict[str, Any]) -> str:
+    """What the progress bar shows after a round, e.g. ``acc 81.20% | 412 parties/s``."""
+    return f"acc {_pct(record.get('central'))}% | {_rate(record)} parties/s"
+
+
 def _run(spec: FederationSpec, out_dir: str, console: Console) -> SimulationResult:
     data = spec.data
     console.print(
@@ -93,7 +109,7 @@ def _run(spec: FederationSpec, out_dir: str, console: Console) -> SimulationResu
         task = progress.add_task("", total=spec.rounds)
 
         def on_round(record: dict[str, Any]) -> None:
-            progress.update(task, advance=1, description=f"acc {_pct(record.get('central'))}%")
+            progress.update(task, advance=1, description=_progress_text(record))
 
         result = simulate(spec, out_dir=out_dir, on_round=on_round)
     console.print(format_label_stats(result.dataset), highlight=False)
@@ -128,22 +144,26 @@ def _add_threads_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _set_threads(args: argparse.Namespace) -> None:
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+def _set_threads(args: argparse.Namespace, spec: FederationSpec) -> None:
+    """Torch threads of this process: ``--threads``, or the spec's own ``threads`` setting
+    where it has one (``--threads`` is then that setting's flag, see ``add_parsers``)."""
+    threads = args.threads if "threads" in vars(args) else spec_value(spec, "threads")
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    _set_threads(args)
     spec = DEMO_SPEC if args.rounds is None else DEMO_SPEC.replace(rounds=args.rounds)
+    _set_threads(args, spec)
     _run(spec, args.out, Console())
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    _set_threads(args)
-    _run(spec_from_args(args, SIMULATION_DEFAULTS), args.out, Console())
+    spec = spec_from_args(args, SIMULATION_DEFAULTS)
+    _set_threads(args, spec)
+    _run(spec, args.out, Console())
     return 0
 
 
@@ -156,26 +176,20 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser(
-        "demo", help="FedAvg on scikit-learn's digits: 10 non-IID parties, offline"
-    )
+    demo = sub.add_parser("demo", help=COMMANDS["demo"].help)
     demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default: {DEMO_OUT})")
     demo.add_argument("--rounds", type=int, default=None, help="rounds (default: 25)")
     _add_threads_flag(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    sim = sub.add_parser(
-        "simulate", help="run a simulated federation from flags or a TOML/JSON spec file"
-    )
+    sim = sub.add_parser("simulate", help=COMMANDS["simulate"].help)
     sim.add_argument("--out", default="fedfuse-output", help="output folder (default: %(default)s)")
     add_spec_flags(sim, SIMULATION_DEFAULTS)
-    _add_threads_flag(sim)
+    if "threads" not in flat_names():  # else the spec's threads setting has the flag
+        _add_threads_flag(sim)
     sim.set_defaults(func=_cmd_simulate)
 
-    part = sub.add_parser(
-        "partition",
-        help="split a dataset into one .npz per party (x_train, y_train, x_test, y_test)",
-    )
+    part = sub.add_parser("partition", help=COMMANDS["partition"].help)
     part.add_argument("--out", required=True, help="folder for data_party<i>.npz files")
     add_spec_flags(part, SIMULATION_DEFAULTS)
     part.set_defaults(func=_cmd_partition)

@@ -24,7 +24,7 @@ from fedfuse.recipes import (
     use_params,
 )
 
-__all__ = ["add_spec_flags", "spec_from_args"]
+__all__ = ["add_spec_flags", "spec_from_args", "spec_value"]
 
 _SKIP = {"train_options", "fusion_params", "partition_params"}  # tables: --config, or the flags
 
@@ -132,3 +132,8 @@ def spec_from_args(args: argparse.Namespace, base: FederationSpec) -> Federation
         if key.startswith("spec__") and value is not None
     }
     return FederationSpec.from_flat(given, base=spec)
+
+
+def spec_value(spec: FederationSpec, name: str) -> Any:
+    """The value of the flat setting ``name`` (``"learning_rate"``) in ``spec``."""
+    return _lookup(spec.to_dict(), flat_table()[name])
