@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedfuse._settings import Options
+from fedfuse.cli._commands import COMMANDS
 from fedfuse.consensus import (
     CONSENSUS_PARTITIONS,
     FLAT_ALIASES,
@@ -285,10 +286,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser(
-        "consensus",
-        help="decentralized training on a graph of nodes (ECL, gossip, D-PSGD), no aggregator",
-    )
+    run = sub.add_parser("consensus", help=COMMANDS["consensus"].help)
     run.add_argument(
         "--config",
         help="TOML or JSON file of settings, a [consensus] table or top-level names; flags "
@@ -340,9 +338,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_config_flags(run)
     run.set_defaults(func=_cmd_consensus)
 
-    node = sub.add_parser(
-        "node", help="one decentralized node: train and exchange with neighbours over HTTP"
-    )
+    node = sub.add_parser("node", help=COMMANDS["node"].help)
     node.add_argument("--id", type=int, required=True, help="this node's integer id")
     node.add_argument(
         "--graph", help="graph.json written by `fedfuse consensus --processes` (default: none)"

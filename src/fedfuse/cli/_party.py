@@ -11,6 +11,8 @@ import logging
 import socket
 from pathlib import Path
 
+from fedfuse.cli._commands import COMMANDS
+
 __all__ = ["add_parsers"]
 
 
@@ -50,7 +52,7 @@ def _cmd_party(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    party = sub.add_parser("party", help="join a federation as a party and train on local data")
+    party = sub.add_parser("party", help=COMMANDS["party"].help)
     party.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8080")
     party.add_argument("--token", required=True, help="the federation's join token")
     party.add_argument("--data", required=True, help=".npz with x_train, y_train, x_test, y_test")

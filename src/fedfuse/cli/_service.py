@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 from fedfuse._net import is_loopback
+from fedfuse.cli._commands import COMMANDS
 from fedfuse.cli._spec_flags import add_spec_flags, spec_from_args
 from fedfuse.recipes import FederationSpec
 
@@ -116,7 +117,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="run the aggregator service (REST API + party protocol)")
+    serve = sub.add_parser("serve", help=COMMANDS["serve"].help)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument(
         "--port", type=int, default=8080, help="port (0: any free one, printed) (default: 8080)"
@@ -187,7 +188,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(func=_cmd_serve)
 
-    create = sub.add_parser("create", help="create a federation on a running service")
+    create = sub.add_parser("create", help=COMMANDS["create"].help)
     create.add_argument(
         "--server", required=True, help="the service's URL, e.g. http://127.0.0.1:8080"
     )
