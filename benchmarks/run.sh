@@ -31,6 +31,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$python" benchmarks/bench_fedbuff.py "$@"
 "$python" benchmarks/bench_service.py "$@"
 "$python" benchmarks/bench_privacy.py "$@"
+# Backends beside the plain loop and Flower (the shared harness, FL_BENCH_HARNESS), start-up time;
+# both make .venv-bench/ (torch 2.13.0, flwr 1.42.0, this checkout) when it is missing.
+"$python" benchmarks/bench_backends.py "$@"
+"$python" benchmarks/bench_startup.py "$@"
 # The model-type, three-uses and consensus benchmarks have no quick mode: skipped with --quick.
 if [[ " $* " != *" --quick "* ]]; then
     for name in doc2vec personalization ensemble oneshot consensus; do
