@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,14 @@ from fedfuse.federation._privacy import (
     private_fusion,
     server_optimizer,
 )
-from fedfuse.federation._round import RoundResult, evaluate_parties, fold_replies
+from fedfuse.federation._round import (
+    RoundResult,
+    Stopwatch,
+    add_training_time,
+    evaluate_parties,
+    fold_replies,
+    pool_train_seconds,
+)
 from fedfuse.federation._sampling import derive_seed, sample_parties, sampled_count
 from fedfuse.federation._secure_round import secure_round
 from fedfuse.fusion import (
@@ -53,7 +60,15 @@ from fedfuse.fusion import (
     staleness_weight,
 )
 from fedfuse.models import TrainConfig
-from fedfuse.party import Reply, SecureEncoding, SecureReply, Skipped, TaskError, TrainTask
+from fedfuse.party import (
+    Reply,
+    SecureEncoding,
+    SecureReply,
+    Skipped,
+    Task,
+    TaskError,
+    TrainTask,
+)
 from fedfuse.runtime import PartyPool
 from fedfuse.weights import Weights, check_compatible, get_codec
 
@@ -253,6 +268,7 @@ class Federation:
         past ``privacy.max_epsilon`` (``stop_reason`` says so)."""
         step = self.round + 1
         self._check_budget()
+        start, train_before = time.perf_counter(), pool_train_seconds(self.pool)
         result = RoundResult(step, self.weights, self.fusion_state, {})
         sampled = None
         if self.aggregation.mode == "buffered":
@@ -266,10 +282,13 @@ class Federation:
                 seed=self.seed,
                 poisson=self.sampling.poisson,
             )
-        if self.secure.secagg and sampled is None:
-            self._secure_buffer(result, arrivals)
-        elif self.secure.secagg:
-            self._secure_round(result, sampled)
+        if self.secure.secagg:
+            stopwatch = Stopwatch()
+            if sampled is None:
+                self._secure_buffer(result, arrivals, stopwatch)
+            else:
+                self._secure_round(result, sampled, stopwatch)
+            stopwatch.split(result, time.perf_counter() - start)
         else:
             if sampled is not None:
                 tasks = {pid: self._task(step, pid) for pid in sampled}
@@ -283,7 +302,9 @@ class Federation:
                 quorum=self.aggregation.quorum,
                 max_update_norm=self.aggregation.max_update_norm,
                 max_update_ratio=self.aggregation.max_update_ratio,
+                start=start,
             )
+        add_training_time(result, self.pool, train_before)
         self.round = step
         if result.fused:
             self.version += 1
@@ -309,11 +330,13 @@ class Federation:
         self,
         result: RoundResult,
         sampled: list[str],
+        stopwatch: Stopwatch,
         held: dict[str, int] | None = None,
     ) -> None:
         """A secure round with ``sampled``; with ``held`` (buffered: party -> staleness of the
         update it holds), the parties already trained, and each scales its weight by its
-        staleness weight, a public number."""
+        staleness weight, a public number. The time its stages wait for the parties goes
+        into ``stopwatch``."""
         if not sampled:
             result.not_fused = "no party was sampled"
             return
@@ -321,7 +344,7 @@ class Federation:
         exponent = self.aggregation.staleness_exponent
         secure_round(
             result,
-            self.pool,
+            _WaitedPool(self.pool, stopwatch),  # type: ignore[arg-type]
             configs,
             self._encoding(len(sampled)),
             self.fusion,
@@ -337,7 +360,10 @@ class Federation:
         )
 
     def _secure_buffer(
-        self, result: RoundResult, arrivals: Iterator[tuple[str, Reply, int]]
+        self,
+        result: RoundResult,
+        arrivals: Iterator[tuple[str, Reply, int]],
+        stopwatch: Stopwatch,
     ) -> None:
         """Buffered secure aggregation: parties train at their own pace and hold their update;
         once ``buffer_size`` of them hold one, they run one secure round together (and train
@@ -345,7 +371,7 @@ class Federation:
         held: dict[str, int] = {}
         self._holding = held
         try:
-            for pid, reply, staleness in arrivals:
+            for pid, reply, staleness in stopwatch.wrap(arrivals):
                 if isinstance(reply, SecureReply) and reply.stage == "trained":
                     held[pid] = staleness
                     result.participants.append(pid)  # counts the buffer; reset below
@@ -358,7 +384,7 @@ class Federation:
             result.participants = []
             if result.not_fused:  # the buffer did not fill in time: the holders train again
                 return
-            self._secure_round(result, list(held), held)
+            self._secure_round(result, list(held), stopwatch, held)
             result.staleness = [held[p] for p in result.participants]
         finally:
             self._holding = {}
@@ -488,6 +514,9 @@ class Federation:
             "not_fused": result.not_fused,
             "train": result.train_metrics,
             "seconds": result.seconds,
+            "train_seconds": result.train_seconds,
+            "transport_seconds": result.transport_seconds,
+            "fusion_seconds": result.fusion_seconds,
             "skipped": result.skipped,
             "bytes_up": result.bytes_up,
             "bytes_dense": result.bytes_dense,
@@ -544,3 +573,19 @@ class Federation:
             if on_round is not None:
                 on_round(record)
         return self.history
+
+
+class _WaitedPool:
+    """``pool`` whose ``dispatch`` iterators count their waiting into ``stopwatch`` (so a
+    secure round's stages, which dispatch on their own, split their time like a plain one)."""
+
+    def __init__(self, pool: PartyPool, stopwatch: Stopwatch) -> None:
+        self._pool, self._stopwatch = pool, stopwatch
+
+    def dispatch(
+        self, tasks: Mapping[str, Task], timeout: float | None = None
+    ) -> Iterator[tuple[str, Reply]]:
+        return self._stopwatch.wrap(self._pool.dispatch(tasks, timeout=timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)

@@ -30,13 +30,16 @@ from fedfuse.party import (
     TrainTask,
 )
 from fedfuse.runtime import PartyPool
-from fedfuse.weights import Codec, CodecError, Weights, get_codec, num_bytes
+from fedfuse.weights import Codec, CodecError, Weights, get_codec, global_norm, num_bytes
 
 __all__ = [
     "RoundResult",
+    "Stopwatch",
+    "add_training_time",
     "evaluate_parties",
     "fold_replies",
     "fuse_safely",
+    "pool_train_seconds",
     "screen_reply",
     "train_round",
 ]
@@ -44,7 +47,14 @@ __all__ = [
 
 @dataclass
 class RoundResult:
-    """What one training round produced."""
+    """What one training round produced.
+
+    ``seconds`` is the round's wall time, split three ways: ``train_seconds``, the wall-clock
+    share of the parties' training (their summed time over the pool's ``parallelism``);
+    ``fusion_seconds``, the loop's own work (building tasks, screening, decoding, validating
+    and fusing updates); and ``transport_seconds``, the rest (serialization, the network,
+    waiting). Each is >= 0 and they add up to ``seconds``.
+    """
 
     round: int
     weights: Weights
@@ -61,6 +71,61 @@ class RoundResult:
     bytes_dense: int = 0
     staleness: list[int] = field(default_factory=list)
     secure: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    transport_seconds: float = 0.0
+    fusion_seconds: float = 0.0
+
+
+class Stopwatch:
+    """The seconds a loop spends blocked on the iterators it ``wrap``s (``waited``).
+
+    With a pool that trains lazily (``LocalPool``), waiting for the next reply is the party's
+    training and transport; everything else the loop does in that time is its own work.
+    """
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def wrap(self, items: Iterable[Any]) -> Iterator[Any]:
+        """Yield what ``items`` yields, adding the time each ``next`` took to ``waited``."""
+        clock = time.perf_counter
+        iterator = iter(items)
+        while True:
+            begin = clock()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.waited += clock() - begin
+                return
+            self.waited += clock() - begin
+            yield item
+
+    def split(self, result: RoundResult, seconds: float) -> None:
+        """Set ``result``'s wall time to ``seconds``: the part not spent waiting is the
+        loop's own work (``fusion_seconds``), the waiting is transport until
+        ``add_training_time`` moves the training out of it."""
+        result.seconds = seconds
+        result.fusion_seconds = max(0.0, seconds - self.waited)
+        result.transport_seconds = seconds - result.fusion_seconds
+        result.train_seconds = 0.0
+
+
+def pool_train_seconds(pool: object) -> float:
+    """The pool's running total of seconds its parties spent training (``train_seconds``),
+    0 for a pool that does not count them."""
+    return float(getattr(pool, "train_seconds", 0.0) or 0.0)
+
+
+def add_training_time(result: RoundResult, pool: object, train_before: float) -> None:
+    """Move the parties' training out of ``result.transport_seconds`` into
+    ``train_seconds``: the growth of ``pool.train_seconds`` since ``train_before``, over
+    ``pool.parallelism`` parties at once (1 if the pool does not say). Training that ran
+    while the loop did its own work (a parallel pool) cannot be told apart from it and stays
+    counted there, so the three parts still add up to the wall time."""
+    parallelism = getattr(pool, "parallelism", 1) or 1
+    trained = max(0.0, pool_train_seconds(pool) - train_before) / max(int(parallelism), 1)
+    result.train_seconds = min(trained, result.transport_seconds)
+    result.transport_seconds -= result.train_seconds
 
 
 def train_round(
@@ -83,12 +148,13 @@ def train_round(
     The parties' tasks go out through ``pool.dispatch`` and what comes back is folded by
     ``fold_replies`` (see there for validation, quorum and the reasons a round is not fused).
     """
+    start, train_before = time.perf_counter(), pool_train_seconds(pool)
     tasks = {
         pid: TrainTask(round_num, weights, config.with_seed(derive_seed(seed, round_num, pid)))
         for pid in party_ids
     }
     replies = ((pid, reply, 0) for pid, reply in pool.dispatch(tasks, timeout=timeout))
-    return fold_replies(
+    result = fold_replies(
         RoundResult(round_num, weights, fusion_state, {}),
         replies,
         fusion,
@@ -96,7 +162,10 @@ def train_round(
         quorum=quorum,
         max_update_norm=max_update_norm,
         max_update_ratio=max_update_ratio,
+        start=start,
     )
+    add_training_time(result, pool, train_before)
+    return result
 
 
 def fold_replies(
@@ -109,6 +178,7 @@ def fold_replies(
     max_update_norm: float | None = None,
     max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
     expect_delta: bool | None = True,
+    start: float | None = None,
 ) -> RoundResult:
     """Screen ``(party_id, reply, staleness)`` arrivals into ``result`` and fuse the accepted.
 
@@ -120,13 +190,19 @@ def fold_replies(
     when fewer than ``quorum`` updates are accepted (none at all when every party skipped),
     when the fusion cannot fuse what arrived (a ``FusionError``) or when the fused model is not
     finite. No reply ends the round with an exception.
+
+    ``result.seconds`` is the wall time from ``start`` (a ``time.perf_counter()`` value; by
+    default the call) to the end; the time spent waiting for ``replies`` is set apart from
+    the loop's own work (see ``RoundResult`` and ``add_training_time``).
     """
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     weights, fusion_state = result.weights, result.fusion_state
     metrics = WeightedMetrics()
+    stopwatch = Stopwatch()
+    reference_norm = global_norm(weights) if max_update_ratio else None
 
     def accepted() -> Iterator[Update]:
-        for pid, reply, staleness in replies:
+        for pid, reply, staleness in stopwatch.wrap(replies):
             update = screen_reply(
                 pid,
                 reply,
@@ -137,6 +213,7 @@ def fold_replies(
                 max_update_norm=max_update_norm,
                 max_update_ratio=max_update_ratio,
                 expect_delta=expect_delta,
+                reference_norm=reference_norm,
             )
             if update is not None:
                 result.staleness.append(staleness)
@@ -162,7 +239,7 @@ def fold_replies(
             new_weights, new_state = fused
             result.weights, result.fusion_state, result.fused = new_weights, new_state, True
     result.train_metrics = metrics.result()
-    result.seconds = time.perf_counter() - start
+    stopwatch.split(result, time.perf_counter() - start)
     return result
 
 
@@ -198,12 +275,14 @@ def screen_reply(
     max_update_norm: float | None = None,
     max_update_ratio: float | None = DEFAULT_MAX_UPDATE_RATIO,
     expect_delta: bool | None = True,
+    reference_norm: float | None = None,
 ) -> Update | None:
     """Sort one party's reply into ``result`` (failed, skipped, rejected or a participant).
 
     A delta is decoded with ``codec`` before it is validated against ``reference`` (see
     ``validate_update`` for ``max_update_norm``, ``max_update_ratio`` and ``expect_delta``,
-    what the task asked for). A reply the wire could not read (``Malformed``) is rejected with
+    what the task asked for; ``reference_norm``, ``||reference||`` if the caller has it). A
+    reply the wire could not read (``Malformed``) is rejected with
     its reason, like a Skipped reply with a bad count or metrics. Counts the bytes of update
     arrays received (``bytes_up``) and what every party that trained would have sent as dense,
     uncompressed deltas (``bytes_dense``). Returns the decoded update if it is accepted, else
@@ -246,6 +325,7 @@ def screen_reply(
         max_norm=max_update_norm,
         max_ratio=max_update_ratio,
         expect_delta=expect_delta,
+        reference_norm=reference_norm,
     )
     if reason is not None:
         result.rejected[party_id] = reason

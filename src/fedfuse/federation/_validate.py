@@ -84,16 +84,23 @@ def check_update_bounds(max_norm: object, max_ratio: object) -> None:
 
 
 def update_bound(
-    reference: Weights, *, max_norm: float | None = None, max_ratio: float | None = None
+    reference: Weights,
+    *,
+    max_norm: float | None = None,
+    max_ratio: float | None = None,
+    reference_norm: float | None = None,
 ) -> float | None:
     """The largest L2 norm an update of ``reference`` may have, or ``None`` for no bound.
 
     The smaller of ``max_norm`` and ``max_ratio * max(||reference||, UPDATE_NORM_FLOOR)``;
-    ``None`` or 0 turns either off.
+    ``None`` or 0 turns either off. ``reference_norm``: ``||reference||`` when the caller
+    has it already (the round loop measures the global model once per round, not per update).
     """
     bounds = [max_norm] if max_norm else []
     if max_ratio:
-        bounds.append(max_ratio * max(global_norm(reference), UPDATE_NORM_FLOOR))
+        if reference_norm is None:
+            reference_norm = global_norm(reference)
+        bounds.append(max_ratio * max(reference_norm, UPDATE_NORM_FLOOR))
     return min(bounds) if bounds else None
 
 
@@ -104,14 +111,16 @@ def validate_update(
     max_norm: float | None = None,
     max_ratio: float | None = None,
     expect_delta: bool | None = None,
+    reference_norm: float | None = None,
 ) -> str | None:
     """Return why ``update`` must be rejected, or ``None`` if it may be fused.
 
     Checks: a delta or full weights as the task asked (``expect_delta``, when given); a sane
     ``num_examples`` (``check_num_examples``); finite numeric metrics; the same parameter
     names, shapes and dtypes as the global weights; only finite values; and a change of the
-    global model (the delta, or ``weights - reference``) within ``update_bound``. Both bounds
-    are off unless given here; the round loop passes ``DEFAULT_MAX_UPDATE_RATIO`` by default.
+    global model (the delta, or ``weights - reference``) within ``update_bound`` (which
+    ``reference_norm``, ``||reference||``, saves measuring again). Both bounds are off unless
+    given here; the round loop passes ``DEFAULT_MAX_UPDATE_RATIO`` by default.
     """
     if expect_delta is not None and bool(update.is_delta) != expect_delta:
         asked, sent = ("a delta", "full weights") if expect_delta else ("full weights", "a delta")
@@ -123,28 +132,42 @@ def validate_update(
         check_compatible(reference, update.weights)
     except WeightsMismatchError as exc:
         return str(exc)
-    for name, arr in update.weights.items():
-        if not np.isfinite(arr).all():
-            return f"parameter {name!r} contains NaN or infinite values"
-    limit = update_bound(reference, max_norm=max_norm, max_ratio=max_ratio)
+    # One pass over the values for both checks: a sum of squares is finite only if every
+    # entry is (the squares are >= 0, so a NaN or an infinity leaves it NaN or infinite);
+    # only an array whose sum is not finite is searched entry by entry.
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, arr in update.weights.items():
+            squares = _sum_squares(arr)
+            if not math.isfinite(squares) and not np.isfinite(arr).all():
+                return f"parameter {name!r} contains NaN or infinite values"
+            total += squares
+    limit = update_bound(
+        reference, max_norm=max_norm, max_ratio=max_ratio, reference_norm=reference_norm
+    )
     if limit is not None:
-        norm = _change_norm(update, reference)
+        norm = _change_norm(update, reference, total)
         if not norm <= limit:
             return f"update norm {norm:.4g} exceeds the limit {limit:.4g}"
     return None
 
 
-def _change_norm(update: Update, reference: Weights) -> float:
-    """``||delta||``, or ``||weights - reference||`` for full weights."""
+def _sum_squares(arr: np.ndarray) -> float:
+    """One array's sum of squares in its own dtype, as ``global_norm`` adds them."""
+    flat = arr.ravel()
+    return float(np.dot(flat, flat)) if flat.dtype.kind == "f" else float(np.sum(flat**2))
+
+
+def _change_norm(update: Update, reference: Weights, squares: float) -> float:
+    """``||delta||`` (``squares``: its sum of squares, in float32 for float32 arrays), or
+    ``||weights - reference||`` for full weights."""
     if not update.is_delta:
         return _norm64(
             np.subtract(update.weights[name], ref, dtype=np.float64)
             for name, ref in reference.items()
         )
-    with np.errstate(over="ignore"):
-        norm = global_norm(update.weights)
     # float32 squares overflow from about 1e19 per entry: then measure again in float64
-    return norm if math.isfinite(norm) else _norm64(update.weights.values())
+    return squares**0.5 if math.isfinite(squares) else _norm64(update.weights.values())
 
 
 def _norm64(arrays: Iterable[np.ndarray]) -> float:
