@@ -51,14 +51,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Any
-
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+from typing import TYPE_CHECKING, Any
 
 from fedfuse._quiet import quiet_rdp
 from fedfuse.fusion import tree_levels
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 __all__ = [
     "PLD_DISCRETIZATION",
@@ -69,7 +68,17 @@ __all__ = [
 
 ACCOUNTANTS = ("pld", "rdp")
 SAMPLINGS = ("poisson", "fixed", "none")
-_Relation = dp_accounting.NeighboringRelation
+
+
+@functools.cache
+def _dp() -> Any:
+    """dp-accounting, imported on first use: it pulls in scipy (about 0.9 s), which a
+    federation without differential privacy never needs."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant  # noqa: F401  (loads dp.pld.*)
+    from dp_accounting.rdp import rdp_privacy_accountant  # noqa: F401  (loads dp.rdp.*)
+
+    return dp_accounting
 
 
 def _number(key: str, value: object, low: float, high: float = math.inf) -> float:
@@ -233,21 +242,21 @@ class PrivacyAccountant:
     def _gaussian(self, z: float) -> dp_accounting.DpEvent:
         # Replace-one doubles the sum's sensitivity (see the module docstring).
         z = z / 2 if self.sampling == "fixed" else z
-        return dp_accounting.GaussianDpEvent(z) if z > 0 else dp_accounting.NonPrivateDpEvent()
+        return _dp().GaussianDpEvent(z) if z > 0 else _dp().NonPrivateDpEvent()
 
     def _event(self, run: dict[str, Any]) -> dp_accounting.DpEvent:
         z = effective_noise_multiplier(run["noise_multiplier"], run["count_stddev"])
         if z == 0:
-            return dp_accounting.NonPrivateDpEvent()
+            return _dp().NonPrivateDpEvent()
         if self.sampling == "fixed":
-            event = dp_accounting.SampledWithoutReplacementDpEvent(
+            event = _dp().SampledWithoutReplacementDpEvent(
                 self.population, run["sample_size"], self._gaussian(z)
             )
         elif self.sampling == "poisson" and run["sample_rate"] < 1:
-            event = dp_accounting.PoissonSampledDpEvent(run["sample_rate"], self._gaussian(z))
+            event = _dp().PoissonSampledDpEvent(run["sample_rate"], self._gaussian(z))
         else:
             event = self._gaussian(z)
-        return dp_accounting.SelfComposedDpEvent(event, run["count"])
+        return _dp().SelfComposedDpEvent(event, run["count"])
 
     @staticmethod
     def _tree_multiplier(t: dict[str, Any]) -> float:
@@ -258,7 +267,7 @@ class PrivacyAccountant:
         events = [self._event(run) for run in self._runs]
         if self._tree is not None:
             events.append(self._gaussian(self._tree_multiplier(self._tree)))
-        return dp_accounting.ComposedDpEvent(events)
+        return _dp().ComposedDpEvent(events)
 
     def _plain_gaussian(self) -> float | None:
         """The one Gaussian's noise multiplier that everything recorded composes to, when no
@@ -291,25 +300,23 @@ class PrivacyAccountant:
         if plain is not None:
             # Composed Gaussians are one Gaussian: its exact epsilon, where a PLD of a
             # large-epsilon Gaussian is slow (seconds) and a little pessimistic.
-            return (
-                math.inf if plain == 0 else float(dp_accounting.get_epsilon_gaussian(plain, delta))
-            )
+            return math.inf if plain == 0 else float(_dp().get_epsilon_gaussian(plain, delta))
         if self.method == "pld":
             epsilon = self._pld_epsilon(delta, PLD_DISCRETIZATION)
             if epsilon < PLD_REFINE_BELOW:
                 epsilon = self._pld_epsilon(delta, _PLD_DEFAULT_GRID)
             return epsilon
-        relation = _Relation.REPLACE_ONE if self.sampling == "fixed" else None
-        acc = rdp_privacy_accountant.RdpAccountant(
-            neighboring_relation=relation or _Relation.ADD_OR_REMOVE_ONE
+        relation = _dp().NeighboringRelation.REPLACE_ONE if self.sampling == "fixed" else None
+        acc = _dp().rdp.rdp_privacy_accountant.RdpAccountant(
+            neighboring_relation=relation or _dp().NeighboringRelation.ADD_OR_REMOVE_ONE
         )
         with quiet_rdp():
             acc.compose(self.dp_event())
             return float(acc.get_epsilon(delta))
 
     def _pld_epsilon(self, delta: float, grid: float) -> float:
-        acc = pld_privacy_accountant.PLDAccountant(
-            _Relation.ADD_OR_REMOVE_ONE, value_discretization_interval=grid
+        acc = _dp().pld.pld_privacy_accountant.PLDAccountant(
+            _dp().NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=grid
         )
         acc.compose(self.dp_event())
         return float(acc.get_epsilon(delta))
