@@ -42,12 +42,13 @@ def check_compatible(reference: Mapping[str, np.ndarray], other: Mapping[str, np
 
     Names must be the same set; each array must have the reference's shape and dtype.
     """
-    missing = sorted(set(reference) - set(other))
-    unexpected = sorted(set(other) - set(reference))
-    if missing or unexpected:
-        raise WeightsMismatchError(
-            f"parameter names differ: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    if reference.keys() != other.keys():  # (cheap, and this runs for every update)
+        missing = sorted(set(reference) - set(other))
+        unexpected = sorted(set(other) - set(reference))
+        if missing or unexpected:
+            raise WeightsMismatchError(
+                f"parameter names differ: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
     for name, ref in reference.items():
         arr = other[name]
         if arr.shape != ref.shape:
