@@ -125,3 +125,10 @@ def test_private_federation():
     for name in plain.weights:  # the sum it never saw, to within the quantization step
         np.testing.assert_allclose(secure.weights[name], plain.weights[name], atol=1e-5)
     assert all(len(r["participants"]) == 8 for r in secure.history)
+
+
+def test_backends():
+    runs = _load("backends.py")["main"](num_parties=40, rounds=3)
+    assert runs["processes"]["max_weight_gap"] == 0  # bit for bit
+    assert runs["cohort"]["max_weight_gap"] <= 1e-5  # CohortPool's documented tolerance
+    assert all(run["accuracy"] > 0.3 for run in runs.values())  # 10 classes: chance is 0.1
