@@ -2,12 +2,14 @@
 
 ``RayPool`` makes one actor per shard of parties (see ``ShardedPool``), spread over the nodes of
 the cluster. An actor receives its parties once, when it is created (their data and a copy of
-the model: Ray serializes them with cloudpickle), sets torch to ``threads`` threads and answers
-their tasks one after another. The global model a round sends is put in Ray's object store once
-(``ray.put``) and handed to every actor by reference, so a node fetches it once and its actors
-read it without a copy; each task is one remote call, so each reply comes back as soon as its
-party is done, and the round loop folds it in the order of the tasks (the same fold, bit for
-bit, as in one process).
+the model, pickled with Ray's cloudpickle on Ray's own channel between this process and the
+actors it started; nothing from elsewhere is unpickled), sets torch to ``threads`` threads and
+answers their tasks one after another. The global model a round sends is put in Ray's object
+store once (``ray.put``) and handed to every actor by reference, so a node fetches it once and
+its actors read it without a copy (read-only: a party loads it into its model, never writes
+it); each task is one remote call, so each reply comes back as soon as its party is done, and
+the round loop folds it in the order of the tasks (the same fold, bit for bit, as in one
+process).
 
 Without an address the pool starts a Ray of its own on this machine, bound to 127.0.0.1, with
 usage statistics and the dashboard off, and shuts it down on ``close()``. With one
@@ -109,11 +111,13 @@ def _connect(address: str, workers: int) -> bool:
 class _Shard:
     """A Ray actor's body: one shard's parties, answering their tasks one after another."""
 
-    def __init__(self, parties: dict[str, Party], threads: int) -> None:
+    def __init__(self, parties: bytes, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.parties = parties
+        # pickled by the pool (not handed over by Ray as they are): arrays Ray hands over are
+        # read-only views of its store, and a party may train on its data as it likes
+        self.parties: dict[str, Party] = _import_ray().cloudpickle.loads(parties)
 
     def node(self) -> str:
         """The id of the Ray node this actor runs on."""
@@ -201,7 +205,7 @@ class RayPool(ShardedPool):
         return dict(zip(live, ids, strict=True))
 
     def _start_actor(self, shard: int) -> Any:
-        parties = self._ray.put(self.shard_parties(shard))
+        parties = self._ray.cloudpickle.dumps(self.shard_parties(shard))
         return self._actor_class.options(scheduling_strategy="SPREAD").remote(parties, self.threads)
 
     def _weights_ref(self, weights: Any) -> Any:
