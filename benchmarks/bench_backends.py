@@ -621,19 +621,17 @@ def _configs(quick: bool, ray: bool) -> tuple[list[Config], tuple[str, str], str
     probe_data = ("--hidden", "1000", "--test-samples", "1000", "--train-samples")
     if quick:  # one mlp and one logreg config, Flower only on the first
         small = ("--train-samples", "6000", "--test-samples", "1000")
-        configs = [
+        mlp, logreg = (
             Config(20, 2, "mlp", with_ray, small),
             Config(200, 2, "logreg", everyone[:-1], small),
-            Config(10, 2, "mlp", probe_runners, (*probe_data, "320"), "probe"),
-        ]
-    else:
-        configs = [
-            Config(10, 5, "mlp", everyone),
-            Config(100, 3, "mlp", with_ray),
-            Config(1000, 2, "logreg", everyone),
-            Config(100, 3, "mlp", probe_runners, (*probe_data, "3200"), "probe"),
-        ]
-    return configs, (configs[-3].name, configs[-2].name), configs[-1].name
+        )
+        probe = Config(10, 2, "mlp", probe_runners, (*probe_data, "320"), "probe")
+        configs = [mlp, logreg, probe]
+    else:  # the configs the targets are read from first, should the matrix be cut short
+        mlp, logreg = Config(100, 3, "mlp", with_ray), Config(1000, 2, "logreg", everyone)
+        probe = Config(100, 3, "mlp", probe_runners, (*probe_data, "3200"), "probe")
+        configs = [mlp, logreg, probe, Config(10, 5, "mlp", everyone)]
+    return configs, (mlp.name, logreg.name), probe.name
 
 
 def main() -> None:
