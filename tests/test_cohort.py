@@ -274,3 +274,19 @@ def test_clock_and_buffered_tasks_are_local_pool_s():
 def test_cohort_size_must_be_a_count(size):
     with pytest.raises(ValueError, match="cohort_size"):
         CohortPool({}, cohort_size=size)
+
+
+def test_a_party_s_bad_data_fails_that_party_not_the_model():
+    fed = _federation(sizes=(9, 16, 5))
+    bad = PartyData(ArrayDataset(fed["p1"].train.x, np.full(16, CLASSES)))  # labels out of range
+    adapter = _adapter()
+    parties = {pid: Party(adapter, bad if pid == "p1" else fed[pid], pid) for pid in fed}
+    pool = CohortPool(parties)
+    tasks = {pid: TrainTask(1, adapter.get_weights(), PLAIN.with_seed(1)) for pid in parties}
+    replies = dict(pool.dispatch(tasks))
+    assert isinstance(replies["p1"], TaskError)
+    assert isinstance(replies["p0"], Update) and isinstance(replies["p2"], Update)
+    assert "vectorized path failed" in pool.fallback_reason and pool.fell_back == 3
+    del tasks["p1"]
+    assert all(isinstance(reply, Update) for _, reply in pool.dispatch(tasks))
+    assert pool.vectorized == 2

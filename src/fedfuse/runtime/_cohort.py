@@ -90,8 +90,8 @@ class CohortPool:
         parties: party id -> party (``Party`` objects on a ``TorchAdapter`` are vectorized;
             anything else with ``handle(task) -> reply`` runs sequentially).
         task_seconds: simulated seconds per task, as in ``LocalPool``.
-        cohort_size: parties per cohort; 0 picks one from the model's size and the batch size
-            (at most about 64 MiB of stacked weights and batches, at most 1024 parties).
+        cohort_size: parties per cohort; 0 fills each cohort up to about 64 MiB of stacked
+            weights, batches and batch plans (at most 1024 parties).
 
     Attributes:
         vectorized: how many train tasks ran in a cohort.
@@ -200,15 +200,23 @@ class CohortPool:
                 i += 1
                 continue
             config = items[i][1].config
-            limit = self.cohort_size or self._auto_size(adapter, items[i][0], config)
+            params = sum(p.numel() for p in adapter.module.parameters())
+            room = _AUTO_BYTES - self._bytes(params, *items[i])
             j = i + 1
-            while j < len(items) and j - i < limit and plans[j][0] is adapter:
+            while j < len(items) and plans[j][0] is adapter:
                 other = items[j][1].config
                 if (other.learning_rate, other.proximal_mu) != (
                     config.learning_rate,
                     config.proximal_mu,
                 ):
                     break
+                if self.cohort_size:
+                    if j - i >= self.cohort_size:
+                        break
+                else:
+                    room -= self._bytes(params, *items[j])
+                    if room < 0 or j - i >= _AUTO_MAX:
+                        break
                 j += 1
             yield from self._cohort(adapter, items[i:j], round_start, deadline)
             i = j
@@ -332,13 +340,14 @@ class CohortPool:
             self._verdicts[id(adapter)] = cached
         return cached[1]
 
-    def _auto_size(self, adapter: TorchAdapter, party_id: str, config: TrainConfig) -> int:
-        """Parties per cohort so that weights (about 5 copies: weights, start, gradient, update,
-        autograd) and one step's batch (with room for activations) fit ``_AUTO_BYTES``."""
-        params = sum(p.numel() for p in adapter.module.parameters())
-        row = math.prod(self._parties[party_id].data.train.x.shape[1:])
-        per_party = 4 * (5 * params + 3 * config.batch_size * row)
-        return max(1, min(_AUTO_MAX, _AUTO_BYTES // max(per_party, 1)))
+    def _bytes(self, params: int, party_id: str, task: TrainTask) -> int:
+        """About what one party adds to an automatic cohort: its weights (about 5 copies:
+        weights, start, gradient, update, autograd), its share of a step's batch (with room for
+        activations) and its batch plan."""
+        data, config = self._parties[party_id].data.train, task.config
+        row = math.prod(data.x.shape[1:])
+        steps = config.epochs * math.ceil(len(data) / config.batch_size)
+        return 4 * (5 * params + 3 * config.batch_size * row) + 9 * steps * config.batch_size
 
 
 def _model_refusal(adapter: TorchAdapter) -> str:
