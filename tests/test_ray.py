@@ -107,16 +107,21 @@ def test_a_buffered_ray_run_equals_the_in_process_run(connected):
 
 
 @pytest.mark.slow
-def test_actors_spread_over_both_nodes_all_on_127_0_0_1(connected):
+def test_actors_spread_over_both_nodes_all_on_127_0_0_1(connected, monkeypatch):
     from fedfuse.runtime._ray import RayPool
 
     nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     assert set(nodes.values()) == {"127.0.0.1"}
+    put = ray.put
+    puts = []
+    monkeypatch.setattr(ray, "put", lambda value: puts.append(value) or put(value))
     with RayPool({f"p{i}": Party(i) for i in range(5)}, address=connected.address) as pool:
         assert pool.parallelism == 2  # workers=0: one actor per CPU of the cluster
         assert set(pool.nodes().values()) == set(nodes)
-        replies = dict(pool.dispatch(_tasks(1, pool.party_ids())))
+        tasks = _tasks(1, pool.party_ids())
+        replies = dict(pool.dispatch(tasks))
     assert replies == {f"p{i}": Evaluation(i, {"sum": 6.0}) for i in range(5)}
+    assert len(puts) == 1 and puts[0] is tasks["p0"].weights  # the model, once for all
     with pytest.raises(ValueError, match="workers=3, but the Ray cluster has 2 CPUs"):
         RayPool({"a": Party(0)}, workers=3)
 
@@ -171,3 +176,12 @@ def test_without_ray_the_backend_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'fedfuse\[ray\]'"):
         RayPool({"a": Party(0)})
+
+
+def test_bad_settings_are_refused_before_ray_starts():
+    from fedfuse.runtime._ray import RayPool
+
+    with pytest.raises(ValueError, match="need workers >= 0 and threads >= 1, got -1, 1"):
+        RayPool({"a": Party(0)}, workers=-1)
+    with pytest.raises(ValueError, match="got 0, 0"):
+        RayPool({"a": Party(0)}, threads=0)

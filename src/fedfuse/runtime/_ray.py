@@ -161,6 +161,12 @@ class RayPool(ShardedPool):
     ) -> None:
         if workers < 0 or threads < 1:
             raise ValueError(f"need workers >= 0 and threads >= 1, got {workers}, {threads}")
+        self.threads = threads
+        self.actors: list[Any] = []  # one Ray actor handle per shard (None: not started)
+        self._dead: dict[int, str] = {}
+        self._pending: dict[Any, tuple[int, int, Any]] = {}  # ref -> (sequence, shard, actor)
+        self._ready: list[Arrival] = []  # errors decided here, delivered like replies
+        self._put: tuple[Any, Any] | None = None  # (weights, object ref) of the last ray.put
         self._ray = _import_ray()
         self._started_ray = _connect(address, workers)
         try:
@@ -170,18 +176,11 @@ class RayPool(ShardedPool):
                     f"workers={workers}, but the Ray cluster has {cpus} CPUs (each actor takes one)"
                 )
             super().__init__(parties, workers or max(cpus, 1), task_seconds)
+            self._actor_class = self._ray.remote(num_cpus=1)(_Shard)
+            self.actors = [self._start_actor(shard) for shard in range(self.parallelism)]
         except BaseException:
-            self._disconnect()
+            self.close()
             raise
-        self.threads = threads
-        self._actor_class = self._ray.remote(num_cpus=1)(_Shard)
-        self.actors: list[Any] = [None] * self.parallelism  # one Ray actor handle per shard
-        self._dead: dict[int, str] = {}
-        self._pending: dict[Any, tuple[int, int, Any]] = {}  # ref -> (sequence, shard, actor)
-        self._ready: list[Arrival] = []  # errors decided here, delivered like replies
-        self._put: tuple[Any, Any] | None = None  # (weights, object ref) of the last ray.put
-        for shard in range(self.parallelism):
-            self.actors[shard] = self._start_actor(shard)
 
     @classmethod
     def from_dataset(
@@ -269,7 +268,7 @@ class RayPool(ShardedPool):
 
     def close(self) -> None:
         """Kill the actors; disconnect from Ray (shutting down a Ray this pool started)."""
-        actors, self.actors = self.actors, [None] * self.parallelism
+        actors, self.actors = self.actors, [None] * len(self.actors)
         for actor in actors:
             if actor is not None:
                 with contextlib.suppress(Exception):
