@@ -217,7 +217,7 @@ def test_evaluation_party_subclasses_and_unknown_parties_go_one_by_one_in_task_o
     tasks["p4"] = EvaluateTask(1, weights)
     tasks["ghost"] = train
     local = list(LocalPool(parties).dispatch(tasks))
-    pool = CohortPool(parties)
+    pool = CohortPool(parties, cohort_size=10)  # p3 alone is a cohort of one
     replies = list(pool.dispatch(tasks))
     assert [pid for pid, _ in replies] == list(tasks)
     assert replies[-1] == ("ghost", TaskError("unknown party 'ghost'")) == local[-1]
@@ -290,3 +290,14 @@ def test_a_party_s_bad_data_fails_that_party_not_the_model():
     del tasks["p1"]
     assert all(isinstance(reply, Update) for _, reply in pool.dispatch(tasks))
     assert pool.vectorized == 2
+
+
+def test_an_automatic_cohort_of_one_party_trains_sequentially():
+    fed, adapter = _federation(sizes=(9, 16, 5)), _adapter()
+    weights = adapter.get_weights()
+    tasks = {"p0": TrainTask(1, weights, PLAIN.with_seed(1)), "p1": EvaluateTask(1, weights)}
+    tasks["p2"] = TrainTask(1, weights, PLAIN.with_seed(2))
+    local, sequential, pool = _both(fed, adapter, tasks)
+    _assert_identical(local, sequential)
+    assert (pool.vectorized, pool.fell_back) == (0, 3)
+    assert pool.fallback_reason == "a cohort of one party trains faster one by one"

@@ -91,7 +91,9 @@ class CohortPool:
             anything else with ``handle(task) -> reply`` runs sequentially).
         task_seconds: simulated seconds per task, as in ``LocalPool``.
         cohort_size: parties per cohort; 0 fills each cohort up to about 64 MiB of stacked
-            weights, batches and batch plans (at most 1024 parties).
+            weights, batches and batch plans (at most 1024 parties) and trains a party that
+            would be a cohort of its own (say, between two evaluation tasks, or with an adapter
+            of its own) sequentially.
 
     Attributes:
         vectorized: how many train tasks ran in a cohort.
@@ -218,7 +220,11 @@ class CohortPool:
                     if room < 0 or j - i >= _AUTO_MAX:
                         break
                 j += 1
-            yield from self._cohort(adapter, items[i:j], round_start, deadline)
+            if j - i == 1 and not self.cohort_size:  # vmap costs more than it saves for one
+                self.fallback_reason = "a cohort of one party trains faster one by one"
+                yield items[i][0], self._sequential(*items[i], round_start, deadline)
+            else:
+                yield from self._cohort(adapter, items[i:j], round_start, deadline)
             i = j
 
     def _sequential(
