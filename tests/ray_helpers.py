@@ -172,7 +172,7 @@ def local_cluster() -> Iterator[LocalCluster]:
             cluster.stop()
 
 
-class Party:
+class ScriptedParty:
     """Answers an evaluation with its own number; ``fail`` raises, ``stall`` waits a long time,
     in the rounds they name."""
 

@@ -21,7 +21,7 @@ from fedfuse.party import EvaluateTask, Evaluation, TaskError
 from ray_helpers import (
     START_SECONDS,
     LocalCluster,
-    Party,
+    ScriptedParty,
     local_cluster,
     reset_auth,
     wait_for_nodes,
@@ -115,7 +115,7 @@ def test_actors_spread_over_both_nodes_all_on_127_0_0_1(connected, monkeypatch):
     put = ray.put
     puts = []
     monkeypatch.setattr(ray, "put", lambda value: puts.append(value) or put(value))
-    with RayPool({f"p{i}": Party(i) for i in range(5)}, address=connected.address) as pool:
+    with RayPool({f"p{i}": ScriptedParty(i) for i in range(5)}, address=connected.address) as pool:
         assert pool.parallelism == 2  # workers=0: one actor per CPU of the cluster
         assert set(pool.nodes().values()) == set(nodes)
         tasks = _tasks(1, pool.party_ids())
@@ -123,7 +123,7 @@ def test_actors_spread_over_both_nodes_all_on_127_0_0_1(connected, monkeypatch):
     assert replies == {f"p{i}": Evaluation(i, {"sum": 6.0}) for i in range(5)}
     assert len(puts) == 1 and puts[0] is tasks["p0"].weights  # the model, once for all
     with pytest.raises(ValueError, match="workers=3, but the Ray cluster has 2 CPUs"):
-        RayPool({"a": Party(0)}, workers=3)
+        RayPool({"a": ScriptedParty(0)}, workers=3)
 
 
 @pytest.mark.slow
@@ -131,8 +131,13 @@ def test_a_failing_party_and_a_killed_actor_cost_only_their_own_tasks(connected)
     from fedfuse.runtime._ray import RayPool
 
     # p0, p2 on actor 0; p1, p3 on actor 1. Round 1: p1 stalls and its actor is killed.
-    # Round 2: p2 raises. Round 3: everyone answers, actor 1 made afresh.
-    parties = {"p0": Party(0), "p1": Party(1, stall=1), "p2": Party(2, fail=2), "p3": Party(3)}
+    # Round 2: a fresh actor 1 answers, p2 raises. Round 3: everyone answers.
+    parties = {
+        "p0": ScriptedParty(0),
+        "p1": ScriptedParty(1, stall=1),
+        "p2": ScriptedParty(2, fail=2),
+        "p3": ScriptedParty(3),
+    }
     with RayPool(parties, workers=2) as pool:
         first = pool.dispatch(_tasks(1, parties))
         assert next(first) == ("p0", Evaluation(0, {"sum": 6.0}))
@@ -158,7 +163,7 @@ def test_a_pool_without_an_address_starts_and_stops_its_own_ray_on_127_0_0_1(clu
     from fedfuse.runtime._ray import RayPool
 
     ray.shutdown()
-    with RayPool({"a": Party(0), "b": Party(1)}, workers=1) as pool:
+    with RayPool({"a": ScriptedParty(0), "b": ScriptedParty(1)}, workers=1) as pool:
         [node] = [n for n in ray.nodes() if n["Alive"]]
         assert node["NodeManagerAddress"] == "127.0.0.1"
         assert ray.cluster_resources()["CPU"] == 1  # its own Ray: one CPU per worker
@@ -175,13 +180,13 @@ def test_without_ray_the_backend_says_how_to_install_it(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install 'fedfuse\[ray\]'"):
-        RayPool({"a": Party(0)})
+        RayPool({"a": ScriptedParty(0)})
 
 
 def test_bad_settings_are_refused_before_ray_starts():
     from fedfuse.runtime._ray import RayPool
 
     with pytest.raises(ValueError, match="need workers >= 0 and threads >= 1, got -1, 1"):
-        RayPool({"a": Party(0)}, workers=-1)
+        RayPool({"a": ScriptedParty(0)}, workers=-1)
     with pytest.raises(ValueError, match="got 0, 0"):
-        RayPool({"a": Party(0)}, threads=0)
+        RayPool({"a": ScriptedParty(0)}, threads=0)
