@@ -15,6 +15,7 @@ from fedfuse.federation import Federation
 from fedfuse.fusion import Update
 from fedfuse.models import TorchAdapter, TrainConfig, build_model
 from fedfuse.party import EvaluateTask, Party, TaskError, TrainTask
+from fedfuse.runtime import _cohort
 from fedfuse.runtime._cohort import CohortPool
 from fedfuse.runtime._local import LocalPool
 
@@ -301,3 +302,12 @@ def test_an_automatic_cohort_of_one_party_trains_sequentially():
     _assert_identical(local, sequential)
     assert (pool.vectorized, pool.fell_back) == (0, 3)
     assert pool.fallback_reason == "a cohort of one party trains faster one by one"
+
+
+def test_a_config_setting_it_does_not_know_sends_the_task_the_sequential_way(monkeypatch):
+    monkeypatch.setattr(_cohort, "_UNDERSTOOD", _cohort._UNDERSTOOD - {"share_label_counts"})
+    fed, adapter = _federation(sizes=(9, 16, 5)), _adapter()
+    config = TrainConfig(batch_size=BATCH, share_label_counts=True)
+    local, sequential, pool = _both(fed, adapter, _tasks(fed, adapter.get_weights(), config))
+    _assert_identical(local, sequential)
+    assert pool.fallback_reason == "share_label_counts=True is not vectorized"

@@ -49,6 +49,7 @@ the last fallback happened.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -72,6 +73,30 @@ __all__ = ["CohortPool"]
 
 _AUTO_BYTES = 64 * 2**20  # what an automatic cohort may hold in stacked weights and batches
 _AUTO_MAX = 1024
+# The TrainConfig fields the vectorized path honours or refuses to vectorize; any other field
+# set away from its default sends the task the sequential way.
+_UNDERSTOOD = frozenset(
+    [
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "learning_rate",
+        "seed",
+        "proximal_mu",
+        "compression",
+        "topk_fraction",
+        "error_feedback",
+        "skip_relative_norm",
+        "skip_cosine",
+        "skip_cosine_to",
+        "max_consecutive_skips",
+        "count_examples",
+        "share_label_counts",
+        "dp_sgd_noise_multiplier",
+        "dp_sgd_max_grad_norm",
+        "dp_sgd_seeded_noise",
+    ]
+)
 
 
 class CohortPool:
@@ -396,6 +421,9 @@ def _config_refusal(config: TrainConfig) -> str:
         return f"compression {config.compression!r} is not vectorized"
     if config.skip_relative_norm > 0 or config.skip_cosine is not None:
         return "skipping (skip_relative_norm, skip_cosine) is not vectorized"
+    for field in dataclasses.fields(config):  # a setting added after this module was written
+        if field.name not in _UNDERSTOOD and getattr(config, field.name) != field.default:
+            return f"{field.name}={getattr(config, field.name)!r} is not vectorized"
     return ""
 
 
