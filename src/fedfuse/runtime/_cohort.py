@@ -453,7 +453,7 @@ def _train_cohort(adapter: TorchAdapter, cohort: Sequence[tuple[Party, TrainTask
     start = _stacked_weights(names, tasks)
     weights = {name: t.clone(memory_format=torch.contiguous_format) for name, t in start.items()}
     k, steps, width = plan.rows.shape
-    batch = torch.empty((k, width, *plan.xs[0].shape[1:]))
+    batch = torch.empty((k, width, *plan.xs[0].shape[1:]), dtype=torch.float32)
     losses = torch.zeros(k, steps)
     correct = torch.zeros(k, dtype=torch.int64)
 
