@@ -34,16 +34,17 @@ QUIET = {"centralized": False, "federated_eval": False}
 RUN = {"rounds": 2, "num_parties": 4, "dataset": "digits", "seed": 3, **QUIET}
 
 
-def _connect(address: str) -> None:
+def _connect(cluster: LocalCluster) -> None:
     from fedfuse.runtime._ray import loopback
 
     deadline = time.monotonic() + START_SECONDS
     while True:
         try:
             with loopback():
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=cluster.address, log_to_driver=False)
             return
         except ConnectionError:  # the head's GCS is not up yet
+            cluster.check_running()
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
@@ -56,7 +57,7 @@ def cluster():
             env.setenv(name, value)
         reset_auth()  # Ray read its token settings when imported: read the cluster's
         try:
-            _connect(started.address)
+            _connect(started)
             wait_for_nodes(started, 2)
         except Exception as exc:
             pytest.fail(f"the test Ray cluster did not start: {exc}\n{started.log_tail()}")
@@ -71,7 +72,7 @@ def cluster():
 @pytest.fixture
 def connected(cluster: LocalCluster) -> LocalCluster:
     if not ray.is_initialized():
-        _connect(cluster.address)
+        _connect(cluster)
     return cluster
 
 
