@@ -269,6 +269,7 @@ PUBLIC_API = [
             "PendingTask",
             "ProcessPool",
             "ProtocolError",
+            "RayPool",
             "RemotePool",
             "ShardedPool",
             "UnexpectedReplyError",

@@ -12,6 +12,7 @@ from fedfuse.runtime._base import PartyPool
 from fedfuse.runtime._cohort import CohortPool
 from fedfuse.runtime._local import LocalPool, MockPool, spread_task_seconds
 from fedfuse.runtime._processes import ProcessPool, available_cores
+from fedfuse.runtime._ray import RayPool
 from fedfuse.runtime._remote import PendingTask, RemotePool, UnexpectedReplyError
 from fedfuse.runtime._sharded import ShardedPool
 from fedfuse.runtime._wire import (
@@ -54,6 +55,7 @@ __all__ = [
     "PendingTask",
     "ProcessPool",
     "ProtocolError",
+    "RayPool",
     "RemotePool",
     "ShardedPool",
     "UnexpectedReplyError",
