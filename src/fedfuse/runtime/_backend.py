@@ -31,7 +31,8 @@ class Backend(Settings):
 
     ``workers``: worker processes (``processes``) or actors (``ray``); 0 is one per CPU core this
     process may use (``processes``) or per CPU of the Ray cluster (``ray``). ``threads``: torch
-    threads in each worker (1: the workers share the cores between them). ``ray_address``: an
+    threads in each worker (1: the workers share the cores between them); ``fedfuse simulate``
+    also runs its own process's torch with that many. ``ray_address``: an
     existing cluster to join (``"auto"``, ``"10.0.0.5:6379"``, ``"ray://head:10001"``); empty
     starts a local Ray bound to 127.0.0.1. ``cohort_size``: parties trained at once by the
     cohort backend (0: chosen from the model's size).
