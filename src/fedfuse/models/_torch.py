@@ -236,7 +236,8 @@ class TorchAdapter:
             logits, targets = [], []
             for idx in epoch_batches():
                 optimizer.zero_grad(set_to_none=True)
-                if len(idx) == 0:  # only DP-SGD's Poisson sampling draws empty batches
+                size = idx.numel()  # (a tensor's len() is Python code, numel() is not)
+                if size == 0:  # only DP-SGD's Poisson sampling draws empty batches
                     noise_only_step(optimizer)
                     continue
                 out, target = self.module(x[idx]), y[idx]
@@ -245,8 +246,8 @@ class TorchAdapter:
                 if pull is not None:
                     pull()
                 optimizer.step()
-                loss_sum += loss.item() * len(idx)
-                seen += len(idx)
+                loss_sum += loss.item() * size
+                seen += size
                 logits.append(out.detach())
                 targets.append(target)
             classified = classified and (not logits or logits[0].ndim == 2)
