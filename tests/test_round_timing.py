@@ -20,6 +20,7 @@ from fedfuse.federation import (
     Sampling,
     SecureAggregation,
     train_round,
+    validate_update,
 )
 from fedfuse.federation._round import RoundResult, Stopwatch, add_training_time
 from fedfuse.fusion import FusionTransform, Update, chain, fedavg, stateless
@@ -222,3 +223,44 @@ def test_torch_parties_secure_and_buffered_rounds_record_the_split(mode):
             assert record["fused"], record["not_fused"]
             _assert_split(record)  # a secure round's wall time is measured too
             assert record["train_seconds"] > 0
+
+
+# ---- the per-party shortcuts keep every check (issue 12: per-party overhead) --------------
+def test_a_fit_after_a_valid_config_still_refuses_a_bad_one():
+    adapter = TorchAdapter(mlp((5,), 3, hidden=(4,)))
+    data = blobs(20)
+    good = TrainConfig(learning_rate=0.1)
+    adapter.fit(data, good.with_seed(1))
+    adapter.fit(data, good.with_seed(2))  # the same objects but the seed: not checked again
+    bad = [
+        good.with_seed(-1),
+        good.with_seed(True),
+        TrainConfig(learning_rate=0.1, epochs=1.0),  # 1.0 == 1, but not an integer
+        TrainConfig(learning_rate=True),
+        TrainConfig(learning_rate=0.1, optimizer="nope"),
+    ]
+    for config in bad:
+        with pytest.raises(ValueError):
+            adapter.fit(data, config)
+    assert adapter.fit(data, good.with_seed(3))["loss"] > 0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (np.nan, "parameter 'b' contains NaN or infinite values"),
+        (np.inf, "parameter 'b' contains NaN or infinite values"),
+        (1e20, "update norm 1.732e+20 exceeds the limit 100"),  # float32 squares overflow
+        (1e3, "update norm 1732 exceeds the limit 100"),
+    ],
+)
+def test_one_pass_validation_still_rejects_what_it_must(value, reason):
+    reference = {"a": np.ones(4, np.float32), "b": np.ones(3, np.float32)}
+    weights = {"a": np.zeros(4, np.float32), "b": np.full(3, value, np.float32)}
+    assert validate_update(Update(weights, 5), reference, max_ratio=10.0) == reason
+    ok = {"a": np.full(4, 0.5, np.float32), "b": np.zeros(3, np.float32)}  # ||ok|| = 1
+    assert validate_update(Update(ok, 5), reference, max_ratio=10.0) is None
+    assert validate_update(Update(ok, 5), reference, max_norm=0.5) is not None
+    # the global model's norm given by the caller (once per round) is the one used
+    assert validate_update(Update(ok, 5), reference, max_ratio=0.05) is not None  # limit 0.5
+    assert validate_update(Update(ok, 5), reference, max_ratio=0.05, reference_norm=100.0) is None

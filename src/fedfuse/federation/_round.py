@@ -282,11 +282,10 @@ def screen_reply(
     A delta is decoded with ``codec`` before it is validated against ``reference`` (see
     ``validate_update`` for ``max_update_norm``, ``max_update_ratio`` and ``expect_delta``,
     what the task asked for; ``reference_norm``, ``||reference||`` if the caller has it). A
-    reply the wire could not read (``Malformed``) is rejected with
-    its reason, like a Skipped reply with a bad count or metrics. Counts the bytes of update
-    arrays received (``bytes_up``) and what every party that trained would have sent as dense,
-    uncompressed deltas (``bytes_dense``). Returns the decoded update if it is accepted, else
-    ``None``.
+    reply the wire could not read (``Malformed``) is rejected with its reason, like a Skipped
+    reply with a bad count or metrics. Counts the bytes of update arrays received
+    (``bytes_up``) and what every party that trained would have sent as dense, uncompressed
+    deltas (``bytes_dense``). Returns the decoded update if it is accepted, else ``None``.
     """
     if isinstance(reply, TaskError):
         result.failed[party_id] = reply.message
