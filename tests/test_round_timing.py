@@ -264,3 +264,19 @@ def test_one_pass_validation_still_rejects_what_it_must(value, reason):
     # the global model's norm given by the caller (once per round) is the one used
     assert validate_update(Update(ok, 5), reference, max_ratio=0.05) is not None  # limit 0.5
     assert validate_update(Update(ok, 5), reference, max_ratio=0.05, reference_norm=100.0) is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_kept_optimizer_changes_nothing_two_fits_from_one_start_agree(optimizer):
+    adapter = TorchAdapter(mlp((5,), 3, hidden=(4,)))
+    data, start = blobs(40), adapter.get_weights()
+    config = TrainConfig(learning_rate=0.05, optimizer=optimizer, seed=4)
+    runs = []
+    for _ in range(2):  # a second fit must not see state from the first (Adam's moments)
+        adapter.set_weights(start)
+        metrics = adapter.fit(data, config)
+        runs.append((adapter.get_weights(), metrics))
+    (first, m1), (second, m2) = runs
+    assert m1 == m2
+    assert all(np.array_equal(first[n], second[n]) for n in start)
+    assert not all(np.array_equal(first[n], start[n]) for n in start)
