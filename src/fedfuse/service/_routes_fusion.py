@@ -70,6 +70,8 @@ def _form_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {name: {"type": "string", "format": "binary"} for name in _UPLOADS}
     table, types = flat_table(), field_types()
     for name in flat_names():
+        if table.get(name, "").startswith("backend."):
+            continue  # a simulation's setting: the service's parties are remote (refused)
         kind = types.get(table.get(name, ""), "str").split(" ")[0].split("[")[0]
         properties[name] = {"type": kinds.get(kind, "string")}
     properties["join_token"] = {"type": "string", "minLength": 16, "maxLength": 256}
