@@ -66,7 +66,7 @@ from fedfuse.models import TorchAdapter, TrainConfig
 from fedfuse.models._optim import resolve_optimizer
 from fedfuse.models._torch import _STOCHASTIC_LAYERS
 from fedfuse.party import Party, Reply, Task, TaskError, TrainTask
-from fedfuse.runtime._local import LocalPool
+from fedfuse.runtime._local import LocalPool, dataset_parties
 from fedfuse.weights import Weights, check_compatible, subtract
 
 __all__ = ["CohortPool"]
@@ -163,7 +163,7 @@ class CohortPool:
         cohort_size: int = 0,
     ) -> CohortPool:
         """One party per entry of ``dataset``, all sharing ``adapter``, as ``LocalPool`` does."""
-        parties = {pid: Party(adapter, dataset[pid], pid) for pid in dataset.party_ids}
+        parties = dataset_parties(dataset, adapter)
         return cls(parties, task_seconds, cohort_size=cohort_size)
 
     # ---- what LocalPool does -------------------------------------------------------------------

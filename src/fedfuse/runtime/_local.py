@@ -18,7 +18,7 @@ import numpy as np
 from fedfuse.data import FederatedDataset
 from fedfuse.party import ModelAdapter, Party, Reply, Task, TaskError
 
-__all__ = ["LocalPool", "MockPool", "handle_safely", "spread_task_seconds"]
+__all__ = ["LocalPool", "MockPool", "dataset_parties", "handle_safely", "spread_task_seconds"]
 
 
 class LocalPool:
@@ -63,8 +63,7 @@ class LocalPool:
         task_seconds: Mapping[str, float] | None = None,
     ) -> LocalPool:
         """One party per entry of ``dataset``, all sharing ``adapter`` (one model in memory)."""
-        parties = {pid: Party(adapter, dataset[pid], pid) for pid in dataset.party_ids}
-        return cls(parties, task_seconds)
+        return cls(dataset_parties(dataset, adapter), task_seconds)
 
     def party_ids(self) -> list[str]:
         return list(self._parties)
@@ -154,6 +153,12 @@ class MockPool(LocalPool):
         task_seconds: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__({pid: _FunctionParty(handler, pid) for pid in party_ids}, task_seconds)
+
+
+def dataset_parties(dataset: FederatedDataset, adapter: ModelAdapter) -> dict[str, Party]:
+    """One ``Party`` per entry of ``dataset``, in its order, all sharing ``adapter``: what
+    every pool's ``from_dataset`` holds (a pool with workers copies the adapter into each)."""
+    return {pid: Party(adapter, dataset[pid], pid) for pid in dataset.party_ids}
 
 
 def spread_task_seconds(

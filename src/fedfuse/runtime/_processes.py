@@ -28,7 +28,7 @@ from typing import Any
 
 from fedfuse.data import FederatedDataset
 from fedfuse.party import ModelAdapter, Party, TaskError
-from fedfuse.runtime._local import handle_safely
+from fedfuse.runtime._local import dataset_parties, handle_safely
 from fedfuse.runtime._sharded import Arrival, Sent, ShardedPool
 
 __all__ = ["ProcessPool", "available_cores"]
@@ -91,7 +91,7 @@ class ProcessPool(ShardedPool):
         threads: int = 1,
     ) -> ProcessPool:
         """One party per entry of ``dataset``, all sharing ``adapter`` (a copy per worker)."""
-        parties = {pid: Party(adapter, dataset[pid], pid) for pid in dataset.party_ids}
+        parties = dataset_parties(dataset, adapter)
         return cls(parties, workers, task_seconds, threads=threads)
 
     def _start_worker(self, shard: int) -> _Worker:

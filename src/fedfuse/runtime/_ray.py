@@ -36,7 +36,7 @@ from typing import Any
 
 from fedfuse.data import FederatedDataset
 from fedfuse.party import ModelAdapter, Party, Reply, Task, TaskError
-from fedfuse.runtime._local import handle_safely
+from fedfuse.runtime._local import dataset_parties, handle_safely
 from fedfuse.runtime._sharded import Arrival, Sent, ShardedPool
 
 __all__ = ["RayPool", "loopback"]
@@ -194,7 +194,7 @@ class RayPool(ShardedPool):
         address: str = "",
     ) -> RayPool:
         """One party per entry of ``dataset``, all sharing ``adapter`` (a copy per actor)."""
-        parties = {pid: Party(adapter, dataset[pid], pid) for pid in dataset.party_ids}
+        parties = dataset_parties(dataset, adapter)
         return cls(parties, workers, task_seconds, threads=threads, address=address)
 
     def nodes(self) -> dict[int, str]:
