@@ -15,6 +15,7 @@ arrived within a timeout) and ``_lost`` (tasks whose shard died, with the reason
 
 from __future__ import annotations
 
+import abc
 import heapq
 import time
 from collections.abc import Iterator, Mapping
@@ -30,7 +31,7 @@ Arrival = tuple[int, Reply, float]  # (sequence number, reply, seconds the party
 _POLL_SECONDS = 1.0  # how often a wait looks for dead shards when nothing arrives
 
 
-class ShardedPool(LocalPool):
+class ShardedPool(LocalPool, abc.ABC):
     """Parties spread round-robin over ``shards`` shards, in the order ``parties`` lists them.
 
     Args:
@@ -60,15 +61,17 @@ class ShardedPool(LocalPool):
         return {pid: self._parties[pid] for pid, s in self.shard_of.items() if s == shard}
 
     # ---- transport, supplied by the subclass --------------------------------------------------
+    @abc.abstractmethod
     def _send(self, batches: Mapping[int, list[Sent]]) -> None:
-        raise NotImplementedError
+        """Hand each shard its batch of tasks, without waiting for their replies."""
 
+    @abc.abstractmethod
     def _receive(self, timeout: float) -> list[Arrival]:
-        raise NotImplementedError
+        """What arrived within ``timeout`` seconds (nothing when it is up)."""
 
+    @abc.abstractmethod
     def _lost(self, shards: set[int]) -> dict[int, str]:
         """Of ``shards`` (those with tasks out), the ones that died -> why."""
-        raise NotImplementedError
 
     # ---- the pool -----------------------------------------------------------------------------
     def dispatch(
