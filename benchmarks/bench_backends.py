@@ -686,7 +686,8 @@ def main() -> None:
     configs = [c for c in configs if c.name in measured]
     table = summarize(runs, configs)
     report = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+        + f" {runs[0].measured['started_utc']}-{runs[-1].measured['started_utc']} UTC",
         "machine": _cpu_model(),
         "cpus": os.cpu_count(),
         "reps": reps,
