@@ -198,3 +198,17 @@ def test_make_pool_builds_the_named_pool(tmp_path):
         assert type(pool) is LocalPool and pool.party_ids() == fed.party_ids
     with make_pool(Backend("processes", workers=2), fed, adapter) as pool:
         assert isinstance(pool, ProcessPool) and pool.parallelism == 2
+
+
+def test_the_service_answers_a_simulation_backend_with_400(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fedfuse.service import ServiceSettings, create_app
+
+    client = TestClient(create_app(ServiceSettings(data_dir=tmp_path)))
+    form = {"fusion_algorithm": "fedavg", "num_parties": 1, "model": "mlp", "input_shape": "4",
+            "num_classes": 2, "backend": "processes"}  # fmt: skip
+    answer = client.post("/start-aggregator", data=form)
+    assert answer.status_code == 400 and "backend 'processes' is for simulations" in answer.text
+    answer = client.post("/v1/federations", json={"backend": {"name": "ray"}})
+    assert answer.status_code == 400 and "backend 'ray'" in answer.text
