@@ -11,7 +11,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -61,9 +61,12 @@ class LocalPool:
         dataset: FederatedDataset,
         adapter: ModelAdapter,
         task_seconds: Mapping[str, float] | None = None,
-    ) -> LocalPool:
-        """One party per entry of ``dataset``, all sharing ``adapter`` (one model in memory)."""
-        return cls(dataset_parties(dataset, adapter), task_seconds)
+        **options: Any,
+    ) -> Self:
+        """One party per entry of ``dataset``, all sharing ``adapter`` (one model in memory;
+        a pool with workers copies it into each). ``options`` are the pool's own keyword
+        arguments (``ProcessPool``: ``workers``, ``threads``; ``RayPool``: also ``address``)."""
+        return cls(dataset_parties(dataset, adapter), task_seconds=task_seconds, **options)
 
     def party_ids(self) -> list[str]:
         return list(self._parties)

@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from fedfuse.data import FederatedDataset
-from fedfuse.party import ModelAdapter, Party, TaskError
-from fedfuse.runtime._local import dataset_parties, handle_safely
+from fedfuse.party import Party, TaskError
+from fedfuse.runtime._local import handle_safely
 from fedfuse.runtime._sharded import Arrival, Sent, ShardedPool
 
 __all__ = ["ProcessPool", "available_cores"]
@@ -79,20 +78,6 @@ class ProcessPool(ShardedPool):
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
         for shard in range(self.parallelism):
             self._workers[shard] = self._start_worker(shard)
-
-    @classmethod
-    def from_dataset(
-        cls,
-        dataset: FederatedDataset,
-        adapter: ModelAdapter,
-        task_seconds: Mapping[str, float] | None = None,
-        *,
-        workers: int = 0,
-        threads: int = 1,
-    ) -> ProcessPool:
-        """One party per entry of ``dataset``, all sharing ``adapter`` (a copy per worker)."""
-        parties = dataset_parties(dataset, adapter)
-        return cls(parties, workers, task_seconds, threads=threads)
 
     def _start_worker(self, shard: int) -> _Worker:
         task_read, task_write = self._context.Pipe(duplex=False)

@@ -34,9 +34,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from fedfuse.data import FederatedDataset
-from fedfuse.party import ModelAdapter, Party, Reply, Task, TaskError
-from fedfuse.runtime._local import dataset_parties, handle_safely
+from fedfuse.party import Party, Reply, Task, TaskError
+from fedfuse.runtime._local import handle_safely
 from fedfuse.runtime._sharded import Arrival, Sent, ShardedPool
 
 __all__ = ["RayPool", "loopback"]
@@ -181,21 +180,6 @@ class RayPool(ShardedPool):
         except BaseException:
             self.close()
             raise
-
-    @classmethod
-    def from_dataset(
-        cls,
-        dataset: FederatedDataset,
-        adapter: ModelAdapter,
-        task_seconds: Mapping[str, float] | None = None,
-        *,
-        workers: int = 0,
-        threads: int = 1,
-        address: str = "",
-    ) -> RayPool:
-        """One party per entry of ``dataset``, all sharing ``adapter`` (a copy per actor)."""
-        parties = dataset_parties(dataset, adapter)
-        return cls(parties, workers, task_seconds, threads=threads, address=address)
 
     def nodes(self) -> dict[int, str]:
         """Shard -> the id of the Ray node its actor runs on."""
