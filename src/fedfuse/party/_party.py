@@ -139,10 +139,19 @@ class Party:
             )
         self.adapter.set_weights(task.weights)
         metrics = self.adapter.fit(self.data.train, config)
-        local = self.adapter.get_weights()
-        num_examples = len(self.data.train)
         if private:
             metrics = {**metrics, "dp_sgd_epsilon": self._dp_sgd_epsilon(config)}
+        return self.trained(task, self.adapter.get_weights(), metrics)
+
+    def trained(
+        self, task: TrainTask, local: Weights, metrics: dict[str, float]
+    ) -> Update | Skipped:
+        """What this party sends for ``task`` once its model trained to ``local`` (``metrics``
+        from the training): the delta or the weights, counted, maybe skipped or compressed,
+        and the state that needs (skips in a row, last delta, residual) kept. A pool that
+        trains parties its own way (``CohortPool``) answers through this too."""
+        config = task.config
+        num_examples = len(self.data.train)
         if config.count_examples == "processed":  # TFF's count: over all local epochs
             num_examples *= config.epochs
         info = {}

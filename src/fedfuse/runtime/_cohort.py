@@ -17,7 +17,7 @@ draws it), one ``torch.randperm`` per epoch, split into ``batch_size`` chunks wi
 last one. Batches narrower than the cohort's widest are padded; a padded example is left out of
 its party's loss, which is the mean over its real examples only. The update is plain SGD,
 ``w -= lr (grad + mu (w - w_start))`` (FedProx's pull when ``proximal_mu > 0``, ``w_start``
-the task's weights), and the reply is what ``Party`` would have sent: the delta (or the full
+the task's weights), and the reply is the party's own (``Party.trained``): the delta (or the full
 weights with ``send_delta=False``), the example count (times the epochs with
 ``count_examples="processed"``), ``label_counts`` when shared, and the metrics ``loss`` (the
 example-weighted mean of the batch losses over all epochs) and ``accuracy`` (of the logits the
@@ -67,7 +67,7 @@ from fedfuse.models._optim import resolve_optimizer
 from fedfuse.models._torch import _STOCHASTIC_LAYERS
 from fedfuse.party import Party, Reply, Task, TaskError, TrainTask
 from fedfuse.runtime._local import LocalPool, dataset_parties
-from fedfuse.weights import Weights, check_compatible, subtract
+from fedfuse.weights import Weights, check_compatible
 
 __all__ = ["CohortPool"]
 
@@ -442,8 +442,8 @@ def _reference(adapter: TorchAdapter) -> dict[str, np.ndarray]:
     return {name: p.detach().numpy() for name, p in adapter.module.named_parameters()}
 
 
-def _train_cohort(adapter: TorchAdapter, cohort: Sequence[tuple[Party, TrainTask]]) -> list[Update]:
-    """Train every party of ``cohort`` from its task's weights; the ``Update`` each would send."""
+def _train_cohort(adapter: TorchAdapter, cohort: Sequence[tuple[Party, TrainTask]]) -> list[Reply]:
+    """Train every party of ``cohort`` from its task's weights; each party's reply."""
     module = adapter.module
     names = sorted(name for name, _ in module.named_parameters())
     plan = _Batches(cohort)
@@ -491,24 +491,14 @@ def _train_cohort(adapter: TorchAdapter, cohort: Sequence[tuple[Party, TrainTask
     updates = []
     for i, (party, task) in enumerate(cohort):
         j = place[i]
-        local: Weights = {name: trained[name][j] for name in names}
         metrics = {
             "loss": float(loss_sums[j]) / int(seen[j]),
             "accuracy": int(correct[j]) / int(seen[j]),
         }
-        num_examples = len(party.data.train)
-        if task.config.count_examples == "processed":
-            num_examples *= task.config.epochs
-        info = {}
-        if task.config.share_label_counts:
-            info["label_counts"] = party.data.train.label_counts().tolist()
-        if task.send_delta:
-            party.skips_in_a_row = 0
-            delta = subtract(local, task.weights)
-            updates.append(Update(delta, num_examples, metrics, True, party.party_id, info))
-        else:
+        local: Weights = {name: trained[name][j] for name in names}
+        if not task.send_delta:  # views of the cohort's stacked weights: keep a copy only
             local = {name: arr.copy() for name, arr in local.items()}
-            updates.append(Update(local, num_examples, metrics, False, party.party_id, info))
+        updates.append(party.trained(task, local, metrics))
     return updates
 
 
