@@ -277,5 +277,8 @@ def test_fedbuff_trains(digits):
     assert history[-1]["central"]["accuracy"] > 0.8
     assert max(max(r["staleness"]) for r in history) >= 1
     assert history[-1]["bytes_up"] == 4 * 4 * 55210 == history[-1]["bytes_dense"]
+    # every task started in a step carries the global model: 6 at the first, then refills
+    assert history[0]["bytes_down"] >= 6 * 4 * 55210
+    assert all(r["bytes_down"] % (4 * 55210) == 0 for r in history)
     times = [r["time"] for r in history]
     assert times == sorted(times) and times[-1] < 12 * 10.0  # nobody waits for the slowest

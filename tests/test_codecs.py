@@ -143,5 +143,6 @@ def test_compressed_federations_train_and_count_bytes(digits, compression, param
     # MLP 64-200-200-10: an fp32 delta of 55210 floats per party
     assert last["bytes_dense"] == 5 * 4 * (64 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10)
     assert ratio[0] < last["bytes_up"] / last["bytes_dense"] < ratio[1]
+    assert last["bytes_down"] == last["bytes_dense"]  # the global model to each, uncompressed
     # uncompressed FedAvg and int8 reach 0.89 here, top-k 10% with error feedback 0.84
     assert last["central"]["accuracy"] > 0.75

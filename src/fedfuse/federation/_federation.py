@@ -70,7 +70,7 @@ from fedfuse.party import (
     TrainTask,
 )
 from fedfuse.runtime import PartyPool
-from fedfuse.weights import Weights, check_compatible, get_codec
+from fedfuse.weights import Weights, check_compatible, get_codec, num_bytes
 
 __all__ = ["Evaluator", "Federation", "PrivacyBudgetExceeded"]
 
@@ -292,6 +292,7 @@ class Federation:
         else:
             if sampled is not None:
                 tasks = {pid: self._task(step, pid) for pid in sampled}
+                result.bytes_down += len(tasks) * num_bytes(self.weights)
                 dispatched = self.pool.dispatch(tasks, timeout=self.aggregation.deadline)
                 arrivals = ((pid, reply, 0) for pid, reply in dispatched)
             fold_replies(
@@ -463,7 +464,7 @@ class Federation:
         buffer_size, deadline = self.aggregation.buffer_size, self.aggregation.deadline
         clock = self._clock()
         start = clock()
-        self._keep_training(result.round)
+        result.bytes_down += self._keep_training(result.round) * num_bytes(self.weights)
         while len(result.participants) < buffer_size:
             if not self._started:
                 result.not_fused = "no party is training; nothing can arrive"
@@ -482,7 +483,7 @@ class Federation:
                 continue
             yield pid, reply, self.version - started
             if len(result.participants) < buffer_size:
-                self._keep_training(result.round)
+                result.bytes_down += self._keep_training(result.round) * num_bytes(self.weights)
 
     def _clock(self) -> Callable[[], float]:
         """The pool's clock: simulated time in ``LocalPool``, else real time."""
@@ -490,18 +491,21 @@ class Federation:
             return lambda: self.pool.clock  # type: ignore[attr-defined]
         return time.monotonic
 
-    def _keep_training(self, step: int) -> None:
-        live = self.pool.party_ids()
+    def _keep_training(self, step: int) -> int:
+        """Start tasks until the sampled number of parties is training; how many started."""
+        live, started = self.pool.party_ids(), 0
         for pid in [p for p in self._started if p not in live]:  # gone: its task is lost
             del self._started[pid]
             self.pool.cancel(pid)
         if not live:
-            return
+            return 0
         idle = [p for p in live if p not in self._started and p not in self._holding]
         while idle and len(self._started) < self._per_round(len(live)):
             pid = idle.pop(int(self._rng.integers(len(idle))))
             self._started[pid] = self.version
             self.pool.start(pid, self._task(step, pid))
+            started += 1
+        return started
 
     def _record(self, result: RoundResult, sampled: list[str] | None) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -520,6 +524,7 @@ class Federation:
             "skipped": result.skipped,
             "bytes_up": result.bytes_up,
             "bytes_dense": result.bytes_dense,
+            "bytes_down": result.bytes_down,
         }
         if self.aggregation.mode == "buffered":
             record["staleness"] = result.staleness
@@ -539,6 +544,7 @@ class Federation:
             not_evaluated: dict[str, str] = {}
             # a party still training (buffered) keeps its task: only idle parties evaluate
             idle = [p for p in self.pool.party_ids() if p not in self._started]
+            record["bytes_down"] += num_bytes(self.weights) * len(idle)
             record["federated"] = evaluate_parties(
                 self.pool,
                 idle,

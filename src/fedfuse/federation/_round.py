@@ -69,6 +69,7 @@ class RoundResult:
     skipped: list[str] = field(default_factory=list)
     bytes_up: int = 0
     bytes_dense: int = 0
+    bytes_down: int = 0  # the global weights sent out with training tasks (dense arrays)
     staleness: list[int] = field(default_factory=list)
     secure: dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
@@ -154,8 +155,9 @@ def train_round(
         for pid in party_ids
     }
     replies = ((pid, reply, 0) for pid, reply in pool.dispatch(tasks, timeout=timeout))
+    sent = len(tasks) * num_bytes(weights)
     result = fold_replies(
-        RoundResult(round_num, weights, fusion_state, {}),
+        RoundResult(round_num, weights, fusion_state, {}, bytes_down=sent),
         replies,
         fusion,
         get_codec(config.compression, topk_fraction=config.topk_fraction),

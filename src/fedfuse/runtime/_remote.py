@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fedfuse.party import Party, Reply, Task, TaskError
 
@@ -101,6 +102,26 @@ class RemotePool:
                 if p in self._busy or now - seen <= self.liveness
             ]
             return [*self._hosted, *live]
+
+    def party_states(self) -> dict[str, dict[str, Any]]:
+        """What each member is doing now, for a live view: ``state`` is ``training`` (it
+        fetched a task and has not answered), ``assigned`` (a task waits in its mailbox),
+        ``idle`` (polling, no task), ``dropped`` (no poll within ``liveness`` seconds) or
+        ``hosted`` (run by this pool); ``seen`` is the seconds since its last poll (remote)."""
+        now = time.monotonic()
+        with self._lock:
+            states: dict[str, dict[str, Any]] = {p: {"state": "hosted"} for p in self._hosted}
+            for pid, seen in self._remote.items():
+                if pid in self._busy:
+                    state = "training"
+                elif pid in self._mail:
+                    state = "assigned"
+                elif now - seen <= self.liveness:
+                    state = "idle"
+                else:
+                    state = "dropped"
+                states[pid] = {"state": state, "seen": round(now - seen, 3)}
+            return states
 
     def wait_for_parties(self, count: int, timeout: float) -> bool:
         """Block until at least ``count`` parties are live; False after ``timeout`` seconds."""
