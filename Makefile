@@ -5,7 +5,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.fedfuse-installed
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fedfuse demo
 
-test: $(STAMP)
+# the dashboard's browser test drives Debian's headless Chromium through its driver
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q --no-install-recommends chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
