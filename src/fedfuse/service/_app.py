@@ -4,8 +4,8 @@ Tutorial endpoints (unchanged from IBM's Model Fusion API): ``POST /start-aggreg
 ``POST /start-party``, ``POST /train``, ``POST /stop``. Everything else is versioned under
 ``/v1``. Errors are JSON ``{"detail": "..."}`` with a 4xx status that says what was wrong.
 The routes live in small modules (``_routes_fusion``, ``_routes_federations``,
-``_routes_party``); this one assembles them with the boundary, the error handlers and the
-federations' recovery at start.
+``_routes_party``, ``_dashboard``: the live page at ``/``); this one assembles them with the
+boundary, the error handlers and the federations' recovery at start.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse
 from fedfuse.runtime import UnexpectedReplyError
 from fedfuse.service._boundary import Boundary, FailureLimiter, GuardedRoute
 from fedfuse.service._config import ServiceSettings
+from fedfuse.service._dashboard import dashboard_routes
+from fedfuse.service._dashboard_view import ServiceSource
 from fedfuse.service._errors import Conflict, NotFound, Unauthorized
 from fedfuse.service._guards import Guards
 from fedfuse.service._http import RequestTooLarge
@@ -129,6 +131,7 @@ def create_app(
     app.include_router(fusion_routes(settings, manager, guards))
     app.include_router(federation_routes(manager, guards))
     app.include_router(party_routes(settings, manager, guards))
+    app.include_router(dashboard_routes(ServiceSource(manager), guards.viewer, guards))
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, str]:  # on the event loop: answers however busy threads are

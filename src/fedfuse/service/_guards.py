@@ -3,10 +3,14 @@
 Creating and controlling federations needs the API key (if the service has one); reading a
 federation, the key or a party token of it; the party protocol, a party token of the
 federation in the path. Failed checks are counted per client address (``FailureLimiter``).
+The dashboard reads like the read API; a browser's ``EventSource`` cannot send a header, so
+it may carry the same key or token in the dashboard's HttpOnly cookie instead (``viewer``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +22,33 @@ from fedfuse.service._config import ServiceSettings
 from fedfuse.service._errors import NotFound, Unauthorized
 from fedfuse.service._manager import Manager
 
-__all__ = ["Guards", "bearer", "client_address"]
+__all__ = ["DASHBOARD_COOKIE", "Guards", "bearer", "client_address", "cookie_value"]
+
+#: The cookie the dashboard's login sets: the key or token, base64url-encoded.
+DASHBOARD_COOKIE = "fedfuse_dashboard"
 
 
 def bearer(authorization: str | None) -> str:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("missing 'Authorization: Bearer <token>' header")
     return authorization[len("Bearer ") :].strip()
+
+
+def cookie_value(token: str) -> str:
+    """The dashboard cookie's value for ``token`` (cookie-safe characters only)."""
+    return base64.urlsafe_b64encode(token.encode()).decode()
+
+
+def _dashboard_token(request: Request) -> str:
+    """The ``Authorization`` header's token, else the dashboard cookie's."""
+    header = request.headers.get("authorization")
+    cookie = request.cookies.get(DASHBOARD_COOKIE)
+    if header is not None or not cookie:
+        return bearer(header)
+    try:
+        return base64.urlsafe_b64decode(cookie.encode()).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        raise Unauthorized(f"the {DASHBOARD_COOKIE} cookie is not one the login set") from None
 
 
 def client_address(request: Request) -> str:
@@ -72,22 +96,31 @@ class Guards:
 
     def reader(self, request: Request) -> None:
         """Reading a federation: the API key or a party token of that federation."""
-        if self.settings.api_key is None:
-            return
+        self._read(request, lambda: bearer(request.headers.get("authorization")))
 
-        def check() -> None:
-            token = bearer(request.headers.get("authorization"))
+    def viewer(self, request: Request) -> None:
+        """The dashboard: as ``reader``, with the token from the header or the login cookie."""
+        self._read(request, lambda: _dashboard_token(request))
+
+    def login(self, request: Request, token: str, fid: str | None) -> None:
+        """The dashboard's login form: ``token`` must read ``fid`` (all of them: the API key)."""
+        if self.settings.api_key is not None:
+            self.counted(request, lambda: self._may_read(token, fid))
+
+    def _read(self, request: Request, token_of: Callable[[], str]) -> None:
+        if self.settings.api_key is not None:
             fid = request.path_params.get("fid")
-            if self._is_api_key(token):
-                return
-            if fid is None:
-                raise Unauthorized("invalid API key")
-            try:
-                self.manager.party_of(fid, token)
-            except (Unauthorized, NotFound):  # no hint whether the federation exists
-                raise Unauthorized("invalid API key or party token") from None
+            self.counted(request, lambda: self._may_read(token_of(), fid))
 
-        self.counted(request, check)
+    def _may_read(self, token: str, fid: str | None) -> None:
+        if self._is_api_key(token):
+            return
+        if fid is None:
+            raise Unauthorized("invalid API key")
+        try:
+            self.manager.party_of(fid, token)
+        except (Unauthorized, NotFound):  # no hint whether the federation exists
+            raise Unauthorized("invalid API key or party token") from None
 
     def party(self, request: Request) -> None:
         """The party protocol: a party token of the federation in the path."""
