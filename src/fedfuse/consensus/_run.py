@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fedfuse._events import logging_events
 from fedfuse._settings import Interval, Options, Rule, Settings, SettingsError
 from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, make_algorithm
 from fedfuse.consensus._data import MAX_NODES, GraphLike, NodeData, NodeSet, as_topology, node_set
@@ -433,7 +434,8 @@ def run_consensus(
 
     Results are keyed by the node ids. ``join_at``/``fail_at`` map node ids to the epoch at
     which a node joins late or dies. With ``out_dir``, ``history.json`` and ``accuracy.png``
-    are written there. ``on_epoch`` gets each epoch's record.
+    are written there at the end, and ``events.jsonl`` gets each epoch's record as it ends
+    (for ``fedfuse dashboard``). ``on_epoch`` gets each epoch's record.
 
     Raises:
         SettingsError: a setting out of range (named), or one that does not apply (a dataset
@@ -442,6 +444,7 @@ def run_consensus(
     """
     started = time.perf_counter()
     config, graph_, own = prepare_run(config, overrides, data=data, test=test, graph=graph)
+    on_epoch = logging_events(out_dir, on_epoch)
     algorithm = config.make_algorithm()
     if own is not None:
         datasets, test_set, num_classes = own.train, own.test, own.num_classes

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fedfuse._events import logging_events
 from fedfuse.data import FederatedDataset
 from fedfuse.federation import Federation
 from fedfuse.models import (
@@ -74,8 +75,10 @@ def simulate(
     are applied on top (``simulate(rounds=5, num_parties=10, partition="iid")``, see
     ``FederationSpec.from_flat``). The model is ``spec.model.name`` (``mlp`` if none) built for
     the data's shape. If ``out_dir`` is set, ``history.json`` and ``accuracy.png`` are written
-    there. ``on_round`` is called with each round's record. ``federated_data`` replaces the
-    dataset the spec names with one you built yourself (e.g. ``FederatedDataset.from_dict``).
+    there at the end, and ``events.jsonl`` gets each round's record as it ends (for
+    ``fedfuse dashboard``). ``on_round`` is called with each round's record.
+    ``federated_data`` replaces the dataset the spec names with one you built yourself (e.g.
+    ``FederatedDataset.from_dict``).
     ``task_seconds`` gives each party's simulated seconds per task (buffered aggregation).
     """
     if spec is None:
@@ -112,7 +115,7 @@ def simulate(
 
     with make_pool(spec.backend, fed, adapter, task_seconds) as pool:
         federation = _federation(spec, fed, pool, adapter, central_eval)
-        history = federation.run(spec.rounds, on_round=on_round)
+        history = federation.run(spec.rounds, on_round=logging_events(out_dir, on_round))
     result = SimulationResult(
         spec, history, federation.weights, fed, stop_reason=federation.stop_reason
     )
