@@ -39,4 +39,7 @@ COMMANDS = {  # in the order `fedfuse --help` lists them
     "serve": Command("_service", "run the aggregator service (REST API + party protocol)"),
     "create": Command("_service", "create a federation on a running service"),
     "party": Command("_party", "join a federation as a party and train on local data"),
+    "dashboard": Command(
+        "_dashboard", "watch a simulation's or consensus run's out_dir live in a browser"
+    ),
 }

@@ -49,7 +49,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form's Origin "null"
 }
 MAX_LOGIN_BYTES = 4096
 _FID = re.compile(r"[0-9a-f]{32}")

@@ -140,6 +140,7 @@
   const source = new EventSource(live.dataset.events);
   source.addEventListener("snapshot", (e) => {
     const view = JSON.parse(e.data);
+    live.dataset.connected = "true";
     points = view.points;
     update();
     partiesTable(view.parties);
