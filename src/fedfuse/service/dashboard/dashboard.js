@@ -10,7 +10,7 @@
     federation: [
       { id: "accuracy", title: "accuracy", keys: ["central_accuracy", "federated_accuracy", "train_accuracy"] },
       { id: "loss", title: "loss", keys: ["central_loss", "federated_loss", "train_loss"] },
-      { id: "bytes", title: "bytes per round", keys: ["bytes_up", "bytes_down"] },
+      { id: "bytes", title: "bytes per round", keys: ["bytes_up", "bytes_down"], bytes: true },
       { id: "privacy", title: "privacy budget spent (epsilon)", keys: ["epsilon"] },
     ],
     consensus: [
@@ -44,6 +44,13 @@
     return [points.map((p) => p.x), ...keys.map((k) => points.map((p) => value(p, k)))];
   }
 
+  function bytes(n) {
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0;
+    while (Math.abs(n) >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return (i ? n.toPrecision(3) : String(n)) + " " + units[i];
+  }
+
   function width() {
     return Math.max(300, Math.min(900, live.clientWidth || 600));
   }
@@ -68,7 +75,10 @@
         height: 220,
         series: series,
         scales: { x: { time: false } },
-        axes: [{ incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, {}],
+        axes: [
+          { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] },
+          spec.bytes ? { size: 70, values: (u, ticks) => ticks.map(bytes) } : {},
+        ],
       },
       dataOf(keys),
       box,
