@@ -1,0 +1,1 @@
+"""The service benchmark's workload as a Flower app (see ``benchmarks/bench_service.py``)."""
