@@ -205,7 +205,8 @@ def test_every_flag_has_a_help_text_that_shows_its_default(command):
 
 def test_the_commands_are_all_walked():
     assert COMMANDS == [
-        "consensus", "create", "demo", "node", "partition", "party", "serve", "simulate",
+        "consensus", "create", "dashboard", "demo", "node", "partition", "party", "serve",
+        "simulate",
     ]  # fmt: skip
     simulate_flags = {flag for c, flag, _ in _flags(build_parser()) if c == "simulate"}
     assert {"--learning-rate", "--fusion-algorithm/--fusion", "--alpha", "--mode"} <= simulate_flags

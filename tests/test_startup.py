@@ -76,7 +76,7 @@ def test_python_m_fedfuse_help():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "{demo,simulate,partition,consensus,node,serve,create,party}" in proc.stdout
+    assert "{demo,simulate,partition,consensus,node,serve,create,party,dashboard}" in proc.stdout
 
 
 def test_a_chosen_command_gets_its_flags_and_only_its_module_is_imported():
