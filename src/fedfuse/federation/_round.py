@@ -33,6 +33,7 @@ from fedfuse.runtime import PartyPool
 from fedfuse.weights import Codec, CodecError, Weights, get_codec, global_norm, num_bytes
 
 __all__ = [
+    "RefusedUpdate",
     "RoundResult",
     "Stopwatch",
     "add_training_time",
@@ -109,6 +110,16 @@ class Stopwatch:
         result.fusion_seconds = max(0.0, seconds - self.waited)
         result.transport_seconds = seconds - result.fusion_seconds
         result.train_seconds = 0.0
+
+
+@dataclass(frozen=True)
+class RefusedUpdate:
+    """An update a transport refused while it arrived, for the ``reason`` that
+    ``validate_update`` gives it (e.g. a NaN in a parameter, seen before the rest of the body
+    was read). ``nbytes``: its arrays' bytes, counted in ``bytes_up`` as a received update's."""
+
+    reason: str
+    nbytes: int
 
 
 def pool_train_seconds(pool: object) -> float:
@@ -226,7 +237,9 @@ def fold_replies(
     if first is None:
         result.not_fused = result.not_fused or "no update was accepted"
     else:
-        fused = fuse_safely(fusion, _prepend(first, updates), fusion_state, weights)
+        head = _prepend(first, updates)
+        del first  # the reducer lets each update go once folded; this frame must too
+        fused = fuse_safely(fusion, head, fusion_state, weights)
         for _ in updates:  # a fusion that raised early leaves replies to gather and record
             pass
         if isinstance(fused, str):
@@ -284,7 +297,8 @@ def screen_reply(
     A delta is decoded with ``codec`` before it is validated against ``reference`` (see
     ``validate_update`` for ``max_update_norm``, ``max_update_ratio`` and ``expect_delta``,
     what the task asked for; ``reference_norm``, ``||reference||`` if the caller has it). A
-    reply the wire could not read (``Malformed``) is rejected with its reason, like a Skipped
+    reply the wire could not read (``Malformed``) or a transport refused while it arrived
+    (``RefusedUpdate``, its bytes counted) is rejected with its reason, like a Skipped
     reply with a bad count or metrics. Counts the bytes of update arrays received
     (``bytes_up``) and what every party that trained would have sent as dense, uncompressed
     deltas (``bytes_dense``). Returns the decoded update if it is accepted, else ``None``.
@@ -293,6 +307,11 @@ def screen_reply(
         result.failed[party_id] = reply.message
         return None
     if isinstance(reply, Malformed):
+        result.rejected[party_id] = reply.reason
+        return None
+    if isinstance(reply, RefusedUpdate):
+        result.bytes_up += reply.nbytes
+        result.bytes_dense += num_bytes(reference)
         result.rejected[party_id] = reply.reason
         return None
     if isinstance(reply, Skipped):
@@ -338,6 +357,7 @@ def screen_reply(
 
 def _prepend(first: Update, rest: Iterator[Update]) -> Iterator[Update]:
     yield first
+    del first  # folded: kept here it would pin a whole update for the rest of the round
     yield from rest
 
 

@@ -3,7 +3,9 @@
 The service feeds this pool from its HTTP handlers; the pool itself does no I/O, so the same
 round loop drives it as drives ``LocalPool``, and it is tested without a network.
 
-* Remote parties call ``next_task(party_id, wait)`` (a long poll) and ``submit(...)``.
+* Remote parties call ``next_task(party_id, wait)`` (a long poll) and ``submit(...)``; a
+  transport that holds long polls itself marks them with ``polling(party_id)`` (a party in a
+  poll is live however long it waits) and checks a reply against ``task_of(...)``.
 * Hosted parties (``add_hosted``) are ``Party`` objects run on a worker thread of this pool,
   one task at a time, so hosting many parties costs one model's memory.
 
@@ -50,12 +52,19 @@ class RemotePool:
         self.liveness = liveness
         self._lock = threading.Condition()
         self._remote: dict[str, float] = {}  # party id -> last poll time
+        self._polling: collections.Counter[str] = collections.Counter()  # long polls open now
         self._hosted: dict[str, Party] = {}
         self._mail: dict[str, PendingTask] = {}
         self._busy: set[str] = set()  # fetched a task of the open dispatch, not answered yet
         self._hosted_work = threading.Lock()
         self._issued: dict[str, int] = {}  # party id -> its task the loop still waits for
+        self._tasks: dict[str, Task] = {}  # party id -> that task (the reply is checked by it)
         self._answered: set[int] = set()  # task ids whose reply is on its way to the loop
+        # how often the loop came asking for a reply, and the count when it took each task's
+        # reply: once it asks again, it is done with that reply (see submit's ``settle``)
+        self._asks = 0
+        self._taken: dict[int, int] = {}
+        self._settling: set[int] = set()  # task ids whose submit waits for the loop to ask again
         self._replies: queue.Queue[tuple[str, int, Reply]] = queue.Queue(maxsize=1)
         self._ids = itertools.count(1)
         self._interrupted = threading.Event()
@@ -90,6 +99,7 @@ class RemotePool:
             self._hosted.pop(party_id, None)
             self._mail.pop(party_id, None)
             self._issued.pop(party_id, None)
+            self._tasks.pop(party_id, None)
 
     def party_ids(self) -> list[str]:
         """Hosted parties, remote parties working on a task, and remote parties that polled
@@ -99,7 +109,7 @@ class RemotePool:
             live = [
                 p
                 for p, seen in self._remote.items()
-                if p in self._busy or now - seen <= self.liveness
+                if p in self._busy or p in self._polling or now - seen <= self.liveness
             ]
             return [*self._hosted, *live]
 
@@ -116,7 +126,7 @@ class RemotePool:
                     state = "training"
                 elif pid in self._mail:
                     state = "assigned"
-                elif now - seen <= self.liveness:
+                elif pid in self._polling or now - seen <= self.liveness:
                     state = "idle"
                 else:
                     state = "dropped"
@@ -141,6 +151,7 @@ class RemotePool:
                 raise KeyError(party_id)
             task_id = next(self._ids)
             self._issued[party_id] = task_id
+            self._tasks[party_id] = task
             pending = PendingTask(task_id, task)
             hosted = party_id in self._hosted
             remote = party_id in self._remote
@@ -161,6 +172,7 @@ class RemotePool:
 
     def _next_reply(self, timeout: float | None) -> tuple[str, Reply] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._asked()
         while not self._interrupted.is_set():
             remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             try:
@@ -171,10 +183,18 @@ class RemotePool:
                 continue
             with self._lock:
                 self._answered.discard(task_id)
+                if task_id in self._settling:
+                    self._taken[task_id] = self._asks
                 if self._issued.get(party_id) == task_id:
                     del self._issued[party_id]
+                    self._tasks.pop(party_id, None)
                     return party_id, reply
         return None
+
+    def _asked(self) -> None:
+        with self._lock:
+            self._asks += 1
+            self._lock.notify_all()
 
     def interrupt(self) -> None:
         """End every wait of ``next_arrival`` (and so of ``dispatch``) now and from now on: the
@@ -185,6 +205,7 @@ class RemotePool:
         """Forget ``party_id``'s task: a reply to it is refused, and its mail is withdrawn."""
         with self._lock:
             task_id = self._issued.pop(party_id, None)
+            self._tasks.pop(party_id, None)
             self._busy.discard(party_id)
             self._stash = collections.deque(a for a in self._stash if a[0] != party_id)
             pending = self._mail.get(party_id)
@@ -220,6 +241,7 @@ class RemotePool:
         finally:
             for pid in waiting:
                 self.cancel(pid)
+            self._asked()  # the loop is done with every reply it took
         for pid in [p for p in tasks if p in waiting]:
             yield pid, TaskError("no reply before the round's deadline")
 
@@ -252,12 +274,35 @@ class RemotePool:
                     return None
                 self._lock.wait(min(remaining, 1.0))
 
+    @contextlib.contextmanager
+    def polling(self, party_id: str) -> Iterator[None]:
+        """While the ``with`` block runs, ``party_id`` waits in a long poll and counts as live
+        (however long the poll lasts), so a waiting poll needs no wake-ups to stay live."""
+        with self._lock:
+            self._polling[party_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._polling[party_id] -= 1
+                if self._polling[party_id] <= 0:
+                    del self._polling[party_id]
+                if party_id in self._remote:
+                    self._remote[party_id] = time.monotonic()
+
     def expects(self, party_id: str, task_id: int) -> None:
         """Raise ``UnexpectedReplyError`` unless ``party_id`` holds task ``task_id`` and has not
         answered it: checked before a reply's body is read, so only parties the loop waits for
         can make the service receive an update."""
         with self._lock:
             self._check_issued(party_id, task_id)
+
+    def task_of(self, party_id: str, task_id: int) -> Task:
+        """The task ``task_id`` that ``party_id`` holds and has not answered (what its reply
+        is received against); ``UnexpectedReplyError`` as ``expects``."""
+        with self._lock:
+            self._check_issued(party_id, task_id)
+            return self._tasks[party_id]
 
     def _check_issued(self, party_id: str, task_id: int) -> None:
         if self._issued.get(party_id) != task_id or task_id in self._answered:
@@ -266,8 +311,21 @@ class RemotePool:
                 "the round is over)"
             )
 
-    def submit(self, party_id: str, task_id: int, reply: Reply, wait: float = 60.0) -> None:
+    def submit(
+        self,
+        party_id: str,
+        task_id: int,
+        reply: Reply,
+        wait: float = 60.0,
+        *,
+        settle: float = 0.0,
+    ) -> None:
         """Hand a party's reply to the round loop (blocks while the loop folds earlier ones).
+
+        ``settle``: then wait up to that many seconds more, until the loop has taken this reply
+        and come back for the next (it has folded it and let it go), so a transport that
+        receives replies one at a time holds one update in memory at a time, not three (one
+        being received, one in the queue, one being folded).
 
         Raises ``UnexpectedReplyError`` if ``party_id`` was not asked ``task_id``, has already
         answered it, or its task was cancelled (the round is over).
@@ -278,13 +336,29 @@ class RemotePool:
             self._busy.discard(party_id)
             if party_id in self._remote:
                 self._remote[party_id] = time.monotonic()
+            if settle > 0:
+                self._settling.add(task_id)
         deadline = time.monotonic() + wait
         while self._issued.get(party_id) == task_id and time.monotonic() < deadline:
             try:
                 self._replies.put((party_id, task_id, reply), timeout=0.2)
-                return
             except queue.Full:
                 continue
+            del reply  # the loop's, now
+            if settle > 0:
+                with self._lock:
+                    self._lock.wait_for(
+                        lambda: (
+                            self._interrupted.is_set()
+                            or self._taken.get(task_id, self._asks) < self._asks
+                        ),
+                        timeout=settle,
+                    )
+            with self._lock:
+                self._taken.pop(task_id, None)
+                self._settling.discard(task_id)
+            return
         with self._lock:
             self._answered.discard(task_id)
+            self._settling.discard(task_id)
         raise UnexpectedReplyError(f"the round closed before the reply of {party_id!r} was taken")
