@@ -141,9 +141,11 @@ def sse_events(response: httpx.Response):
         elif line:
             name, _, value = line.partition(": ")
             fields[name] = value
-        elif fields:
+        elif "data" in fields:  # ("retry: N" alone only sets the reconnection delay)
             event_id = fields.get("id")
             yield fields.get("event"), event_id and int(event_id), json.loads(fields["data"])
+            fields = {}
+        else:
             fields = {}
 
 

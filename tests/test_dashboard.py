@@ -277,6 +277,7 @@ def test_many_viewers_share_one_producer_and_each_gets_every_round():
         source = CountingSource()
         feeds = Feeds(source, interval=0.01, heartbeat=60)
         streams = [feeds.stream(source.view("r"), None) for _ in range(100)]
+        assert {await s.__anext__() for s in streams} == {b"retry: 1000\n\n"}
         first = [await s.__anext__() for s in streams]
         assert all(chunk.startswith(b"event: snapshot") for chunk in first)
         source.reads = 0
@@ -303,7 +304,8 @@ def test_a_viewer_that_falls_behind_is_disconnected_and_the_others_are_not():
         source = CountingSource()
         feeds = Feeds(source, interval=0.01, heartbeat=60, queue_size=3)
         slow, fast = (feeds.stream(source.view("r"), None) for _ in range(2))
-        await slow.__anext__(), await fast.__anext__()
+        for stream in (slow, fast):
+            await stream.__anext__(), await stream.__anext__()  # retry, snapshot
         got_fast = []
         for x in range(1, 6):
             source.points.append({"x": x})
@@ -322,6 +324,24 @@ def test_an_idle_stream_gets_heartbeats(tmp_path):
         event, _, view = next(stream)
         assert event == "snapshot" and view["status"] == "waiting"
         assert next(stream)[0] == "comment"
+
+
+def test_a_stream_ends_after_its_lifetime_and_the_reconnect_resumes(tmp_path):
+    (tmp_path / "events.jsonl").write_text('{"round": 1}\n')
+    app = dashboard_app(FolderSource(tmp_path), heartbeat=60, max_stream_seconds=0.5)
+    with serve(app) as url:
+        with httpx.stream("GET", f"{url}/v1/federations/run/events") as r:
+            lines = list(r.iter_lines())  # the server closes it: no end, the run goes on
+        assert lines[0] == "retry: 1000"  # the browser reconnects after 1 s
+        assert [line for line in lines if line.startswith(("event", "id"))] == [
+            "event: snapshot",
+            "id: 1",
+        ]
+        (tmp_path / "events.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+        headers = {"Last-Event-ID": "1"}
+        with httpx.stream("GET", f"{url}/v1/federations/run/events", headers=headers) as r:
+            events = list(sse_events(r))
+        assert [(e[0], e[1]) for e in events] == [("round", 2), ("parties", None), ("status", None)]
 
 
 def test_the_folder_source_reads_events_as_they_are_appended(tmp_path: Path):

@@ -13,6 +13,10 @@ viewer's queue: 100 viewers cost 100 queue puts per change, not 100 database rea
 Ids are round numbers, so a browser that reconnects with ``Last-Event-ID: N`` gets the rounds
 after N instead of a snapshot. A viewer whose queue fills (a stalled client) is disconnected;
 its browser reconnects and resumes the same way. No thread is held per viewer.
+
+A stream also ends after ``max_stream_seconds`` (30 s, as long as a party's long poll) and
+the browser reconnects a second later (``retry: 1000``) and resumes: uvicorn waits for open
+responses before it stops, so an endless stream would keep ``fedfuse serve`` from exiting.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = ["Feeds", "encode"]
 log = logging.getLogger("fedfuse.service")
 
 _END = b"event: end\ndata: {}\n\n"
+_RETRY = b"retry: 1000\n\n"  # a browser whose stream ended reconnects after 1 s
 _DROP = b""  # put on a viewer's queue when it fell behind: its stream ends
 HEARTBEAT = b": keep-alive\n\n"
 
@@ -118,6 +123,7 @@ class Feeds:
         interval: seconds between two polls of a watched run.
         heartbeat: seconds of silence after which a comment keeps the connection open.
         max_viewers: open streams per run; past it a new one is refused (503).
+        max_stream_seconds: a stream's life; the browser then reconnects and resumes.
     """
 
     def __init__(
@@ -128,9 +134,11 @@ class Feeds:
         heartbeat: float = 15.0,
         max_viewers: int = 1000,
         queue_size: int = 256,
+        max_stream_seconds: float = 30.0,
     ) -> None:
         self.source = source
         self.interval, self.heartbeat = interval, heartbeat
+        self.max_stream_seconds = max_stream_seconds
         self.max_viewers, self.queue_size = max_viewers, queue_size
         self._feeds: dict[str, Feed] = {}
 
@@ -156,16 +164,20 @@ class Feeds:
     async def _events(
         self, feed: Feed, queue: asyncio.Queue[bytes], first: list[bytes]
     ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.max_stream_seconds
         try:
+            yield _RETRY
             for chunk in first:
                 yield chunk
             if first and first[-1] == _END:
                 return
-            while True:
+            while (left := ends - loop.time()) > 0:
                 try:
-                    chunk = await asyncio.wait_for(queue.get(), self.heartbeat)
+                    chunk = await asyncio.wait_for(queue.get(), min(self.heartbeat, left))
                 except TimeoutError:
-                    yield HEARTBEAT
+                    if ends - loop.time() > 0:
+                        yield HEARTBEAT
                     continue
                 if chunk == _DROP:
                     return
