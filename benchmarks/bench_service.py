@@ -35,9 +35,10 @@ What is measured
         baseline against 2 x model + 50 MB, and its growth per party (a least-squares line over
         the party counts of one model size and mode).
     (d) 1000 parties x 1M: as (a)-(c), with the parties' processes' CPU and summed peak RSS.
-    (e) Idle: 10,000 parties join (asyncio + httpx, 4 client processes, 8 joins in flight each)
+    (e) Idle: 10,000 parties join (httpx, 4 client processes, 8 joins in flight each)
         a federation whose quorum is one more, so no round starts, and each holds one long poll
-        (``wait`` = 30 s; the service caps a poll at ``max_poll_wait``, 30 s) for 60 s: service
+        (``wait`` = 30 s; the service caps a poll at ``max_poll_wait``, 30 s; written as plain
+        HTTP/1.1 on asyncio streams, uvloop, so the clients stay light) for 60 s: service
         RSS and CPU % of one core over that window, answered polls per second (the request
         rate), how long joining took and what it cost the service. The benchmark raises its
         open-file limit to the hard limit first (the service holds a socket per poll).
@@ -722,7 +723,14 @@ def idle_worker(config_path: str) -> None:
     """An idle client process: joins its parties, then holds one long poll per party until
     the stop file appears; writes what it saw to ``config["out"]``."""
     config = json.loads(Path(config_path).read_text())
-    payload = asyncio.run(_idle_parties(config))
+    try:
+        import uvloop  # what the service runs on too (uvicorn[standard])
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        payload = runner.run(_idle_parties(config))
     payload["hwm_mb"] = _proc_status(os.getpid()).get("VmHWM", 0) / MB
     Path(config["out"]).write_text(json.dumps(payload))
     os._exit(0)
@@ -732,6 +740,7 @@ async def _idle_parties(config: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     wait = float(config["wait"])
+    host, port = config["url"].removeprefix("http://").rsplit(":", 1)
     statuses: dict[str, int] = {}
     answered: list[float] = []  # when each poll was answered (time.time())
     errors: list[str] = []
@@ -750,16 +759,28 @@ async def _idle_parties(config: dict[str, Any]) -> dict[str, Any]:
                 return response.json()
 
         async def poll(party: dict[str, Any]) -> None:
-            path = f"/v1/federations/{party['federation_id']}/tasks/next"
-            headers = {"Authorization": f"Bearer {party['party_token']}"}
+            request = (
+                f"GET /v1/federations/{party['federation_id']}/tasks/next?wait={wait:g} "
+                f"HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {party['party_token']}\r\n\r\n"
+            ).encode()
+            reader = writer = None
             while not stop.is_set():
                 try:
-                    response = await http.get(path, params={"wait": wait}, headers=headers)
-                    key = str(response.status_code)
-                except httpx.HTTPError as exc:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(request)
+                    key, keep = await _read_response(reader)
+                    if not keep:
+                        writer.close()
+                        reader = writer = None
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                     key = type(exc).__name__
                     if len(errors) < 5:
                         errors.append(f"poll: {key}: {exc}")
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None
                 statuses[key] = statuses.get(key, 0) + 1
                 answered.append(time.time())
                 if key == "410":
@@ -792,6 +813,20 @@ async def _idle_parties(config: dict[str, Any]) -> dict[str, Any]:
         "answered": answered,
         "errors": errors,
     }
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[str, bool]:
+    """One HTTP/1.1 response off ``reader``: its status code, and whether the connection stays
+    open (the body, if any, is read and dropped)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)[1]
+    headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+    headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+    length = int(headers.get("content-length", "0"))
+    if length:
+        await reader.readexactly(length)
+    return status, headers.get("connection", "").lower() != "close"
 
 
 def run_idle(
@@ -1179,8 +1214,9 @@ def write_report(
             "",
             "Parties joined (join token, then each its own party token) to a federation whose "
             "quorum is one more than join, so no round ever starts; each then holds one long "
-            "poll `GET /v1/federations/{id}/tasks/next?wait=W` at a time (asyncio + httpx, a few "
-            "client processes), answered 204 after min(W, the service's `max_poll_wait`, 30 s). "
+            "poll `GET /v1/federations/{id}/tasks/next?wait=W` at a time (plain HTTP/1.1 on "
+            "asyncio streams, keep-alive, in a few client processes; joins with httpx), "
+            "answered 204 after min(W, the service's `max_poll_wait`, 30 s). "
             "The window starts once every party has joined and polled; service CPU is its "
             "CPU seconds over the window, RSS sampled each second (and every 50 ms throughout).",
             "",

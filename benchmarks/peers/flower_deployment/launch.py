@@ -65,7 +65,7 @@ SAMPLE_EVERY = 0.25  # seconds between samples of the SuperLink and ServerApp
 NODE_SAMPLE_EVERY = 4  # ... and of the node-side processes, every this many samples
 NODE_BATCH = 5  # SuperNodes started together before memory is checked again
 IDLE_NODE_MB_GUESS = 250.0  # per SuperNode (+ its superexec) until one is measured
-CLIENTAPP_MB = 150.0  # a ClientApp process besides its copies of the model
+CLIENTAPP_MB = 200.0  # a ClientApp process besides its copies of the model (measured: ~190)
 _CLK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
