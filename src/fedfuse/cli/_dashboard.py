@@ -29,7 +29,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"fedfuse dashboard of {folder} on http://{host}:{args.port}/", flush=True)
     app = dashboard_app(FolderSource(folder))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    # open event streams end at once on Ctrl-C (a browser viewing the run would hold it open)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=1
+    )
     return 0
 
 
