@@ -73,8 +73,20 @@ def free_port() -> int:
 
 
 def child_env() -> dict[str, str]:
-    src = str(ROOT / "src")
+    """This process's fedfuse for the children too (``PYTHONPATH`` as given, else ./src)."""
+    src = os.environ.get("PYTHONPATH") or str(ROOT / "src")
     return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+
+
+def commit() -> str:
+    """The commit measured: HEAD, and whether fedfuse came from another tree (an export)."""
+    import fedfuse
+
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    source = Path(fedfuse.__file__).resolve().parents[1]
+    return f"{head or '?'}" + ("" if source == ROOT / "src" else f", fedfuse from {source}")
 
 
 class Service:
@@ -330,7 +342,8 @@ def report(result: dict[str, Any], out: Path) -> None:
         "",
         f"Measured {result['started']} to {result['ended']} UTC on {os.cpu_count()} CPUs "
         f"(shared; load average {result['load'][0]:.2f} at start, {result['load'][1]:.2f} at "
-        "end). Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_dashboard.py`. "
+        f"end), commit {result['commit']}. "
+        "Command: `PYTHONPATH=src .venv/bin/python benchmarks/bench_dashboard.py`. "
         "Service, parties, viewers and browser share these CPUs.",
         "",
         "| target | measured | met? |",
@@ -413,6 +426,7 @@ def main() -> None:
             svc.stop()
     result = {
         "started": started, "ended": now(), "load": [load0, os.getloadavg()[0]],
+        "commit": commit(),
         "args": vars(args), "latency": latency, "viewers": runs,
     }  # fmt: skip
     out = Path(args.out)
