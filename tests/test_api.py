@@ -233,6 +233,7 @@ PUBLIC_API = [
         [
             "ClientParty",
             "EvaluateTask",
+            "Evaluated",
             "Evaluation",
             "Malformed",
             "ModelAdapter",

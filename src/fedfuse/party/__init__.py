@@ -5,6 +5,7 @@ from fedfuse.party._party import ModelAdapter, Party
 from fedfuse.party._personal import PersonalAdapter, head_layer, split_personal
 from fedfuse.party._secure import SecureEncoding, decode_sum, encode_update, vector_size
 from fedfuse.party._tasks import (
+    Evaluated,
     EvaluateTask,
     Evaluation,
     Malformed,
@@ -25,6 +26,7 @@ __all__ = [
     "ClientParty",
     "NumPyClient",
     "EvaluateTask",
+    "Evaluated",
     "Evaluation",
     "Malformed",
     "ModelAdapter",

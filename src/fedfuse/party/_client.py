@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedfuse.fusion import Update
+from fedfuse.party._party import evaluate_then_train
 from fedfuse.party._tasks import (
     EvaluateTask,
     Evaluation,
@@ -237,6 +238,8 @@ class ClientParty:
         return dict(sorted(named.items()))
 
     def handle(self, task: Task) -> Reply:
+        if isinstance(task, TrainTask) and task.evaluate is not None:
+            return evaluate_then_train(self.handle, task)
         if isinstance(task, SecureTask) or getattr(task, "hold", False):
             return TaskError(
                 "secure aggregation needs a fedfuse Party; a Flower-style client takes part in "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -11,6 +13,7 @@ from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig, dp_sgd_epsilon, dp_sgd_steps
 from fedfuse.party._secure import encode_update
 from fedfuse.party._tasks import (
+    Evaluated,
     EvaluateTask,
     Evaluation,
     Reply,
@@ -31,9 +34,22 @@ from fedfuse.weights import (
     subtract,
 )
 
-__all__ = ["DP_SGD_DELTA", "ModelAdapter", "Party"]
+__all__ = ["DP_SGD_DELTA", "ModelAdapter", "Party", "evaluate_then_train"]
 
 DP_SGD_DELTA = 1e-5  # the delta a party's DP-SGD epsilon is reported at
+
+
+def evaluate_then_train(handle: Callable[[Task], Reply], task: TrainTask) -> Evaluated:
+    """Answer a ``TrainTask`` with ``evaluate`` through ``handle`` (a party's own): evaluate the
+    task's weights on the split first, then train from the same weights, and reply both.
+
+    The evaluation sees the global model exactly as a separate ``EvaluateTask`` would, so its
+    metrics are the same; its failure (no test data) is its own and training still runs."""
+    assert task.evaluate is not None
+    evaluation = handle(EvaluateTask(task.round, task.weights, task.evaluate))
+    if not isinstance(evaluation, Evaluation | TaskError):
+        evaluation = TaskError(f"evaluation gave {type(evaluation).__name__}, not metrics")
+    return Evaluated(handle(dataclasses.replace(task, evaluate=None)), evaluation)
 
 
 class ModelAdapter(Protocol):
@@ -77,6 +93,8 @@ class Party:
         self.dp_sgd_steps = 0
 
     def handle(self, task: Task) -> Reply:
+        if isinstance(task, TrainTask) and task.evaluate is not None:
+            return evaluate_then_train(self.handle, task)
         try:
             if isinstance(task, TrainTask) and task.hold:
                 return self._hold(task)
@@ -210,6 +228,8 @@ class Party:
         return None
 
     def _evaluate(self, task: EvaluateTask) -> Reply:
+        if task.split not in ("test", "train"):
+            return TaskError(f"split must be 'test' or 'train', got {str(task.split)[:64]!r}")
         data = self.data.test if task.split == "test" else self.data.train
         if data is None or len(data) == 0:
             return TaskError(f"party has no {task.split} data")

@@ -11,6 +11,7 @@ from fedfuse.party._secure import SecureEncoding
 from fedfuse.weights import Weights
 
 __all__ = [
+    "Evaluated",
     "Evaluation",
     "EvaluateTask",
     "Malformed",
@@ -30,13 +31,19 @@ class TrainTask:
     """Start from ``weights``, train locally with ``config``, reply with an ``Update``.
 
     With ``hold`` (buffered secure aggregation) the party keeps the update for a coming secure
-    round and replies ``SecureReply("trained", {}, metrics)`` instead of sending it."""
+    round and replies ``SecureReply("trained", {}, metrics)`` instead of sending it.
+
+    With ``evaluate`` (a split, "test" or "train") the party first evaluates ``weights``, the
+    global model as it arrived, on that split and replies ``Evaluated(reply, evaluation)``: the
+    federated evaluation of the last round's model carried with this round's task, instead of
+    a separate ``EvaluateTask`` that sends the model a second time."""
 
     round: int
     weights: Weights
     config: TrainConfig = field(default_factory=TrainConfig)
     send_delta: bool = True
     hold: bool = False
+    evaluate: Literal["test", "train"] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +61,18 @@ class Evaluation:
 
     num_examples: int
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluated:
+    """The answer to a ``TrainTask`` with ``evaluate``: the training ``reply`` (an ``Update``,
+    ``Skipped``, ``TaskError``...) and the ``evaluation`` of the weights the task carried, done
+    before training: an ``Evaluation``, or a ``TaskError`` (the party could not evaluate, e.g.
+    it has no test data) or ``Malformed`` (the wire could not read it) saying why there is none.
+    The two are independent: a failed evaluation costs only the evaluation."""
+
+    reply: Reply
+    evaluation: Evaluation | TaskError | Malformed
 
 
 @dataclass(frozen=True)
@@ -118,4 +137,4 @@ class SecureReply:
 
 
 Task = TrainTask | EvaluateTask | SecureTask
-Reply = Update | Skipped | Evaluation | TaskError | Malformed | SecureReply
+Reply = Update | Skipped | Evaluation | TaskError | Malformed | SecureReply | Evaluated

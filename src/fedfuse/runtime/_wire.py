@@ -20,6 +20,7 @@ import numpy as np
 from fedfuse.fusion import Update
 from fedfuse.models import TrainConfig
 from fedfuse.party import (
+    Evaluated,
     EvaluateTask,
     Evaluation,
     Malformed,
@@ -132,9 +133,21 @@ def task_to_wire(pending: PendingTask) -> tuple[dict[str, Any], Weights]:
         meta |= {"kind": "train", "config": task.config.to_dict(), "send_delta": task.send_delta}
         if task.hold:
             meta["hold"] = True
+        if task.evaluate is not None:
+            meta["evaluate"] = task.evaluate
     else:
         meta |= {"kind": "evaluate", "split": task.split}
     return meta, task.weights
+
+
+SPLITS = ("test", "train")  # what a party can evaluate on
+
+
+def _split(meta: dict[str, Any], name: str, default: str | None) -> Any:
+    value = meta.get(name, default)
+    if value is not default and value not in SPLITS:
+        raise WireFormatError(f"metadata field {name!r} must be one of {', '.join(SPLITS)}")
+    return value
 
 
 def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
@@ -152,9 +165,10 @@ def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
         for name, flag in (("send_delta", send_delta), ("hold", hold)):
             if not isinstance(flag, bool):
                 raise WireFormatError(f"metadata field {name!r} must be true or false")
-        task = TrainTask(round_num, weights, config, send_delta, hold)
+        evaluate = _split(meta, "evaluate", None)
+        task = TrainTask(round_num, weights, config, send_delta, hold, evaluate)
     elif kind == "evaluate":
-        task = EvaluateTask(round_num, weights, meta.get("split", "test"))
+        task = EvaluateTask(round_num, weights, _split(meta, "split", "test"))
     elif kind == "secure":
         task = _secure_task_from_wire(meta, weights, round_num)
     else:
@@ -163,6 +177,18 @@ def task_from_wire(meta: dict[str, Any], body: bytes) -> PendingTask:
 
 
 def reply_to_wire(reply: Reply) -> tuple[dict[str, Any], Weights | None]:
+    if isinstance(reply, Evaluated):  # the training reply, with the evaluation in its metadata
+        meta, body = reply_to_wire(reply.reply)
+        evaluation = reply.evaluation
+        if isinstance(evaluation, Evaluation):
+            meta["evaluation"] = {
+                "num_examples": int(evaluation.num_examples),
+                "metrics": {k: float(v) for k, v in evaluation.metrics.items()},
+            }
+        else:
+            message = evaluation.message if isinstance(evaluation, TaskError) else evaluation.reason
+            meta["evaluation"] = {"error": str(message)[:2000]}
+        return meta, body
     if isinstance(reply, SecureReply):
         meta = {
             "kind": "secure",
@@ -294,9 +320,27 @@ _REPLY_KINDS = {
 }
 
 
+def _carried_evaluation(value: Any) -> Evaluation | TaskError | Malformed:
+    """The evaluation a training reply carries (``{"num_examples", "metrics"}`` or
+    ``{"error"}``); ``Malformed`` naming the bad field, which costs only the evaluation."""
+    if not isinstance(value, dict):
+        return Malformed("malformed evaluation: metadata field 'evaluation' must be an object")
+    if "error" in value:
+        return TaskError(str(value["error"])[:2000])
+    try:
+        return Evaluation(_field(value, "num_examples", int), _metrics(value))
+    except WireFormatError as exc:
+        return Malformed(f"malformed evaluation: {exc}")
+
+
 def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str = "") -> Reply:
     """The reply ``meta`` and ``body`` carry; ``Malformed`` (naming the bad field) when a reply
-    of a known kind cannot be read. Raises ``WireFormatError`` for an unknown kind."""
+    of a known kind cannot be read. Raises ``WireFormatError`` for an unknown kind.
+
+    A reply with an ``evaluation`` field (to a ``TrainTask`` with ``evaluate``) is
+    ``Evaluated(reply, evaluation)``; a bad evaluation is a ``Malformed`` evaluation beside a
+    good reply, while a reply that cannot be read is ``Malformed`` whole (the party learns
+    why, and its evaluation is left out with it)."""
     kind = meta.get("kind")
     read = _REPLY_KINDS.get(kind) if isinstance(kind, str) else None
     if read is None:
@@ -305,6 +349,9 @@ def reply_from_wire(meta: dict[str, Any], body: bytes | bytearray, party_id: str
             "secure or error"
         )
     try:
-        return read(meta, body, party_id)
+        reply = read(meta, body, party_id)
     except WireFormatError as exc:
         return Malformed(f"malformed {kind} reply: {exc}")
+    if "evaluation" not in meta:
+        return reply
+    return Evaluated(reply, _carried_evaluation(meta["evaluation"]))
