@@ -128,7 +128,8 @@ def dashboard_routes(
         cache = {"Cache-Control": "public, max-age=31536000, immutable"}
         return _secure(Response(data, media_type=ASSETS[name], headers=cache))
 
-    @router.get("/v1/federations/{fid}/events", tags=["dashboard"])
+    # not in the OpenAPI schema: a generated client (or fuzzer) would wait on it for 30 s
+    @router.get("/v1/federations/{fid}/events", include_in_schema=False)
     async def federation_events(fid: str, request: Request) -> Response:
         """Server-sent events: a snapshot, then each new round and party-state change.
 
