@@ -159,6 +159,25 @@ def test_early_refusal_waits_for_the_round_when_the_metadata_is_bad():
     assert intake.reason is None  # the round judges it, with its own first reason
 
 
+def test_a_spare_buffer_is_reused_only_once_no_array_views_it():
+    reference = model()
+    body = to_bytes(delta_of(reference, 1))
+    spares: list[bytearray] = []
+    first = DenseIntake(reference, spares=spares)
+    feed(first, body)
+    update = reply_from_wire(META, first.body(), "p")  # views into the first buffer
+    second = DenseIntake(reference, spares=spares)
+    feed(second, to_bytes(delta_of(reference, 2)))
+    assert second.body() is not first.body()  # the first is still viewed: not reused
+    kept = np.array(update.weights["a.weight"])
+    del update
+    third = DenseIntake(reference, spares=spares)
+    feed(third, to_bytes(delta_of(reference, 3)))
+    assert third.body() is first.body() and len(spares) == 2  # nothing views it any more
+    assert np.array_equal(kept, delta_of(reference, 1)["a.weight"])
+    assert bytes(third.body()) == to_bytes(delta_of(reference, 3))
+
+
 # ---- through a real service ------------------------------------------------------------------
 class ScriptedParty:
     """A remote party whose delta depends only on its name and the round (not on the model),

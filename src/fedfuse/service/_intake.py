@@ -8,8 +8,9 @@ it, tests feed it by hand) and:
   bytes plus a bounded header) before anything is allocated;
 * parses the header as soon as its bytes are in and checks it against the model with the same
   ``check_compatible`` the round's validation uses (same reason), before reading on;
-* then allocates the body's one buffer, of the exact size the header states, and copies each
-  chunk into place (no spool, no second copy: the arrays the round folds are views into it);
+* then takes the body's one buffer, of the exact size the header states (a spare of an earlier
+  update that nothing views any more, or a new one), and copies each chunk into place (no
+  spool, no second copy: the arrays the round folds are views into it);
 * checks values as they arrive: a float array's running sum of squares (a dot per chunk, as
   ``validate_update`` measures) is finite unless a value is NaN or infinite, so a poisoned
   update is known, and refused, before the rest of its body is read.
@@ -37,6 +38,7 @@ from fedfuse.weights._io import _DTYPES
 __all__ = ["DenseIntake", "IntakeRefused", "expected_body_bytes"]
 
 HEADER_SLACK = 4096  # header bytes allowed beyond the model's own (metadata, spacing)
+MAX_SPARES = 2  # body buffers a federation keeps for reuse (one receiving, one being folded)
 _DIGITS = 20  # the most digits a byte offset takes
 
 
@@ -80,6 +82,21 @@ def _fake(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
 
 
+def _unviewed(buffer: bytearray) -> bool:
+    """Whether no array (or other buffer export) views ``buffer`` now, so it may be reused: a
+    viewed bytearray cannot change size (``BufferError``), and shrinking it by its last byte
+    and growing it back reallocates nothing."""
+    if not buffer:
+        return True
+    last = buffer[-1]
+    try:
+        del buffer[-1:]
+    except BufferError:
+        return False
+    buffer.append(last)
+    return True
+
+
 def meta_allows_early(meta: Mapping[str, Any]) -> bool:
     """Whether an early refusal of the body would give the reason the round gives: the round
     judges the kind, example count and metrics before the arrays, so only a delta whose
@@ -103,9 +120,15 @@ class DenseIntake:
     """
 
     def __init__(
-        self, reference: Weights, declared: int | None = None, *, early: bool = True
+        self,
+        reference: Weights,
+        declared: int | None = None,
+        *,
+        early: bool = True,
+        spares: list[bytearray] | None = None,
     ) -> None:
         self.reference = reference
+        self.spares = spares
         self.limit = expected_body_bytes(reference)
         self.early = early
         if declared is not None and declared > self.limit:
@@ -212,12 +235,26 @@ class DenseIntake:
                 return
         # the strict format check (tiling, sizes) is from_buffer's, on the whole body
         self._order = sorted(self._spans, key=lambda s: s.name)
-        self._buffer = bytearray(end)
+        self._buffer = self._allocate(end)
         self._expected = end
         if len(self._head) > end:
             raise IntakeRefused(413, self._too_long(len(self._head)))
         self._buffer[: len(self._head)] = self._head
         self._head = bytearray()
+
+    def _allocate(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes: a spare no array views any more if there is one (a fresh
+        one costs the kernel's page faults and zeroing, about half a millisecond per MB),
+        else a new one, kept as a spare while there are fewer than ``MAX_SPARES``."""
+        if self.spares is None:
+            return bytearray(size)
+        for spare in self.spares:
+            if len(spare) == size and _unviewed(spare):
+                return spare
+        fresh = bytearray(size)
+        kept = [b for b in self.spares if len(b) == size][: MAX_SPARES - 1]
+        self.spares[:] = [*kept, fresh]
+        return fresh
 
     # ---- the values --------------------------------------------------------------------------
     def _check_values(self) -> None:

@@ -78,6 +78,7 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
     router = APIRouter(route_class=GuardedRoute)
     intakes: dict[str, asyncio.Semaphore] = {}  # per federation: memory O(model) per federation
     receiving: set[tuple[str, str]] = set()  # (federation, party) whose reply body is arriving
+    spares: dict[str, list[bytearray]] = {}  # per federation: body buffers to reuse
     body_cache: dict[str, tuple[Weights, bytes]] = {}  # federation id -> (weights, bytes)
     body_lock = threading.Lock()
     # (federation, party) -> the futures of its polls waiting now; an entry lives only as long
@@ -109,6 +110,7 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
 
         pool.on_post = lambda ids: call(_wake, fid, ids)
         manager.when_done(fid, lambda: call(_wake_all, fid))
+        manager.when_done(fid, lambda: spares.pop(fid, None))
 
     @router.post("/v1/join", tags=["party protocol"])
     @before_body(guards.joining)
@@ -204,7 +206,7 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
         )
 
     async def _dense_reply(
-        request: Request, meta: dict[str, Any], reference: Weights, party_id: str
+        request: Request, meta: dict[str, Any], reference: Weights, fid: str, party_id: str
     ) -> tuple[Any, int]:
         """A training reply received by ``DenseIntake``: the reply for the round and the HTTP
         status to answer (200, or 4xx with the reason)."""
@@ -214,6 +216,7 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
                 reference,
                 int(declared) if declared and declared.isdigit() else None,
                 early=meta_allows_early(meta),
+                spares=spares.setdefault(fid, []),
             )
             async for chunk in request.stream():  # counted and timed by the boundary
                 intake.feed(chunk)
@@ -265,7 +268,7 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
                     and task.config.compression == "none"
                 )
                 if dense:
-                    reply, status = await _dense_reply(request, meta, task.weights, party_id)
+                    reply, status = await _dense_reply(request, meta, task.weights, fid, party_id)
                 else:
                     reply = await _whole_reply(request, meta, party_id)
                     status = 400 if isinstance(reply, Malformed) else 200
