@@ -65,7 +65,8 @@ SAMPLE_EVERY = 0.25  # seconds between samples of the SuperLink and ServerApp
 NODE_SAMPLE_EVERY = 4  # ... and of the node-side processes, every this many samples
 NODE_BATCH = 5  # SuperNodes started together before memory is checked again
 IDLE_NODE_MB_GUESS = 250.0  # per SuperNode (+ its superexec) until one is measured
-CLIENTAPP_MB = 200.0  # a ClientApp process besides its copies of the model (measured: ~190)
+LOW_MEMORY_MB = 500.0  # below this much available memory a run is stopped (not the machine)
+CLIENTAPP_MB = 160.0  # a ClientApp process besides its copies of the model (measured ~150)
 _CLK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -209,6 +210,7 @@ class Sampler:
         self.nodes_rss_max = 0
         self.samples: list[tuple[float, float, float]] = []  # t, superlink CPU, nodes CPU
         self._nodes_cpu = 0.0
+        self.low_memory = threading.Event()  # the machine nearly ran out: the run is stopped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="flower-sampler")
 
@@ -239,6 +241,8 @@ class Sampler:
                 ]
                 self.nodes_rss_max = max(self.nodes_rss_max, sum(s[3] for s in nodes))
                 self._nodes_cpu = sum(s[2] for s in nodes)
+                if _mem_available_mb() < LOW_MEMORY_MB:
+                    self.low_memory.set()
             self.samples.append((time.time(), link[1], self._nodes_cpu))
             tick += 1
 
@@ -311,7 +315,7 @@ def run_flower(
     federated_eval: bool,
     flower_bin: Path,
     workdir: Path,
-    reserve_mb: float = 3000.0,
+    reserve_mb: float = 2000.0,
 ) -> FlowerResult:
     """Start a SuperLink and up to ``nodes`` SuperNodes, run the app, measure, stop them all."""
     result = FlowerResult(nodes, rounds, num_params, federated_eval)
@@ -336,11 +340,14 @@ def run_flower(
         }
     )
     logs: list[Any] = []
+    children: list[subprocess.Popen] = []
 
     def start(argv: list[str], log_name: str) -> subprocess.Popen:
         log = open(run_dir / log_name, "ab")  # noqa: SIM115 - closed in the finally below
         logs.append(log)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
+        children.append(child)
+        return child
 
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
@@ -409,11 +416,17 @@ def run_flower(
             raise RuntimeError(f"flwr run failed: {submit.stdout[-2000:]} {submit.stderr[-2000:]}")
         per_round = 30.0 + 2 * (6.0 + 3.0 * started)  # generous: process start-up per message
         _wait_for(
-            lambda: out_file.exists() or link_log.count("Finished task") > 0,
+            lambda: (
+                out_file.exists()
+                or link_log.count("Finished task") > 0
+                or sampler.low_memory.is_set()
+            ),
             120 + rounds * per_round,
             "the ServerApp to finish",
             step=1.0,
         )
+        if sampler.low_memory.is_set():
+            raise MemoryError(f"under {LOW_MEMORY_MB:.0f} MB available: the run was stopped")
         _wait_for(out_file.exists, 10, "the ServerApp's timings file")
         result.serverapp_peak_mb = sampler.serverapp_rss_max / MB
         hwm = _hwm(link.pid)
@@ -431,6 +444,9 @@ def run_flower(
         left = tagged.stop_all()
         if left:
             result.error = (result.error or "") + f" ({left} processes would not stop)"
+        for child in children:  # reap them (the detached grandchildren init reaps)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
         for log in logs:
             log.close()
         if threading.current_thread() is threading.main_thread():
