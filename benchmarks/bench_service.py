@@ -18,7 +18,7 @@ What is measured
     ``benchmarks/peers/flower_deployment/fedfuse_bench_flower/workload.py``, the functions
     Flower's ClientApp calls too. They are driven by ``fedfuse.runtime.PartyClient`` (join with
     the join token, long-poll and reply with the party's own token), as threads in client
-    processes (25 parties each, at most 20 processes: 1000 parties are 20 x 50 threads; the
+    processes (25 parties each, at most 10 processes: 1000 parties are 10 x 100 threads; the
     machine has 2 CPUs, so the parties' own CPU is reported apart from the service's).
 
     (a) Round overhead per round: *round s* is the wall time between the first party's receipt
@@ -105,7 +105,7 @@ from launch import FlowerResult, run_flower  # noqa: E402
 
 HOST = "127.0.0.1"
 PARTIES_PER_CLIENT_PROCESS = 25
-MAX_CLIENT_PROCESSES = 20  # 1000 parties: 20 processes of 50 party threads (2 CPUs, 24 GiB)
+MAX_CLIENT_PROCESSES = 10  # 1000 parties: 10 x 100 party threads (each process ~270 MB idle)
 SAMPLE_EVERY = 0.05  # seconds between samples of the service's /proc status
 POLL_WAIT = 10.0  # seconds each party's long poll may wait at the service
 IDLE_POLL_WAIT = 30.0  # an idle party's long poll (the service caps it at max_poll_wait, 30 s)
