@@ -110,7 +110,9 @@ class Feed:
                     self._send([_END])
                     return
                 if self.view is not None:
-                    self._send(changes(self.view, new) + ([_END] if new["finished"] else []))
+                    # one poll's events go out as one write per viewer, not one per event
+                    events = changes(self.view, new)
+                    self._send(([b"".join(events)] if events else []) + ([_END] * new["finished"]))
                 self.view = new
         finally:
             self.task = None
