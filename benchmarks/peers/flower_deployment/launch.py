@@ -24,7 +24,7 @@ What is measured
     * CPU (``/proc/<pid>/stat``, children included once they are reaped): the SuperLink process,
       the ServerApp (its own ``process_time``), and all node-side processes together;
     * memory: the SuperLink's RSS once the nodes are connected (baseline) and its peak (VmHWM,
-      reset after the baseline, and 0.25 s samples); the ServerApp's peak; each SuperNode's idle
+      reset after the baseline, and 0.5 s samples); the ServerApp's peak; each SuperNode's idle
       RSS (supernode + its superexec) and the peak of all node-side processes together.
 
 Every process started here carries an environment tag; on exit (normal, exception, Ctrl-C or
@@ -61,7 +61,7 @@ APP_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 TAG_VAR = "FEDFUSE_BENCH_TAG"
 MB = 1024 * 1024
-SAMPLE_EVERY = 0.25  # seconds between samples of the SuperLink and ServerApp
+SAMPLE_EVERY = 0.5  # seconds between samples of the SuperLink and ServerApp
 NODE_SAMPLE_EVERY = 4  # ... and of the node-side processes, every this many samples
 NODE_BATCH = 5  # SuperNodes started together before memory is checked again
 IDLE_NODE_MB_GUESS = 250.0  # per SuperNode (+ its superexec) until one is measured
@@ -161,7 +161,8 @@ class Tagged:
 
     def pids(self) -> list[int]:
         alive = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-        self._known = {p: t for p, t in self._known.items() if p in set(alive)}
+        present = set(alive)
+        self._known = {p: t for p, t in self._known.items() if p in present}
         out = []
         for pid in alive:
             tagged = self._known.get(pid)
@@ -470,6 +471,7 @@ def _node_rss(tagged: Tagged, superlink: int) -> int:
 def _fill(result: FlowerResult, timings: dict[str, Any], sampler: Sampler) -> None:
     rounds = [timings["rounds"][str(r)] for r in range(1, result.rounds + 1)]
     result.model_mb = timings["model_bytes"] / MB
+    result.num_params = timings["num_params"]  # the model's own count (as fedfuse's results)
     end_key = "evaluated" if result.federated_eval else "fused"
     result.round_seconds = [r[end_key] - r["start"] for r in rounds]
     result.train_seconds = [r["fused"] - r["start"] for r in rounds]
