@@ -23,7 +23,7 @@ from fedfuse.service import ServiceSettings, background_service
 from fedfuse.service._dashboard import dashboard_app
 from fedfuse.service._dashboard_feed import Feeds
 from fedfuse.service._dashboard_page import ASSET_DIR
-from fedfuse.service._dashboard_view import FolderSource
+from fedfuse.service._dashboard_view import FolderSource, party_rows, round_point
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -364,3 +364,46 @@ def test_the_folder_source_reads_events_as_they_are_appended(tmp_path: Path):
     assert view["kind"] == "consensus" and [p["x"] for p in view["points"]] == [1]
     with pytest.raises(LookupError):
         source.view("other")
+
+
+def test_login_on_a_service_without_a_key_sets_no_cookie(service):
+    r = httpx.post(f"{service}/dashboard/login", data={"key": "anything"})
+    assert r.status_code == 303 and "set-cookie" not in r.headers
+
+
+def test_party_states_say_what_each_party_does_and_why_it_last_failed():
+    parties = [(p, None) for p in ("new", "busy", "gone", "bad", "slow", "broke", "fine")]
+    live = {
+        "new": {"state": "idle"}, "busy": {"state": "training"}, "gone": {"state": "dropped"},
+        "bad": {"state": "idle"}, "slow": {"state": "idle"}, "broke": {"state": "idle"},
+        "fine": {"state": "hosted"},
+    }  # fmt: skip
+    records = [
+        {"round": 1, "sampled": ["busy", "gone", "bad", "slow", "broke", "fine"],
+         "rejected": {"gone": "update has NaN"}},
+        {"round": 2, "sampled": ["busy", "gone", "bad", "slow", "broke", "fine"],
+         "rejected": {"bad": "norm 1e9 exceeds the bound"},
+         "failed": {"slow": "no reply before the round's deadline", "broke": "party error: OOM",
+                    "busy": "no reply before the round's deadline"}},
+    ]  # fmt: skip
+    rows = {r["party"]: (r["state"], r["reason"]) for r in party_rows(parties, live, records)}
+    assert rows == {
+        "new": ("joined", None),  # never sampled
+        "busy": ("training", "round 2: no reply before the round's deadline"),  # busy again now
+        "gone": ("dropped", "round 1: update has NaN"),
+        "bad": ("rejected", "round 2: norm 1e9 exceeds the bound"),
+        "slow": ("late", "round 2: no reply before the round's deadline"),
+        "broke": ("failed", "round 2: party error: OOM"),
+        "fine": ("hosted", None),
+    }
+
+
+def test_round_points_carry_the_privacy_budget_and_only_finite_numbers():
+    point = round_point(
+        {"round": 3, "epsilon": 1.25, "delta": 1e-5, "central": {"accuracy": float("inf")},
+         "train": {"loss": 0.5, "accuracy": True}, "bytes_up": 10, "bytes_down": 20,
+         "rejected": {"p": "why"}}
+    )  # fmt: skip
+    assert point["x"] == 3 and point["epsilon"] == 1.25 and point["rejected"] == 1
+    assert point["central_accuracy"] is None and point["train_accuracy"] is None
+    assert (point["train_loss"], point["bytes_up"], point["bytes_down"]) == (0.5, 10, 20)

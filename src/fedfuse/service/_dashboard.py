@@ -187,6 +187,8 @@ def _login_routes(router: APIRouter, guards: Guards) -> None:
             return _json_error(exc.status_code, str(exc.detail), exc.headers)
         target = f"/dashboard/federations/{quote(fid)}" if fid else "/dashboard"
         answer = _secure(RedirectResponse(target, 303))
+        if guards.settings.api_key is None:  # an open service: nothing to remember
+            return answer
         answer.set_cookie(
             DASHBOARD_COOKIE,
             cookie_value(key),
