@@ -1469,6 +1469,8 @@ def main(argv: list[str] | None = None) -> int:
     args.flower_nodes = args.flower_nodes or "10,50,100"
     rounds = args.rounds or (2 if args.quick else 5)
     out_dir = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    # SIGTERM as Ctrl-C: the finally blocks stop the service, the parties and Flower's processes
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 polls: 10,000 sockets
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
