@@ -110,7 +110,7 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
 
         pool.on_post = lambda ids: call(_wake, fid, ids)
         manager.when_done(fid, lambda: call(_wake_all, fid))
-        manager.when_done(fid, lambda: spares.pop(fid, None))
+        manager.when_done(fid, lambda: (spares.pop(fid, None), body_cache.pop(fid, None)))
 
     @router.post("/v1/join", tags=["party protocol"])
     @before_body(guards.joining)
