@@ -13,6 +13,18 @@ aggregation policy decides only where arrivals come from and when they are fused
 
 Everything else, validation, fusion, records and checkpoints, is the same code for both.
 
+Federated evaluation (``federated_eval``) asks the parties for the metrics of each new global
+model, by default with a second broadcast after the round (every idle party gets an
+``EvaluateTask``). With ``piggyback_eval`` the next round's training tasks, which carry that
+model anyway, ask for it instead (``TrainTask.evaluate``): no second copy of the model goes
+out and no extra round trip is waited for. Round ``r``'s record then gets its ``federated``
+metrics late, once round ``r + 1``'s replies are in, with ``federated_with_round: r + 1``; the
+parties that evaluate are round ``r + 1``'s sample (every party when all are sampled: then
+the metrics equal the broadcast's). The last round's model, with no next task, is evaluated
+by a broadcast (``evaluate_pending``, which ``run`` calls at its end). Buffered mode and secure
+aggregation keep the broadcast (a buffered party's next task starts at another time; a
+secure round's tasks are its protocol's stages).
+
 Privacy (``Privacy``, ``SecureAggregation``) changes what is fused, not the loop: differential
 privacy replaces the fusion's mean with a clipped, noised sum and a ``PrivacyAccountant``
 records each step (epsilon, delta and sigma go into the record; a step that would exceed
@@ -32,6 +44,7 @@ import numpy as np
 
 from fedfuse.federation._accountant import PrivacyAccountant
 from fedfuse.federation._checkpoint import load_checkpoint, save_checkpoint
+from fedfuse.federation._evaluation import CarriedEvaluations, broadcast, fold_evaluations
 from fedfuse.federation._policy import Aggregation, Sampling
 from fedfuse.federation._privacy import (
     Privacy,
@@ -46,7 +59,6 @@ from fedfuse.federation._round import (
     RoundResult,
     Stopwatch,
     add_training_time,
-    evaluate_parties,
     fold_replies,
     pool_train_seconds,
 )
@@ -97,6 +109,9 @@ class Federation:
         central_eval: ``weights -> metrics`` on data the aggregator holds, run each step.
         federated_eval: also ask every party to evaluate the new model on its test split
             (in buffered mode, the parties not training at that moment).
+        piggyback_eval: with ``federated_eval``, carry the evaluation of each model with the
+            next round's training tasks instead of a second broadcast (see the module
+            docstring; synchronous rounds without secure aggregation only).
         checkpoint_dir: where a checkpoint is written after each step; if it already holds
             one, the federation resumes from it.
         privacy: differential privacy (``Privacy``; off by default).
@@ -120,6 +135,7 @@ class Federation:
         seed: int = 0,
         central_eval: Evaluator | None = None,
         federated_eval: bool = False,
+        piggyback_eval: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
         privacy: Privacy | None = None,
         secure: SecureAggregation | None = None,
@@ -134,6 +150,7 @@ class Federation:
         self.seed = seed
         self.central_eval = central_eval
         self.federated_eval = federated_eval
+        self.piggyback_eval = piggyback_eval
         self.checkpoint_dir = checkpoint_dir
         self.population = population or len(pool.party_ids())
         spec = FusionSpec(fusion) if isinstance(fusion, str) else fusion
@@ -159,6 +176,7 @@ class Federation:
         self._holding: dict[str, int] = {}  # buffered secagg: parties holding an update
         self._tasks = 0
         self._rng = np.random.default_rng([seed, 0xFEDB0FF])
+        self._pending: int | None = None  # the round whose model's evaluation is still to come
         if checkpoint_dir is not None:
             self._resume(initial_weights)
 
@@ -251,24 +269,45 @@ class Federation:
         if self.history and "time" in self.history[-1] and hasattr(self.pool, "clock"):
             self.pool.clock = max(self.pool.clock, self.history[-1]["time"])  # time goes on
         self._tasks = sum(len(r.get("participants", ())) for r in self.history)
+        if self.federated_eval and self.history and "federated" not in self.history[-1]:
+            self._pending = self.round  # (checkpointed before the next round carried it)
 
-    def _task(self, step: int, party_id: str) -> TrainTask:
+    def _task(self, step: int, party_id: str, *, evaluate: bool = False) -> TrainTask:
         seed = derive_seed(self.seed, step, party_id)
         if self.aggregation.mode == "buffered":  # one party trains several times per step
             self._tasks += 1
             seed = derive_seed(self.seed, self._tasks, party_id)
         hold = self.secure.secagg and self.aggregation.mode == "buffered"
-        return TrainTask(step, self.weights, self.config.with_seed(seed), hold=hold)
+        return TrainTask(
+            step,
+            self.weights,
+            self.config.with_seed(seed),
+            hold=hold,
+            evaluate="test" if evaluate else None,
+        )
+
+    @property
+    def piggybacks(self) -> bool:
+        """Whether federated evaluation travels with the next round's training tasks."""
+        return (
+            self.federated_eval
+            and self.piggyback_eval
+            and self.aggregation.mode == "sync"
+            and not self.secure.secagg
+        )
 
     # ---- one step --------------------------------------------------------------------------
     def run_round(self) -> dict[str, Any]:
         """Run the next step (a round, or one buffer); returns its history record.
 
         Raises ``PrivacyBudgetExceeded`` instead of running a step that would take epsilon
-        past ``privacy.max_epsilon`` (``stop_reason`` says so)."""
+        past ``privacy.max_epsilon`` (``stop_reason`` says so).
+
+        With ``piggybacks``, the record has no ``federated`` metrics yet: the next round's
+        tasks bring them into it (and into ``history[-2]`` seen from there), or
+        ``evaluate_pending`` does after the last round."""
         step = self.round + 1
         self._check_budget()
-        start, train_before = time.perf_counter(), pool_train_seconds(self.pool)
         result = RoundResult(step, self.weights, self.fusion_state, {})
         sampled = None
         if self.aggregation.mode == "buffered":
@@ -282,6 +321,12 @@ class Federation:
                 seed=self.seed,
                 poisson=self.sampling.poisson,
             )
+        carried = None
+        if self._pending is not None and self.piggybacks and sampled:
+            carried = CarriedEvaluations(self._pending)
+        elif self._pending is not None:  # no task goes out that could carry it
+            self.evaluate_pending()
+        start, train_before = time.perf_counter(), pool_train_seconds(self.pool)
         if self.secure.secagg:
             stopwatch = Stopwatch()
             if sampled is None:
@@ -291,9 +336,11 @@ class Federation:
             stopwatch.split(result, time.perf_counter() - start)
         else:
             if sampled is not None:
-                tasks = {pid: self._task(step, pid) for pid in sampled}
+                tasks = {pid: self._task(step, pid, evaluate=bool(carried)) for pid in sampled}
                 result.bytes_down += len(tasks) * num_bytes(self.weights)
                 dispatched = self.pool.dispatch(tasks, timeout=self.aggregation.deadline)
+                if carried is not None:
+                    dispatched = carried.unwrap(dispatched)
                 arrivals = ((pid, reply, 0) for pid, reply in dispatched)
             fold_replies(
                 result,
@@ -306,6 +353,8 @@ class Federation:
                 start=start,
             )
         add_training_time(result, self.pool, train_before)
+        if carried is not None:
+            self._complete_carried(carried, sampled or [], step)
         self.round = step
         if result.fused:
             self.version += 1
@@ -315,6 +364,10 @@ class Federation:
             self._account(result, sampled)
         record = self._record(result, sampled)
         self.history.append(record)
+        self._save()
+        return record
+
+    def _save(self) -> None:
         if self.checkpoint_dir is not None:
             meta = {"accountant": self.accountant.to_state()} if self.accountant else None
             save_checkpoint(
@@ -325,6 +378,56 @@ class Federation:
                 self.history,
                 meta,
             )
+
+    # ---- federated evaluation --------------------------------------------------------------
+    def _complete_carried(self, carried: CarriedEvaluations, sampled: list[str], step: int) -> None:
+        """Fill the pending round's record with the evaluations round ``step``'s tasks carried
+        (of ``self.weights``, still the model those tasks started from)."""
+        record = self.history[-1]
+        not_evaluated: dict[str, str] = {}
+        record["federated"], sent = carried.finish(
+            self.pool,
+            sampled,
+            self.weights,
+            timeout=self.aggregation.deadline,
+            failed=not_evaluated,
+        )
+        record["federated_with_round"] = step
+        record["bytes_down"] += sent
+        if not_evaluated:
+            record["not_evaluated"] = not_evaluated
+        self._pending = None
+
+    def _broadcast_evaluation(self, record: dict[str, Any]) -> None:
+        """Evaluate the current model with an ``EvaluateTask`` to every idle party, into
+        ``record``: ``federated``, ``not_evaluated`` and the model's bytes in ``bytes_down``."""
+        # a party still training (buffered) keeps its task: only idle parties evaluate
+        idle = [p for p in self.pool.party_ids() if p not in self._started]
+        replies: dict[str, Reply] = {}
+        record["bytes_down"] += broadcast(
+            self.pool,
+            idle,
+            self.weights,
+            round_num=record["round"],
+            timeout=self.aggregation.deadline,
+            into=replies,
+        )
+        not_evaluated: dict[str, str] = {}
+        record["federated"] = fold_evaluations(replies, not_evaluated)
+        if not_evaluated:  # e.g. a party without a test split: say so, do not hide it
+            record["not_evaluated"] = not_evaluated
+
+    def evaluate_pending(self) -> dict[str, Any] | None:
+        """Evaluate, by a broadcast, the model whose evaluation waits for the next round's
+        tasks (with ``piggyback_eval``, the last round's); returns its record, completed, or
+        ``None`` when nothing waits. ``run`` calls this when it ends; a caller that runs
+        ``run_round`` itself calls it after the last round."""
+        if self._pending is None:
+            return None
+        record = self.history[-1]
+        self._broadcast_evaluation(record)
+        self._pending = None
+        self._save()
         return record
 
     def _secure_round(
@@ -540,21 +643,10 @@ class Federation:
             record["time"] = clock
         if self.central_eval is not None:
             record["central"] = self.central_eval(self.weights)
-        if self.federated_eval:
-            not_evaluated: dict[str, str] = {}
-            # a party still training (buffered) keeps its task: only idle parties evaluate
-            idle = [p for p in self.pool.party_ids() if p not in self._started]
-            record["bytes_down"] += num_bytes(self.weights) * len(idle)
-            record["federated"] = evaluate_parties(
-                self.pool,
-                idle,
-                self.weights,
-                round_num=result.round,
-                timeout=self.aggregation.deadline,
-                failed=not_evaluated,
-            )
-            if not_evaluated:  # e.g. a party without a test split: say so, do not hide it
-                record["not_evaluated"] = not_evaluated
+        if self.federated_eval and self.piggybacks:
+            self._pending = result.round  # the next round's tasks carry its evaluation
+        elif self.federated_eval:
+            self._broadcast_evaluation(record)
         return record
 
     def run(
@@ -567,17 +659,31 @@ class Federation:
         """Run until step ``rounds`` is complete (a resumed federation continues where it was),
         or, with ``until``, until the pool's clock (simulated seconds in ``LocalPool``) has
         reached ``until``: a time budget, to compare policies at equal time. It stops early
-        when the next step would exceed ``privacy.max_epsilon`` (``stop_reason`` says so)."""
+        when the next step would exceed ``privacy.max_epsilon`` (``stop_reason`` says so).
+
+        ``on_round`` is called with each step's record once it is complete: with
+        ``piggyback_eval``, round ``r``'s after round ``r + 1`` brought its evaluation, and the
+        last one's after the final evaluation (``evaluate_pending``)."""
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
         clock = self._clock()
+        told = self.round if self._pending is None else self._pending - 1
+
+        def tell_completed() -> int:
+            done = self.round if self._pending is None else self._pending - 1
+            for record in self.history:
+                if on_round is not None and told < record["round"] <= done:
+                    on_round(record)
+            return done
+
         while self.round < rounds and (until is None or clock() < until):
             try:
-                record = self.run_round()
+                self.run_round()
             except PrivacyBudgetExceeded:
                 break  # stop_reason says why
-            if on_round is not None:
-                on_round(record)
+            told = tell_completed()
+        self.evaluate_pending()
+        tell_completed()
         return self.history
 
 

@@ -89,13 +89,21 @@ def use_params(use: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class EvaluationSpec(Settings):
     """``federated``: every party evaluates each new global model on its own test split.
+    ``piggyback``: with ``federated``, the next round's training tasks carry that evaluation
+    instead of a second broadcast of the model (round r's metrics then come from round r+1's
+    sampled parties; see ``fedfuse.federation.Federation``'s ``piggyback_eval``).
     ``centralized``: a simulation also trains the same model on the pooled data, as a baseline
     curve."""
 
     kind: ClassVar[str] = "evaluation"
-    constraints: ClassVar[dict[str, list[Any]]] = {"federated": [bool], "centralized": [bool]}
+    constraints: ClassVar[dict[str, list[Any]]] = {
+        "federated": [bool],
+        "piggyback": [bool],
+        "centralized": [bool],
+    }
 
     federated: bool = True
+    piggyback: bool = False
     centralized: bool = True
 
 
