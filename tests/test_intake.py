@@ -5,6 +5,7 @@ number of parties."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -328,3 +329,50 @@ def _serve_parties(url: str, token: str, count: int) -> None:
 
 if __name__ == "__main__":
     _serve_parties(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+
+
+# ---- long polls ---------------------------------------------------------------------------------
+def test_a_party_in_a_long_poll_is_live_however_long_it_waits():
+    from fedfuse.runtime import RemotePool
+
+    pool = RemotePool(liveness=0.0)
+    pool.add_remote("a")
+    pool.add_remote("b")
+    with pool.polling("a"):
+        assert pool.party_ids() == ["a"]  # b's last poll is older than liveness
+        assert pool.party_states()["a"]["state"] == "idle"
+    assert pool.party_ids() == []
+
+
+def test_a_waiting_poll_gets_its_task_when_it_is_posted_and_an_idle_one_ends_with_204(tmp_path):
+    reference = {"w": np.zeros(4, np.float32)}
+    with background_service(ServiceSettings(data_dir=tmp_path)) as url:
+        created = create_federation(
+            url, initial_weights=reference, num_parties=2, rounds=1, auto_start=True
+        )
+        first = PartyClient(url, created["join_token"], name="first")
+        first.join()
+        fid, auth = first.info["federation_id"], first._auth
+        idle = httpx.get(f"{url}/v1/federations/{fid}/tasks/next?wait=0.2", headers=auth)
+        assert idle.status_code == 204
+        answers: list[httpx.Response] = []
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(
+                    f"{url}/v1/federations/{fid}/tasks/next?wait=60", headers=auth, timeout=90
+                )
+            )
+        )
+        poll.start()
+        second = PartyClient(url, created["join_token"], name="second")
+        second.join()  # the last party: training starts, and the waiting poll gets its task
+        poll.join(60)
+        assert answers and answers[0].status_code == 200
+        assert json.loads(answers[0].headers["X-Fedfuse-Meta"])["kind"] == "train"
+        assert from_bytes(answers[0].content).keys() == {"w"}
+        stopped = httpx.post(f"{url}/stop", json={"aggregator_id": fid}, timeout=60)
+        assert stopped.status_code == 200, stopped.text
+        ended = httpx.get(f"{url}/v1/federations/{fid}/tasks/next?wait=60", headers=auth)
+        assert ended.status_code == 410  # its training thread has ended
+        first.close()
+        second.close()
