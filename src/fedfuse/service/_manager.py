@@ -305,27 +305,27 @@ class Manager:
                 "parties the service hosts (POST /start-party); remote parties cannot join it"
             )
         with run.lock:
-            parties = self.store.parties(fid)
-            same = [p for p in parties if name and p["name"] == name and p["kind"] == "remote"]
-            if same:
-                if not self._proves(fid, same[0], proof):
+            count = self.store.party_count(fid)
+            same = self.store.party_named(fid, name, "remote") if name else None
+            if same is not None:
+                if not self._proves(fid, same, proof):
                     raise Unauthorized(
                         f"party name {name!r} is taken in this federation; a rejoin proves it is "
                         "the same party with the party_secret of its first join"
                     )
-                party_id = same[0]["party_id"]
-            elif len(parties) >= run.spec.num_parties:
+                party_id = same["party_id"]
+                run.tokens = {k: v for k, v in run.tokens.items() if v != party_id}
+            elif count >= run.spec.num_parties:
                 raise Conflict(
                     f"all {run.spec.num_parties} parties have already joined "
                     "(a party that left rejoins with the same name)"
                 )
             else:
-                party_id = f"party_{len(parties)}"
+                party_id, count = f"party_{count}", count + 1
             party_token = secrets.token_urlsafe(24)
             self.store.add_party(fid, party_id, "remote", name=name, token=party_token)
-            run.tokens = {k: v for k, v in run.tokens.items() if v != party_id}
             run.pool.add_remote(party_id)
-            remaining = max(0, run.spec.num_parties - len(self.store.parties(fid)))
+            remaining = max(0, run.spec.num_parties - count)
         self._maybe_ready(fid, run, remaining, fed)
         return {
             "federation_id": fid,

@@ -245,6 +245,25 @@ class Store:
             ).fetchall()
         return [dict(r) for r in rows]
 
+    def party_count(self, fid: str) -> int:
+        """How many parties (hosted and remote) federation ``fid`` has."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM parties WHERE federation_id = ?", (fid,)
+            ).fetchone()
+        return int(row[0])
+
+    def party_named(self, fid: str, name: str, kind: str) -> dict[str, Any] | None:
+        """The party of ``kind`` called ``name`` in federation ``fid``, if any: a join looks
+        up only its own name, so N joins cost O(N) rows read, not O(N^2)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT party_id, kind, name, handler, joined, token_hash FROM parties "
+                "WHERE federation_id = ? AND name = ? AND kind = ? ORDER BY joined LIMIT 1",
+                (fid, name, kind),
+            ).fetchone()
+        return dict(row) if row else None
+
     def party_by_token(self, fid: str, token: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
