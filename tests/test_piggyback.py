@@ -21,6 +21,7 @@ from fedfuse.federation import Aggregation, Federation, Sampling, load_checkpoin
 from fedfuse.fusion import Update
 from fedfuse.models import TorchAdapter, TrainConfig
 from fedfuse.party import (
+    ClientParty,
     Evaluated,
     Evaluation,
     Malformed,
@@ -341,3 +342,28 @@ def test_hostile_evaluations_are_left_out_with_a_reason():
     assert "malformed evaluation" in history[0]["not_evaluated"]["party_2"]
     assert history[0]["federated"]["num_examples"] == len(fed["party_3"].test)
     assert history[0]["participants"] == ["party_0", "party_1", "party_2", "party_3"]
+
+
+class _Client:
+    """A Flower-style client: ``evaluate`` reports the first parameter's sum as its loss."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def fit(self, parameters, config):
+        self.calls.append("fit")
+        return [p + 1 for p in parameters], 6, {}
+
+    def evaluate(self, parameters, config):
+        self.calls.append("evaluate")
+        return float(parameters[0].sum()), 3, {"accuracy": 0.5}
+
+
+def test_a_flower_style_client_evaluates_before_it_fits():
+    client = _Client()
+    weights = {"w": np.ones(2, np.float32)}
+    reply = ClientParty(client, "c").handle(TrainTask(2, weights, evaluate="test"))
+    assert client.calls == ["evaluate", "fit"]
+    assert isinstance(reply, Evaluated)
+    assert reply.evaluation == Evaluation(3, {"loss": 2.0, "accuracy": 0.5})
+    np.testing.assert_array_equal(reply.reply.weights["w"], np.ones(2, np.float32))  # the delta

@@ -20,7 +20,8 @@ model anyway, ask for it instead (``TrainTask.evaluate``): no second copy of the
 out and no extra round trip is waited for. Round ``r``'s record then gets its ``federated``
 metrics late, once round ``r + 1``'s replies are in, with ``federated_with_round: r + 1``; the
 parties that evaluate are round ``r + 1``'s sample (every party when all are sampled: then
-the metrics equal the broadcast's). The last round's model, with no next task, is evaluated
+the metrics equal the broadcast's). Round ``r + 1``'s ``seconds`` include the parties'
+evaluation, done before they train. The last round's model, with no next task, is evaluated
 by a broadcast (``evaluate_pending``, which ``run`` calls at its end). Buffered mode and secure
 aggregation keep the broadcast (a buffered party's next task starts at another time; a
 secure round's tasks are its protocol's stages).
