@@ -157,6 +157,7 @@ def _federation(
         seed=spec.seed,
         central_eval=central_eval if fed.test is not None else None,
         federated_eval=spec.evaluation.federated and bool(fed.test_data()),
+        piggyback_eval=spec.evaluation.piggyback,
         privacy=spec.privacy,
         secure=spec.secure,
         population=spec.num_parties,

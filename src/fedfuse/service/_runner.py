@@ -289,6 +289,22 @@ class FederationRunner:
         """Call ``callback`` (from the training thread) once training ends."""
         self.done.when_set(callback)
 
+    def _store_completed(self, federation: Federation, step: int) -> None:
+        """Store again the round whose federated evaluation came with step ``step``'s
+        training tasks (``evaluation.piggyback``): its record is complete only now."""
+        if len(federation.history) > 1:
+            previous = federation.history[-2]
+            if previous.get("federated_with_round") == step:
+                self.store.record_round(self.fid, previous)
+
+    def _finish(self, federation: Federation, reason: str | None = None) -> None:
+        """Evaluate the last model if its evaluation waits for a next round that will not
+        come (piggybacking), then mark the federation completed."""
+        last = federation.evaluate_pending()
+        if last is not None:
+            self.store.record_round(self.fid, last)
+        self.set_status("completed", reason)
+
     def _train(self) -> None:
         spec = self.spec
         try:
@@ -312,6 +328,7 @@ class FederationRunner:
                 privacy=spec.privacy,
                 secure=spec.secure,
                 population=spec.num_parties,
+                piggyback_eval=spec.evaluation.piggyback,
             )
             self.federation = federation
             # the checkpoint is the truth: rounds recorded after it (its newest file was
@@ -326,15 +343,19 @@ class FederationRunner:
                 if self.stop_event.is_set():
                     raise _Stopped
 
-            while federation.round < spec.rounds and not self.stop_event.is_set():
-                # a round starts once a quorum of parties is live (after a restart, remote
-                # parties come back as they poll again)
-                if self.pool.wait_for_parties(spec.aggregation.quorum, timeout=1.0):
-                    on_round(federation.run_round())
+            spent = None
+            try:
+                while federation.round < spec.rounds and not self.stop_event.is_set():
+                    # a round starts once a quorum of parties is live (after a restart,
+                    # remote parties come back as they poll again)
+                    if self.pool.wait_for_parties(spec.aggregation.quorum, timeout=1.0):
+                        record = federation.run_round()
+                        self._store_completed(federation, record["round"])
+                        on_round(record)
+            except PrivacyBudgetExceeded as exc:  # the budget is spent: training is complete
+                spent = str(exc)
             if not self.stop_event.is_set():
-                self.set_status("completed")
-        except PrivacyBudgetExceeded as exc:  # the budget is spent: training is complete
-            self.set_status("completed", str(exc))
+                self._finish(federation, spent)
         except _Stopped:
             pass
         except Exception as exc:  # a failed federation is recorded, never crashes the service
