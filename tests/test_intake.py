@@ -376,3 +376,72 @@ def test_a_waiting_poll_gets_its_task_when_it_is_posted_and_an_idle_one_ends_wit
         assert ended.status_code == 410  # its training thread has ended
         first.close()
         second.close()
+
+
+def test_a_slow_party_gives_up_its_turn_and_both_updates_count_exactly(tmp_path):
+    """A's body stalls half-way until B's reply has been taken: B is received meanwhile (A's
+    half is spooled and A waits its turn again), and the round fuses both exactly."""
+    reference = model(20_000)
+    with background_service(ServiceSettings(data_dir=tmp_path)) as url:
+        created = create_federation(
+            url, initial_weights=reference, num_parties=2, rounds=1, auto_start=True
+        )
+        clients = {n: PartyClient(url, created["join_token"], name=n) for n in ("a", "b")}
+        tasks = {}
+        for client in clients.values():
+            client.join()
+        for name, client in clients.items():
+            fid = client.info["federation_id"]
+            task = httpx.get(
+                f"{url}/v1/federations/{fid}/tasks/next?wait=60", headers=client._auth, timeout=90
+            )
+            assert task.status_code == 200
+            tasks[name] = json.loads(task.headers["X-Fedfuse-Meta"])["task_id"]
+        deltas = {"a": delta_of(reference, 11), "b": delta_of(reference, 12)}
+        b_done = threading.Event()
+
+        def gated(body: bytes):
+            yield body[: len(body) // 2]
+            assert b_done.wait(60), "b's reply was held up by a's stalled body"
+            yield body[len(body) // 2 :]
+
+        def post(name: str, content) -> httpx.Response:
+            client = clients[name]
+            meta = {"kind": "update", "num_examples": 5, "metrics": {}}
+            return httpx.post(
+                f"{url}/v1/federations/{fid}/tasks/{tasks[name]}/reply",
+                content=content,
+                headers=client._auth | {"X-Fedfuse-Meta": json.dumps(meta)},
+                timeout=90,
+            )
+
+        answers = {}
+        slow = threading.Thread(
+            target=lambda: answers.update(a=post("a", gated(to_bytes(deltas["a"]))))
+        )
+        slow.start()
+        answers["b"] = post("b", to_bytes(deltas["b"]))
+        b_done.set()
+        slow.join(90)
+        assert answers["a"].status_code == 200 and answers["b"].status_code == 200
+        rest = [  # the federated evaluation, until the federation ends
+            threading.Thread(target=c.serve, args=(ScriptedParty(n, 0, "good", reference),))
+            for n, c in clients.items()
+        ]
+        for thread in rest:
+            thread.start()
+        for thread in rest:
+            thread.join(90)
+        history = httpx.get(f"{url}/v1/federations/{fid}/history", timeout=30).json()["rounds"]
+        final = from_bytes(httpx.get(f"{url}/v1/federations/{fid}/model", timeout=30).content)
+        who = {c.info["party_id"]: n for n, c in clients.items()}
+        for client in clients.values():
+            client.close()
+    (record,) = history
+    assert [who[p] for p in record["participants"]] == ["b", "a"]
+    replies = [(p, Update(deltas[who[p]], 5, {}), 0) for p in record["participants"]]
+    expected = fold_replies(
+        RoundResult(1, reference, None, {}), replies, fedavg(), get_codec("none")
+    )
+    for name, arr in expected.weights.items():
+        assert np.array_equal(final[name], arr), name

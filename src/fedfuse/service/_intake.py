@@ -171,6 +171,12 @@ class DenseIntake:
             self._buffer = None  # a rejected body is not kept
         return self.reason
 
+    def prefix(self) -> memoryview:
+        """The bytes received so far (to move them elsewhere)."""
+        if self._buffer is None:
+            return memoryview(self._head)
+        return memoryview(self._buffer)[: self._size]
+
     @property
     def data_bytes(self) -> int:
         """The bytes of the update's arrays, as its header states them (0 before the header)."""

@@ -7,9 +7,12 @@ its task, the federation's end, its deadline or its party going away.
 A reply to a training task is received by ``DenseIntake`` straight into one buffer of its exact
 size, checked against the model as it arrives (a poisoned body is refused before the rest is
 read); other replies (compressed updates, evaluations, secure aggregation) are read whole,
-spooled to disk past 1 MiB. One reply body per federation is received at a time and handed to
-the round before the next is read, so the memory a federation spends on replies is O(model),
-whatever the number of parties (the others wait unread, held back by TCP flow control).
+spooled to disk past 1 MiB. One reply body per federation at a time has the federation's turn
+and goes straight in; it is handed to the round, which folds it, before the next goes in, so
+the memory a federation spends on replies is O(model) whatever the number of parties (the
+others wait unread, held back by TCP flow control; the HTTP server keeps at most one socket
+read, ~256 KiB, of each). A body that is slow while it has the turn, or that waited long for
+it, is spooled instead and gives the turn up: a slow party holds up no one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ META_HEADER = "X-Fedfuse-Meta"
 _CHUNK = 1024 * 1024  # a task body goes out in slices of this size
 _SPOOL_IN_MEMORY = 1024 * 1024  # a reply body past this waits on disk, not in memory
 _SETTLE = 5.0  # seconds the intake waits for the round to fold a reply before reading the next
+_TURN_WAIT = 10.0  # seconds a dense reply waits for its federation's turn before it is spooled
+_SPILL_IN_MEMORY = 64 * 1024  # a spooled dense body past this waits on disk (many may wait)
+_GAP = 0.5  # seconds without a byte after which a body holding the turn is spooled instead
+_MIN_RATE = 32e6  # bytes per second a body holding the turn must keep up, or it is spooled
 
 
 class JoinRequest(BaseModel):
@@ -70,6 +77,106 @@ def _until_disconnect(receive: Callable[[], Awaitable[dict[str, Any]]]) -> Await
             pass
 
     return wait()
+
+
+class _Spillable:
+    """One dense reply body on its way in: straight into a ``DenseIntake`` while it holds its
+    federation's turn, spooled (in memory up to 64 KiB, then on disk) once it does not.
+
+    ``take_turn`` waits up to ``_TURN_WAIT`` for the turn; while the body holds it, a gap of
+    ``_GAP`` seconds between chunks or a pace under ``_MIN_RATE`` spills what came so far to
+    the spool and gives the turn up. ``finish`` (with the turn held again for a spooled body)
+    returns the reply; the caller submits it, then ``close`` gives the turn back."""
+
+    def __init__(
+        self,
+        make_intake: Callable[[], DenseIntake],
+        turn: asyncio.Semaphore,
+        loop: asyncio.AbstractEventLoop,
+        size: int | None,
+    ) -> None:
+        self._make_intake = make_intake
+        self._turn = turn
+        self._loop = loop
+        self._size = size
+        self._held = False
+        self.intake: DenseIntake | None = None
+        self.spool: IO[bytes] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    async def take_turn(self) -> None:
+        try:
+            async with asyncio.timeout(_TURN_WAIT):
+                await self._turn.acquire()
+        except TimeoutError:
+            self.spool = tempfile.SpooledTemporaryFile(_SPILL_IN_MEMORY)  # noqa: SIM115 (close)
+            return
+        self._held = True
+        self.intake = self._make_intake()
+        budget = _GAP + (self._size or 0) / _MIN_RATE
+        self._timers = [self._loop.call_later(budget, self._spill), self._gap_timer()]
+
+    def _gap_timer(self) -> asyncio.TimerHandle:
+        return self._loop.call_later(_GAP, self._spill)
+
+    def write(self, chunk: bytes) -> None:
+        if self.intake is not None:
+            self.intake.feed(chunk)
+            if self._held and len(self._timers) == 2:
+                self._timers[1].cancel()
+                self._timers[1] = self._gap_timer()
+        else:
+            assert self.spool is not None
+            self.spool.write(chunk)
+
+    def _spill(self) -> None:
+        """Too slow for the turn: what came so far goes to a spool, the turn to the next."""
+        if not self._held or self.intake is None:
+            return
+        self._cancel_timers()
+        if self.intake.reason is None:  # a refused body is only counted, and keeps no bytes
+            self.spool = tempfile.SpooledTemporaryFile(_SPILL_IN_MEMORY)  # noqa: SIM115 (close)
+            self.spool.write(self.intake.prefix())
+            self.intake = None
+        self._give_turn()
+
+    async def finish(self, meta: dict[str, Any], party_id: str) -> tuple[Any, int]:
+        """The reply the whole body makes, and the status to answer; the turn is held."""
+        self._cancel_timers()
+        if self.intake is None:  # spooled: into an intake now, with the turn again
+            await self._turn.acquire()
+            self._held = True
+            self.intake = self._make_intake()
+            await to_thread.run_sync(_feed_from, self.spool, self.intake)
+        intake = self.intake
+        if intake.reason is not None:
+            return RefusedUpdate(intake.reason, intake.data_bytes), 400
+        reply = reply_from_wire(meta, intake.body(), party_id)
+        return reply, 400 if isinstance(reply, Malformed) else 200
+
+    def _cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+
+    def _give_turn(self) -> None:
+        if self._held:
+            self._held = False
+            self._turn.release()
+
+    def close(self) -> None:
+        self._cancel_timers()
+        self._give_turn()
+        self.intake = None
+        if self.spool is not None:
+            self.spool.close()
+
+
+def _feed_from(spool: IO[bytes], intake: DenseIntake) -> None:
+    """Feed ``intake`` what ``spool`` holds, 1 MiB at a time."""
+    spool.seek(0)
+    while chunk := spool.read(_CHUNK):
+        intake.feed(chunk)
 
 
 def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) -> APIRouter:
@@ -206,33 +313,60 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
         )
 
     async def _dense_reply(
-        request: Request, meta: dict[str, Any], reference: Weights, fid: str, party_id: str
+        request: Request,
+        meta: dict[str, Any],
+        reference: Weights,
+        fid: str,
+        party_id: str,
+        submit: Callable[[Any], Awaitable[None]],
     ) -> tuple[Any, int]:
-        """A training reply received by ``DenseIntake``: the reply for the round and the HTTP
-        status to answer (200, or 4xx with the reason)."""
-        declared = request.headers.get("content-length")
-        try:
-            intake = DenseIntake(
-                reference,
-                int(declared) if declared and declared.isdigit() else None,
-                early=meta_allows_early(meta),
-                spares=spares.setdefault(fid, []),
-            )
-            async for chunk in request.stream():  # counted and timed by the boundary
-                intake.feed(chunk)
-            if intake.reason is not None:
-                return RefusedUpdate(intake.reason, intake.data_bytes), 400
-            body = intake.body()
-        except IntakeRefused as exc:
-            return Malformed(f"malformed update reply: {exc}"), exc.status
-        reply = reply_from_wire(meta, body, party_id)
-        return reply, 400 if isinstance(reply, Malformed) else 200
+        """Receive a training reply with ``DenseIntake`` and ``submit`` it; the reply and the
+        HTTP status to answer (200, or 4xx with the reason).
 
-    async def _whole_reply(request: Request, meta: dict[str, Any], party_id: str) -> Any:
+        It goes straight into the intake while it holds its federation's turn (``intakes``);
+        one that waited ``_TURN_WAIT`` for the turn, or that is slow once it has it (no bytes
+        for ``_GAP`` seconds, or slower than ``_MIN_RATE`` overall), is spooled instead (memory,
+        then disk) and gives the turn up, so a slow or stalling party holds up no one; it is
+        fed to an intake when its body is in and the turn is its again."""
+        declared = request.headers.get("content-length")
+        size = int(declared) if declared and declared.isdigit() else None
+        turn = intakes.setdefault(fid, asyncio.Semaphore(1))
+
+        def make_intake() -> DenseIntake:
+            return DenseIntake(
+                reference, size, early=meta_allows_early(meta), spares=spares.setdefault(fid, [])
+            )
+
+        body = _Spillable(make_intake, turn, asyncio.get_running_loop(), size)
+        try:
+            await body.take_turn()
+            async for chunk in request.stream():  # counted and timed by the boundary
+                body.write(chunk)
+            reply, status = await body.finish(meta, party_id)
+            await submit(reply)
+        except IntakeRefused as exc:
+            reply, status = Malformed(f"malformed update reply: {exc}"), exc.status
+            await submit(reply)
+        finally:
+            body.close()
+        return reply, status
+
+    async def _whole_reply(
+        request: Request,
+        meta: dict[str, Any],
+        fid: str,
+        party_id: str,
+        submit: Callable[[Any], Awaitable[None]],
+    ) -> Any:
+        """A reply that is not a dense update: spooled outside any lock, then read whole and
+        submitted in its federation's turn."""
         with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as spool:
             async for chunk in request.stream():  # counted and timed by the boundary
                 spool.write(chunk)
-            return await to_thread.run_sync(_reply_from, spool, meta, party_id)
+            async with intakes.setdefault(fid, asyncio.Semaphore(1)):
+                reply = await to_thread.run_sync(_reply_from, spool, meta, party_id)
+                await submit(reply)
+                return reply
 
     @router.post("/v1/federations/{fid}/tasks/{task_id}/reply", tags=["party protocol"])
     @before_body(guards.party)
@@ -246,11 +380,13 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
         """Post the reply to a task: ``X-Fedfuse-Meta`` JSON (``kind`` update | evaluation |
         error, ``num_examples``, ``metrics``) and, for an update, a safetensors body.
 
-        Only a party the round waits for may send a body. One body per federation is read at
-        a time (a stalled one is ended by the boundary's read deadline) and handed to the
-        round before the next is read, so the memory a federation spends on replies is
-        O(model). A dense update is refused as soon as it is known bad (its header does not
-        match the model, a value is not finite), with the reason the round records."""
+        Only a party the round waits for may send a body. A training update goes straight
+        into one buffer when its federation's turn is free and is handed to the round, which
+        folds it, before the next is read there; a slow one is spooled and gives the turn up
+        (see ``_dense_reply``), so the memory a federation spends on replies is O(model) and
+        a slow party holds up no one. A dense update is refused as soon as it is known bad
+        (its header does not match the model, a value is not finite), with the reason the
+        round records."""
         party_id = request.state.party_id
         meta = decode_meta(x_fedfuse_meta)
         pool = manager.pool(fid)
@@ -258,23 +394,26 @@ def party_routes(settings: ServiceSettings, manager: Manager, guards: Guards) ->
         if (fid, party_id) in receiving:
             raise Conflict(f"a reply of {party_id!r} is already being received")
         receiving.add((fid, party_id))
-        status = 200
+
+        async def submit(reply: Any) -> None:
+            pool.expects(party_id, task_id)  # (the round may have ended while it came in)
+            # the next body goes straight in once the round has folded this one
+            handed = functools.partial(pool.submit, settle=_SETTLE)
+            await to_thread.run_sync(handed, party_id, task_id, reply)
+
         try:
-            async with intakes.setdefault(fid, asyncio.Semaphore(1)):
-                pool.expects(party_id, task_id)  # (the round may have ended while it waited)
-                dense = (
-                    isinstance(task, TrainTask)
-                    and meta.get("kind") == "update"
-                    and task.config.compression == "none"
+            dense = (
+                isinstance(task, TrainTask)
+                and meta.get("kind") == "update"
+                and task.config.compression == "none"
+            )
+            if dense:
+                reply, status = await _dense_reply(
+                    request, meta, task.weights, fid, party_id, submit
                 )
-                if dense:
-                    reply, status = await _dense_reply(request, meta, task.weights, fid, party_id)
-                else:
-                    reply = await _whole_reply(request, meta, party_id)
-                    status = 400 if isinstance(reply, Malformed) else 200
-                # the next body is read once the round has folded this one and let it go
-                submit = functools.partial(pool.submit, settle=_SETTLE)
-                await to_thread.run_sync(submit, party_id, task_id, reply)
+            else:
+                reply = await _whole_reply(request, meta, fid, party_id, submit)
+                status = 400 if isinstance(reply, Malformed) else 200
         finally:
             receiving.discard((fid, party_id))
         if status != 200:  # the round records it as rejected; the party learns why
