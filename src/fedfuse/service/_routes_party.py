@@ -50,7 +50,7 @@ _SPOOL_IN_MEMORY = 1024 * 1024  # a reply body past this waits on disk, not in m
 _SETTLE = 5.0  # seconds the intake waits for the round to fold a reply before reading the next
 _TURN_WAIT = 10.0  # seconds a dense reply waits for its federation's turn before it is spooled
 _SPILL_IN_MEMORY = 64 * 1024  # a spooled dense body past this waits on disk (many may wait)
-_GAP = 0.5  # seconds without a byte after which a body holding the turn is spooled instead
+_GAP = 2.0  # seconds without a byte after which a body holding the turn is spooled instead
 _MIN_RATE = 32e6  # bytes per second a body holding the turn must keep up, or it is spooled
 
 
