@@ -153,6 +153,7 @@ def test_early_refusal_waits_for_the_round_when_the_metadata_is_bad():
     assert not meta_allows_early(META | {"num_examples": 0})
     assert not meta_allows_early(META | {"is_delta": False})
     assert not meta_allows_early(META | {"metrics": {"loss": "x"}})
+    assert not meta_allows_early(META | {"evaluation": {"num_examples": 3, "metrics": {}}})
     reference = model()
     wrong = {"a.weight": np.zeros(3, np.float32)}
     intake = DenseIntake(reference, early=False)

@@ -100,10 +100,12 @@ def _unviewed(buffer: bytearray) -> bool:
 def meta_allows_early(meta: Mapping[str, Any]) -> bool:
     """Whether an early refusal of the body would give the reason the round gives: the round
     judges the kind, example count and metrics before the arrays, so only a delta whose
-    metadata passes those checks may be refused for its arrays here."""
+    metadata passes those checks may be refused for its arrays here; and not one that carries
+    an evaluation beside it (piggyback: the round takes that apart from the update)."""
     metrics = meta.get("metrics", {})
     return (
-        meta.get("is_delta", True) is True
+        "evaluation" not in meta
+        and meta.get("is_delta", True) is True
         and check_num_examples(meta.get("num_examples")) is None
         and isinstance(metrics, dict)
         and check_metrics(metrics) is None
