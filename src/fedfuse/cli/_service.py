@@ -96,6 +96,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        # SIGTERM or Ctrl-C: open long polls and dashboard streams get 5 s, not their 30 s
+        # (parties retry; browsers reconnect)
+        timeout_graceful_shutdown=5,
         **fast_stack(),
     )
     uvicorn.Server(config).run(sockets=[sock])
