@@ -32,6 +32,9 @@ def _rounds(tmp_path, *flags: str) -> list[dict]:
         )
         assert status["status"] == "completed", status
         assert [p.wait(120) for p in parties] == [0, 0, 0]
+        if "--piggyback" in flags:  # each party logs the received model's evaluation too
+            log = (tmp_path / "party0.log").read_text()
+            assert "round 2: received model on local test data: " in log, log
         return service.get(f"/v1/federations/{fid}/history").json()["rounds"]
     finally:
         stop_all(parties)

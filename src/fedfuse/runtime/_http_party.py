@@ -24,6 +24,7 @@ import httpx
 
 from fedfuse.party import (
     ClientParty,
+    Evaluated,
     EvaluateTask,
     Evaluation,
     NumPyClient,
@@ -274,16 +275,23 @@ class PartyClient:
                 decode_meta(response.headers.get(META_HEADER)), response.content
             )
             reply = party.handle(pending.task)
-            if isinstance(reply, TaskError):
+            evaluation = reply.evaluation if isinstance(reply, Evaluated) else None
+            if isinstance(evaluation, Evaluation):  # piggybacked: the model it received
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items())
+                log.info(
+                    "round %d: received model on local test data: %s", pending.task.round, shown
+                )
+            trained = reply.reply if isinstance(reply, Evaluated) else reply
+            if isinstance(trained, TaskError):
                 log.warning(
                     "round %d: %s task failed: %s",
                     pending.task.round,
                     _TASK_NAMES.get(type(pending.task), "a"),
-                    reply.message,
+                    trained.message,
                 )
-                summary._fail(pending.task.round, reply.message)
-            elif isinstance(pending.task, TrainTask) and hasattr(reply, "metrics"):
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in reply.metrics.items())
+                summary._fail(pending.task.round, trained.message)
+            elif isinstance(pending.task, TrainTask) and hasattr(trained, "metrics"):
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
                 log.info("round %d: trained locally (%s)", pending.task.round, shown)
             elif isinstance(reply, Evaluation):
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in reply.metrics.items())
@@ -298,7 +306,7 @@ class PartyClient:
             if response.status_code != 200:
                 refused = f"reply refused ({response.status_code}): {_detail(response)}"
                 log.warning("round %d: task %s: %s", pending.task.round, pending.task_id, refused)
-                if not isinstance(reply, TaskError):
+                if not isinstance(trained, TaskError):
                     summary._fail(pending.task.round, refused)
             summary.tasks += 1
             if pending.task.round not in summary.rounds:
