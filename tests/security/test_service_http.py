@@ -348,6 +348,50 @@ def test_a_rejoin_by_name_must_prove_it_is_the_same_party(tmp_path):
             assert r.json()["party_secret"] == first["party_secret"]
 
 
+def test_a_join_retried_after_its_answer_was_lost_is_the_same_party(tmp_path):
+    """A first join may choose its own secret; the retry of a join whose answer never arrived
+    (a connection reset in a join storm) proves the name with it, and nobody else can."""
+    with background_service(_settings(tmp_path)) as url:
+        fed = _create(url, num_parties=2)
+        token, chosen = fed["join_token"], "a-secret-only-this-party-knows"
+        join = {"token": token, "name": "site", "party_secret": chosen}
+        first = httpx.post(f"{url}/v1/join", json=join).json()  # its answer "lost"
+        again = httpx.post(f"{url}/v1/join", json=join)
+        assert again.status_code == 200 and again.json()["party_id"] == first["party_id"]
+        assert again.json()["party_token"] != first["party_token"]  # the old one is replaced
+        stranger = httpx.post(f"{url}/v1/join", json=join | {"party_secret": "guess"})
+        assert stranger.status_code == 401
+        # no slot was spent on the retry: a second party still gets in
+        other = httpx.post(f"{url}/v1/join", json={"token": token, "name": "other"})
+        assert other.status_code == 200 and other.json()["party_id"] == "party_1"
+
+
+class _LoseFirstAnswer(httpx.HTTPTransport):
+    """Sends every request; the answer to the first one is lost (a connection reset)."""
+
+    lost = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if not self.lost:
+            self.lost = True
+            response.read()
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_the_party_client_retries_a_lost_join_as_the_same_party(tmp_path):
+    from fedfuse.runtime import PartyClient
+
+    with background_service(_settings(tmp_path)) as url:
+        fed = _create(url, num_parties=2)
+        client = PartyClient(url, fed["join_token"], name="site", transport=_LoseFirstAnswer())
+        with client:
+            assert client.join()["party_id"] == "party_0"  # the retry proved the name
+        parties = httpx.get(f"{url}/v1/federations/{fed['aggregator_id']}").json()["parties"]
+        assert [p["name"] for p in parties] == ["site"]
+
+
 def test_with_an_api_key_reads_need_the_key_or_a_party_token_of_that_federation(tmp_path):
     with background_service(_settings(tmp_path, api_key=KEY)) as url:
         auth = {"Authorization": f"Bearer {KEY}"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,12 @@ class PartyClient:
         """Join with the token; returns the federation id, this party's id and token, and how
         to build the model (``info["model"]``). A rejoin by ``name`` sends the party secret
         of the first join; the secret the service answers is kept (in ``secret_file`` if set)."""
+        if self.party_secret is None and self.name is not None:
+            # a secret of its own for the first join: if the answer is lost on the way, the
+            # retry proves the name with it instead of being refused as an impostor
+            self.party_secret = secrets.token_urlsafe(24)
+            if self.secret_file is not None:
+                _write_secret(self.secret_file, self.party_secret)
         body = {"token": self.token, "name": self.name}
         if self.party_secret is not None:
             body["party_secret"] = self.party_secret

@@ -279,20 +279,27 @@ class Manager:
         return digest.hexdigest()
 
     def _proves(self, fid: str, party: dict[str, Any], proof: str | None) -> bool:
-        """Whether ``proof`` is the party's secret or its current party token (constant time)."""
+        """Whether ``proof`` is the party's secret, the secret it chose at its first join, or
+        its current party token (constant time)."""
         if not proof:
             return False
         secret = hashlib.sha256(self.party_secret(fid, party["party_id"]).encode()).digest()
         given = hashlib.sha256(proof.encode()).digest()
+        proof_hash = hash_token(proof).encode()
         token_hash = (party.get("token_hash") or "").encode()
-        return hmac.compare_digest(given, secret) | hmac.compare_digest(
-            hash_token(proof).encode(), token_hash
+        chosen = (self.store.join_proof(fid, party["party_id"]) or "").encode()
+        return (
+            hmac.compare_digest(given, secret)
+            | hmac.compare_digest(proof_hash, token_hash)
+            | hmac.compare_digest(proof_hash, chosen)
         )
 
     def join(self, token: str, name: str | None = None, proof: str | None = None) -> dict[str, Any]:
         """A remote party joins with the federation's join token; it gets its own token and,
         for a name, the ``party_secret`` that a rejoin by that name must send as ``proof``
-        (its current party token proves it too): a name alone takes no identity."""
+        (its current party token proves it too): a name alone takes no identity. A first
+        join with a name may send a ``proof`` of its own choosing, which proves the name from
+        then on too: a join retried because its answer was lost is the same party."""
         fed = self.store.federation_by_join_token(token) if token else None
         if fed is None:
             raise Unauthorized("invalid join token")
@@ -322,6 +329,8 @@ class Manager:
                 )
             else:
                 party_id, count = f"party_{count}", count + 1
+                if name and proof:  # its own secret: a retry whose answer was lost proves it
+                    self.store.add_join_proof(fid, party_id, proof)
             party_token = secrets.token_urlsafe(24)
             self.store.add_party(fid, party_id, "remote", name=name, token=party_token)
             run.pool.add_remote(party_id)

@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS rounds (
     record TEXT NOT NULL,
     PRIMARY KEY (federation_id, round)
 );
+CREATE TABLE IF NOT EXISTS join_proofs (
+    federation_id TEXT NOT NULL REFERENCES federations(id),
+    party_id TEXT NOT NULL,
+    proof_hash TEXT NOT NULL,
+    PRIMARY KEY (federation_id, party_id)
+);
 CREATE TABLE IF NOT EXISTS rejected (
     federation_id TEXT NOT NULL REFERENCES federations(id),
     round INTEGER NOT NULL,
@@ -235,6 +241,25 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (fid, party_id, kind, name, token and hash_token(token), handler, time.time()),
             )
+
+    def add_join_proof(self, fid: str, party_id: str, proof: str) -> None:
+        """Keep (hashed) the secret a party chose at its first join: a retry of that join
+        whose answer was lost proves the name with it."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO join_proofs (federation_id, party_id, proof_hash) "
+                "VALUES (?, ?, ?)",
+                (fid, party_id, hash_token(proof)),
+            )
+
+    def join_proof(self, fid: str, party_id: str) -> str | None:
+        """The hash of the secret ``party_id`` chose at its first join, if it chose one."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT proof_hash FROM join_proofs WHERE federation_id = ? AND party_id = ?",
+                (fid, party_id),
+            ).fetchone()
+        return row[0] if row else None
 
     def parties(self, fid: str) -> list[dict[str, Any]]:
         with self._lock:
