@@ -141,23 +141,17 @@ def test_with_sampling_the_next_rounds_parties_evaluate():
 
 def test_resume_completes_the_pending_evaluation(tmp_path):
     straight, _ = _local_run(piggyback=True, rounds=3)
-    fed, adapter = _problem()
-    first = _federation(
-        LocalPool.from_dataset(fed, adapter),
-        adapter.get_weights(),
-        piggyback=True,
-        checkpoint_dir=tmp_path,
-    )
+
+    def checkpointed() -> Federation:
+        fed, adapter = _problem()
+        pool = LocalPool.from_dataset(fed, adapter)
+        return _federation(pool, adapter.get_weights(), piggyback=True, checkpoint_dir=tmp_path)
+
+    first = checkpointed()
     first.run_round()
     first.run_round()  # stopped here: round 2's evaluation was still to come
     assert "federated" not in load_checkpoint(tmp_path).history[-1]
-    fed, adapter = _problem()
-    resumed = _federation(
-        LocalPool.from_dataset(fed, adapter),
-        adapter.get_weights(),
-        piggyback=True,
-        checkpoint_dir=tmp_path,
-    )
+    resumed = checkpointed()
     told: list[int] = []
     resumed.run(3, on_round=lambda r: told.append(r["round"]))
     assert told == [2, 3]
