@@ -201,7 +201,9 @@ def _party_thread(
             )
             return response
 
-    client = TimedPartyClient(url, token, name=name, poll_wait=POLL_WAIT, reconnect_timeout=15.0)
+    # reconnect_timeout: the client's default (120 s), as `fedfuse party` retries: in a
+    # 1000-party storm on 2 cores a connection may be reset for longer than 15 s
+    client = TimedPartyClient(url, token, name=name, poll_wait=POLL_WAIT)
     try:
         summary = client.serve(ClientParty(TrivialClient(compute), name))
         out["final_status"] = summary.final_status
@@ -403,6 +405,7 @@ class RunResult:
     load_start: float = math.nan
     load_end: float = math.nan
     party_errors: list[str] = field(default_factory=list)
+    slow_status_polls: int = 0  # status requests the service did not answer within 30 s
     join_request_seconds: dict[str, float] = field(default_factory=dict)
     peak_train_phase_mb: float = math.nan  # peak RSS above baseline while updates come in
     peak_evaluate_phase_mb: float = math.nan  # ... while only the evaluation is sent out
@@ -591,7 +594,11 @@ def run_config(
         status: dict[str, Any] = {}
         started = False
         while time.monotonic() < deadline:
-            status = httpx.get(f"{service.url}/v1/federations/{fid}", timeout=30).json()
+            try:
+                status = httpx.get(f"{service.url}/v1/federations/{fid}", timeout=30).json()
+            except httpx.TimeoutException:  # a service saturated by its parties: ask again
+                result.slow_status_polls += 1
+                continue
             if not started and status["status"] != "registering":
                 result.join_seconds = time.monotonic() - t_join
                 started = True
@@ -602,7 +609,7 @@ def run_config(
             time.sleep(0.5)
         result.status = status.get("status", "?")
         result.error = status.get("error")
-        history = httpx.get(f"{service.url}/v1/federations/{fid}/history", timeout=30).json()
+        history = httpx.get(f"{service.url}/v1/federations/{fid}/history", timeout=300).json()
         for w in workers:
             try:
                 w.wait(POLL_WAIT + 30)
@@ -1322,6 +1329,12 @@ def write_report(
         f"{r.parties} parties, evaluation {r.evaluation}: {r.note}" for r in results if r.note
     ]
     notes += [f"Flower, {f.nodes_asked} nodes: {f.note}" for f in flower if f.note]
+    notes += [
+        f"{r.parties} parties, evaluation {r.evaluation}: {r.slow_status_polls} status requests "
+        "got no answer within 30 s (the service was saturated)"
+        for r in results
+        if r.slow_status_polls
+    ]
     if notes:
         lines += ["", "Notes:", "", *[f"- {n}" for n in notes]]
     errors = [
@@ -1499,7 +1512,15 @@ def main(argv: list[str] | None = None) -> int:
                 MAX_CLIENT_PROCESSES, math.ceil(n / PARTIES_PER_CLIENT_PROCESS)
             )
             t0 = time.monotonic()
-            r = run_config(n, rounds, params, procs, Path(tmp), mode)
+            try:
+                r = run_config(n, rounds, params, procs, Path(tmp), mode)
+            except Exception as exc:  # one configuration that cannot finish ends no other
+                skipped.append(
+                    f"{n} x {params} parameters, evaluation {mode}: did not finish "
+                    f"({type(exc).__name__}: {str(exc)[:200]})"
+                )
+                print(skipped[-1], flush=True)
+                continue
             results.append(r)
             print(
                 f"{n:5d} parties, {r.model_mb:5.1f} MB model, evaluation {mode:9s}: {r.status}, "
