@@ -51,6 +51,7 @@ log = logging.getLogger("fedfuse.party")
 META_HEADER = "X-Fedfuse-Meta"
 _LIMITS = SizeLimits()  # the default caps (an immutable value)
 _CONTROL_BYTES = 1 << 20  # a join answer, an error detail, an acknowledgement
+_REPLY_WAIT = 300.0  # seconds a posted reply may wait for the service's answer
 
 
 _TASK_NAMES = {TrainTask: "train", EvaluateTask: "evaluate", SecureTask: "secure aggregation"}
@@ -309,6 +310,9 @@ class PartyClient:
                 f"/v1/federations/{fid}/tasks/{pending.task_id}/reply",
                 headers={**self._auth, META_HEADER: json.dumps(meta)},
                 content=to_bytes(weights) if weights is not None else b"",
+                # the service answers once the round has taken the reply: with many parties
+                # it queues there, and a retry after a read timeout would be a second reply
+                timeout=httpx.Timeout(self.poll_wait + 30, read=_REPLY_WAIT),
             )
             if response.status_code != 200:
                 refused = f"reply refused ({response.status_code}): {_detail(response)}"
