@@ -268,6 +268,18 @@ def _child_env() -> dict[str, str]:
     }
 
 
+def _worker(flag: str, config: Path, log_path: Path) -> subprocess.Popen:
+    """This script as a client process (``--party-worker`` or ``--idle-worker``) on ``config``,
+    its output appended to ``log_path``."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, __file__, flag, str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_child_env(),
+        )
+
+
 def _proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of ``pid`` in bytes (empty once the process is gone)."""
     values = {}
@@ -577,16 +589,7 @@ def run_config(
                     }
                 )
             )
-            log = open(run_dir / f"worker{w}.log", "ab")  # noqa: SIM115 - the child owns it
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--party-worker", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_child_env(),
-                )
-            )
-            log.close()
+            workers.append(_worker("--party-worker", config, run_dir / f"worker{w}.log"))
             outs.append(out)
 
         # wait for training to start (all joined), then for it to end
@@ -898,16 +901,7 @@ def run_idle(
                     }
                 )
             )
-            log = open(run_dir / f"idle{w}.log", "ab")  # noqa: SIM115 - the child owns it
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--idle-worker", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_child_env(),
-                )
-            )
-            log.close()
+            workers.append(_worker("--idle-worker", config, run_dir / f"idle{w}.log"))
             outs.append(out)
             joined_files.append(joined)
         deadline = time.monotonic() + 120 + parties * 0.2  # joins cost O(parties) each
