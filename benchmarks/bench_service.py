@@ -280,6 +280,17 @@ def _worker(flag: str, config: Path, log_path: Path) -> subprocess.Popen:
         )
 
 
+def _stop_run(workers: list[subprocess.Popen], sampler: Any, service: Any) -> None:
+    """Kill the client processes still running, stop the sampler (if any) and the service."""
+    for w in workers:
+        if w.poll() is None:
+            w.kill()
+            w.wait(10)
+    if sampler is not None:
+        sampler.stop()
+    service.stop()
+
+
 def _proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of ``pid`` in bytes (empty once the process is gone)."""
     values = {}
@@ -706,13 +717,7 @@ def run_config(
         result.peak_above_baseline_mb = (peak - baseline) / MB
         result.peak_model_multiple = (peak - baseline) / model_bytes
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait(10)
-        if sampler is not None:
-            sampler.stop()
-        service.stop()
+        _stop_run(workers, sampler, service)
         result.load_end = os.getloadavg()[0]
     return result
 
@@ -955,13 +960,7 @@ def run_idle(
         result.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
         stop_file.write_text("stop")
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait(10)
-        if sampler is not None:
-            sampler.stop()
-        service.stop()
+        _stop_run(workers, sampler, service)
         result.load_end = os.getloadavg()[0]
     return result
 
