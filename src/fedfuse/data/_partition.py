@@ -13,13 +13,18 @@ References:
     Federated Visual Classification", 2019. Shards: McMahan et al., "Communication-Efficient
     Learning of Deep Networks from Decentralized Data", AISTATS 2017. Label/quantity skew variants:
     Li et al., "Federated Learning on Non-IID Data Silos: An Experimental Study", ICDE 2022.
+    Class windows: Niwa et al., "Asynchronous Decentralized Optimization With Implicit Stochastic
+    Variance Reduction", ICML 2021 (8 of 10 classes per node, windows shifted by 4).
 """
 
 from __future__ import annotations
 
 import heapq
 import inspect
+import math
 from collections.abc import Sequence
+from fractions import Fraction
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -28,6 +33,7 @@ from fedfuse.data._dataset import ArrayDataset, FederatedDataset, PartyData
 __all__ = [
     "PARTITIONS",
     "by_group",
+    "class_window",
     "classes_per_party",
     "dirichlet",
     "federate",
@@ -197,6 +203,123 @@ def classes_per_party(
     return _finish([np.concatenate(p) for p in parts])
 
 
+def class_window(
+    labels: Sequence[object] | np.ndarray,
+    num_parties: int,
+    *,
+    classes_per_party: int = 5,
+    shift: float | None = None,
+    imbalance: float = 0.0,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Label skew in overlapping windows: party ``i`` holds consecutive classes, as on a ring.
+
+    Classes are taken in class-code order (the sorted distinct labels, ``0 .. C-1``). Party ``i``
+    holds the ``classes_per_party`` classes starting at ``floor(i * shift) mod C``, wrapping
+    around past the last class. ``shift=None`` means ``C / num_parties``: the windows are spread
+    evenly, so every class is held by about the same number of parties and parties next to each
+    other (``i`` and ``i + 1``, and the last and the first) share most of their classes. This is
+    the setting of decentralized learning papers, where neighbours on a ring share classes;
+    ``classes`` (``classes_per_party``) deals shuffled classes round-robin instead.
+
+    With 8 parties, 10 classes and ``classes_per_party=5``, the windows start at
+    ``floor(i * 1.25)`` = 0, 1, 2, 3, 5, 6, 7, 8; every class is on exactly 4 parties and ring
+    neighbours share 3 or 4 classes::
+
+        class     0 1 2 3 4 5 6 7 8 9
+        party 0   x x x x x . . . . .
+        party 1   . x x x x x . . . .
+        party 2   . . x x x x x . . .
+        party 3   . . . x x x x x . .
+        party 4   . . . . . x x x x x
+        party 5   x . . . . . x x x x
+        party 6   x x . . . . . x x x
+        party 7   x x x . . . . . x x
+
+    ``classes_per_party=8, shift=4`` is Niwa et al.'s ICML 2021 partition (8 of 10 classes,
+    each node's window shifted by 4). A fractional ``shift`` is read as the decimal it prints as
+    (``1.1`` is eleven tenths), so ``floor`` does not suffer from float rounding.
+
+    The examples of a class are shuffled (seeded) and split among the parties that hold it:
+    evenly (±1) with ``imbalance=0``, else each holder's share is proportional to a draw from
+    ``U[1 - imbalance, 1 + imbalance]``, one draw per class and holder. Every holder gets at least
+    one example of each class in its window, so every party holds exactly its window's classes.
+    Classes in no window (when the windows do not cover all ``C`` classes, e.g. 2 parties with
+    2 classes each of 10) are left out of every party, as ``classes`` does.
+
+    Raises:
+        ValueError: ``classes_per_party`` not an integer in ``[1, C]``, ``shift`` not a finite
+            number > 0, ``imbalance`` not in ``[0, 1)``, or a class with fewer examples than
+            parties holding it.
+    """
+    labels = _as_labels(labels)
+    _check_num_parties(num_parties, len(labels))
+    classes, codes = np.unique(labels, return_inverse=True)
+    codes, num_classes = codes.ravel(), len(classes)
+    per_party = classes_per_party
+    if not _is_int(per_party) or not 1 <= per_party <= num_classes:
+        raise ValueError(
+            f"classes_per_party must be an integer between 1 and the {num_classes} classes, "
+            f"got classes_per_party={per_party!r}"
+        )
+    step = Fraction(num_classes, num_parties) if shift is None else _exact_shift(shift)
+    if not _is_real(imbalance) or not 0 <= imbalance < 1:
+        raise ValueError(f"imbalance must be a number in [0, 1), got imbalance={imbalance!r}")
+    holders: list[list[int]] = [[] for _ in range(num_classes)]
+    for party in range(num_parties):
+        start = math.floor(party * step)
+        for j in range(per_party):
+            holders[(start + j) % num_classes].append(party)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
+    for c, held_by in enumerate(holders):
+        if not held_by:
+            continue
+        members = rng.permutation(np.flatnonzero(codes == c))
+        if len(members) < len(held_by):
+            label = classes[c].item() if hasattr(classes[c], "item") else classes[c]
+            raise ValueError(
+                f"class {label!r} has {len(members)} examples but its windows give "
+                f"it to {len(held_by)} parties; use fewer parties or a smaller classes_per_party"
+            )
+        if imbalance == 0:
+            pieces = np.array_split(members, len(held_by))
+        else:
+            weights = rng.uniform(1 - imbalance, 1 + imbalance, size=len(held_by))
+            pieces = np.split(members, np.cumsum(_shares(weights, len(members)))[:-1])
+        for party, piece in zip(held_by, pieces, strict=True):
+            parts[party].append(piece)
+    return _finish([np.concatenate(p) for p in parts])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _exact_shift(shift: float) -> Fraction:
+    """``shift`` as an exact fraction: an integer as itself, a float as the decimal it prints as."""
+    if _is_int(shift):
+        value = Fraction(int(shift))
+    elif _is_real(shift) and math.isfinite(shift):
+        value = Fraction(str(float(shift)))
+    else:
+        value = Fraction(0)
+    if value <= 0:
+        raise ValueError(f"shift must be a finite number > 0 (or None), got shift={shift!r}")
+    return value
+
+
+def _shares(weights: np.ndarray, total: int) -> np.ndarray:
+    """``total`` items as one count per weight, about proportional to it, each at least 1."""
+    rest = total - len(weights)
+    cuts = _cuts(weights / weights.sum(), rest)
+    return 1 + np.diff(np.concatenate([[0], cuts, [rest]]))
+
+
 def shards(
     labels: Sequence[object] | np.ndarray,
     num_parties: int,
@@ -295,6 +418,7 @@ _SCHEMES = {
     "shards": shards,
     "group": by_group,
     "quantity": quantity_skew,
+    "class_window": class_window,
 }
 
 #: Scheme names accepted by ``partition_indices`` and ``federate``.
@@ -343,6 +467,7 @@ def partition_indices(
     - ``"group"``: ``groups`` (required, one key per example); ``num_parties`` may be ``None`` for
       one party per group. ``seed`` is not used (see ``by_group``).
     - ``"quantity"``: ``alpha``, ``min_size`` (see ``quantity_skew``).
+    - ``"class_window"``: ``classes_per_party``, ``shift``, ``imbalance`` (see ``class_window``).
 
     Raises:
         ValueError: an unknown scheme or parameter (the message lists the allowed ones), or a
