@@ -256,11 +256,10 @@ def class_window(
     _check_num_parties(num_parties, len(labels))
     classes, codes = np.unique(labels, return_inverse=True)
     codes, num_classes = codes.ravel(), len(classes)
-    per_party = classes_per_party
-    if not _is_int(per_party) or not 1 <= per_party <= num_classes:
+    if not _is_int(classes_per_party) or not 1 <= classes_per_party <= num_classes:
         raise ValueError(
             f"classes_per_party must be an integer between 1 and the {num_classes} classes, "
-            f"got classes_per_party={per_party!r}"
+            f"got classes_per_party={classes_per_party!r}"
         )
     step = Fraction(num_classes, num_parties) if shift is None else _exact_shift(shift)
     if not _is_real(imbalance) or not 0 <= imbalance < 1:
@@ -268,7 +267,7 @@ def class_window(
     holders: list[list[int]] = [[] for _ in range(num_classes)]
     for party in range(num_parties):
         start = math.floor(party * step)
-        for j in range(per_party):
+        for j in range(classes_per_party):
             holders[(start + j) % num_classes].append(party)
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
