@@ -579,7 +579,15 @@ def test_partition_errors_name_the_parameter(call, message: str) -> None:
 
 
 def test_partitions_names() -> None:
-    assert PARTITIONS == ("iid", "dirichlet", "classes", "shards", "group", "quantity")
+    assert PARTITIONS == (
+        "iid",
+        "dirichlet",
+        "classes",
+        "shards",
+        "group",
+        "quantity",
+        "class_window",
+    )
 
 
 def test_partition_params_are_the_partitioners_own_keywords() -> None:
@@ -590,6 +598,7 @@ def test_partition_params_are_the_partitioners_own_keywords() -> None:
         "shards": ("shards_per_party",),
         "group": ("groups",),
         "quantity": ("alpha", "min_size"),
+        "class_window": ("classes_per_party", "shift", "imbalance"),
     }
     with pytest.raises(ValueError, match="unknown scheme 'zipf'; choose one of: iid, dirichlet"):
         partition_params("zipf")

@@ -21,7 +21,7 @@ FUSION_NAMES = (
 )
 DATASETS = "'breast_cancer', 'cifar10', 'digits', 'fashion_mnist', 'iris', 'mnist', 'wine', "
 DATASETS += "'emnist', 'femnist'"
-PARTITIONS = "'iid', 'dirichlet', 'classes', 'shards', 'group', 'quantity'"
+PARTITIONS = "'iid', 'dirichlet', 'classes', 'shards', 'group', 'quantity', 'class_window'"
 
 # (part, field, bad value, what the message says is allowed); the message is
 # "<part>.<field> must be <allowed>, got <value!r>"

@@ -38,6 +38,7 @@ from fedfuse.data._loaders import (
 from fedfuse.data._partition import (
     PARTITIONS,
     by_group,
+    class_window,
     classes_per_party,
     dirichlet,
     federate,
@@ -81,6 +82,7 @@ __all__ = [
     "FederatedDataset",
     "PartyData",
     "by_group",
+    "class_window",
     "classes_per_party",
     "dirichlet",
     "fashion_mnist_dir",
