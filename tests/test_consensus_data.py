@@ -92,7 +92,10 @@ def test_own_data_is_the_same_program_as_the_built_in_split():
     for i, weights in built_in.node_weights.items():
         for name, arr in weights.items():
             np.testing.assert_array_equal(own.node_weights[i][name], arr)
-    assert own.history == built_in.history
+    wall = "wall_s"  # the seconds differ; everything measured is the same
+    assert [{k: v for k, v in r.items() if k != wall} for r in own.history] == [
+        {k: v for k, v in r.items() if k != wall} for r in built_in.history
+    ]
 
 
 def test_own_named_nodes_and_graph():

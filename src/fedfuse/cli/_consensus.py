@@ -42,10 +42,30 @@ _HELP = {
     "speed_spread": "node rates are U[1-x, 1+x] (simulated asynchrony)",
     "train_size": "keep a seeded random subset of the training set (None: all)",
     "test_size": "test subset for the per-epoch curves, final numbers use all of it (None: all)",
+    "budget": "equal: all nodes together compute the reference's gradients per epoch; "
+    "reference: every node does (NTT's budget)",
+    "lr_decay_epochs": "step decay at these epochs, e.g. 10,15",
+    "lr_decay": "factor of each step decay",
+    "validation_size": "hold out this many training examples to choose settings on (None: none)",
+    "compression": "compress exchanges (ECL: C-ECL, gossip: CHOCO-style)",
+    "topk_fraction": "with --compression topk: fraction of each tensor kept",
+    "compression_step": "C-ECL's theta / compressed gossip's gamma (None: default)",
     "max_message_ratio": "refuse a neighbour's message this many times larger than the node's "
     "own on that edge (0: no bound)",
 }
-_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _epoch_list(text: str) -> list[float]:
+    """``"10,15"`` -> ``[10.0, 15.0]`` (an empty string: no epochs)."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected epochs separated by commas, got {text!r}"
+        ) from None
+
+
+_TYPES = {"int": int, "float": float, "str": str, "list[float]": _epoch_list}
 
 
 def _dest(name: str) -> str:
@@ -61,7 +81,8 @@ def _partition_flags() -> dict[str, tuple[Any, list[str]]]:
     flags: dict[str, tuple[Any, list[str]]] = {}
     for scheme in CONSENSUS_PARTITIONS:
         for name, default in partition_defaults(scheme).items():
-            kind = float if isinstance(default, float) else int
+            # An int default takes ints; a float or None default (``shift``) takes any number.
+            kind = int if isinstance(default, int) and not isinstance(default, bool) else float
             flags.setdefault(name, (kind, []))[1].append(f"{scheme} (default: {default})")
     return flags
 
@@ -245,7 +266,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     token = _node_token(args)
     if args.graph:
-        config, addresses, topology = read_graph(args.graph)
+        config, addresses, topology, epoch_steps = read_graph(args.graph)
         config = config.replace(**_given(args))
         neighbours = {j for i, j in topology["edges"] if i == args.id} | {
             i for i, j in topology["edges"] if j == args.id
@@ -254,6 +275,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         port = int(addresses[args.id].rsplit(":", 1)[1])
     else:
         config, peers, port = _config_from_args(args), _parse_peers(args.peer), args.port
+        epoch_steps = None
     report = node_main(
         NodeOptions(
             node_id=args.id,
@@ -270,6 +292,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
             token=token,
             insecure=args.insecure,
             out_dir=args.out,
+            epoch_steps=epoch_steps,
         )
     )
     print(

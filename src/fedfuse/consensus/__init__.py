@@ -30,6 +30,7 @@ from fedfuse.consensus._node import DEFAULT_MAX_MESSAGE_RATIO, ConsensusNode
 from fedfuse.consensus._peer import HttpReply, PeerNode, Transport, urllib_transport
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
 from fedfuse.consensus._run import (
+    BUDGETS,
     CONSENSUS_PARTITIONS,
     FLAT_ALIASES,
     ConsensusConfig,
@@ -38,6 +39,8 @@ from fedfuse.consensus._run import (
     node_datasets,
     prepare_run,
     run_consensus,
+    train_reference,
+    validation_data,
 )
 from fedfuse.consensus._simulation import AsyncSimulator, ExchangeEvent
 from fedfuse.consensus._topology import (
@@ -53,6 +56,7 @@ from fedfuse.consensus._topology import (
 )
 
 __all__ = [
+    "BUDGETS",
     "CONSENSUS_PARTITIONS",
     "FLAT_ALIASES",
     "node_files",
@@ -97,6 +101,8 @@ __all__ = [
     "ring",
     "run_consensus",
     "torus",
+    "train_reference",
     "urllib_transport",
+    "validation_data",
     "write_json",
 ]

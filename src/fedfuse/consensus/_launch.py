@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from fedfuse.consensus._data import GraphLike, as_dataset
-from fedfuse.consensus._node import ConsensusNode
 from fedfuse.consensus._peer import PeerNode
 from fedfuse.consensus._report import consensus_distance, mean_weights, plot_runs, write_json
 from fedfuse.consensus._run import (
@@ -43,9 +42,10 @@ from fedfuse.consensus._run import (
     _test_subset,
     node_datasets,
     prepare_run,
+    train_reference,
 )
 from fedfuse.data import ArrayDataset, load_party_npz
-from fedfuse.models import TorchAdapter, TrainConfig, train_centralized
+from fedfuse.models import TorchAdapter
 from fedfuse.weights import load_weights, save_weights
 
 __all__ = ["NODE_TOKEN_ENV", "LocalGraph", "NodeOptions", "node_main", "read_graph"]
@@ -64,6 +64,9 @@ class NodeOptions:
     give ``num_classes`` (every node must build the same model) unless every node holds the top
     class.
     ``insecure`` lets a node without a ``token`` listen on a non-loopback ``host``.
+    ``epoch_steps`` is how many steps make one of the run's epochs (``ConsensusConfig.budget``;
+    ``LocalGraph`` works it out from every node's data); None: from ``config``'s own dataset
+    split, or with ``data``, one pass over the node's own data.
     """
 
     node_id: int
@@ -81,9 +84,11 @@ class NodeOptions:
     token: str | None = field(default=None, repr=False)
     insecure: bool = False
     out_dir: str = "."
+    epoch_steps: float | None = None
 
 
-def _node_data(options: NodeOptions) -> tuple[ArrayDataset, ArrayDataset, int]:
+def _node_data(options: NodeOptions) -> tuple[ArrayDataset, ArrayDataset, int, float | None]:
+    """The node's ``(train, test, num_classes, epoch_steps)``."""
     config = options.config
     if options.data is not None:
         party = load_party_npz(options.data)
@@ -96,11 +101,12 @@ def _node_data(options: NodeOptions) -> tuple[ArrayDataset, ArrayDataset, int]:
             raise ValueError(
                 f"{options.data}: label {top - 1} is not below num_classes={options.num_classes}"
             )
-        return train, test, options.num_classes or top
+        return train, test, options.num_classes or top, options.epoch_steps
     datasets, test, num_classes = node_datasets(config)
     if not 0 <= options.node_id < len(datasets):
         raise ValueError(f"node id {options.node_id} is not in 0..{len(datasets) - 1}")
-    return datasets[options.node_id], test, num_classes
+    epoch_steps = options.epoch_steps or config.epoch_steps([len(d) for d in datasets])
+    return datasets[options.node_id], test, num_classes, epoch_steps
 
 
 def node_main(options: NodeOptions) -> dict[str, Any]:
@@ -108,21 +114,10 @@ def node_main(options: NodeOptions) -> dict[str, Any]:
     config = options.config
     config.check()
     started = time.time()
-    train, test, num_classes = _node_data(options)
+    train, test, num_classes, epoch_steps = _node_data(options)
     module = _seeded_model(config, train.x.shape[1:], num_classes)
-    node = ConsensusNode(
-        options.node_id,
-        sorted(options.peers),
-        module,
-        train,
-        config.make_algorithm(),
-        learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        local_steps=config.local_steps,
-        exchange_prob=config.exchange_prob,
-        max_failures=config.max_failures,
-        seed=config.seed,
-        max_message_ratio=config.max_message_ratio,
+    node = config.make_node(
+        options.node_id, sorted(options.peers), module, train, epoch_steps=epoch_steps
     )
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +228,9 @@ class LocalGraph:
             1 - self.config.speed_spread, 1 + self.config.speed_spread, self.topology.num_nodes
         )
         self.step_delays = {i: self.step_delay / float(r) for i, r in enumerate(rates)}
+        shares = self.nodes.train if self.nodes else node_datasets(self.config)[0]
+        sizes = [len(d) for d in shares]
+        self.epoch_steps = self.config.epoch_steps(sizes)
         self.graph_file = self.out / "graph.json"
         write_json(
             self.graph_file,
@@ -240,6 +238,7 @@ class LocalGraph:
                 "config": self.config.to_dict(),
                 "topology": self.topology.to_dict(),
                 "addresses": {str(i): a for i, a in self.addresses.items()},
+                "epoch_steps": self.epoch_steps,
             },
         )
 
@@ -410,17 +409,10 @@ class LocalGraph:
             pooled = ArrayDataset(
                 np.concatenate([d.x for d in datasets]), np.concatenate([d.y for d in datasets])
             )
-            baseline = copy.deepcopy(model)
-            doc["centralized"] = train_centralized(
-                lambda: baseline,
-                pooled,
-                test,
-                TrainConfig(
-                    batch_size=self.config.batch_size, learning_rate=self.config.learning_rate
-                ),
-                self.config.epochs,
-                seed=self.config.seed,
+            doc["centralized"], reference = train_reference(
+                self.config, pooled, copy.deepcopy(model), test
             )
+            doc["centralized_final"] = reference.evaluate(test)
             adapter = TorchAdapter(model)
             adapter.set_weights(mean_weights(ordered))
             doc["final"]["average_model"] = adapter.evaluate(test)
@@ -434,10 +426,14 @@ class LocalGraph:
         return doc
 
 
-def read_graph(path: str | os.PathLike) -> tuple[ConsensusConfig, dict[int, str], Any]:
+def read_graph(
+    path: str | os.PathLike,
+) -> tuple[ConsensusConfig, dict[int, str], Any, float | None]:
+    """Read a ``LocalGraph``'s ``graph.json``: ``(config, addresses, topology, epoch_steps)``."""
     doc = json.loads(Path(path).read_text())
     return (
         ConsensusConfig.from_dict(doc["config"]),
         {int(k): v for k, v in doc["addresses"].items()},
         doc["topology"],
+        doc.get("epoch_steps"),
     )

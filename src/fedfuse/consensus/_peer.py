@@ -311,15 +311,16 @@ class PeerNode:
         step_delay: float = 0.0,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train ``epochs`` passes over the local data, exchanging after every local round.
+        """Train ``epochs`` epochs of ``node.epoch_steps`` steps each (by default a pass over the
+        local data), exchanging after every local round.
 
         ``step_delay`` seconds of sleep after each step emulate a slower machine. With ``test``,
-        the node evaluates itself after each local epoch; the records are returned.
+        the node evaluates itself after each epoch; the records are returned.
         """
         node = self.node
         self.ready.set()
-        steps_per_epoch = node.steps_per_epoch
-        total = math.ceil(epochs * steps_per_epoch)
+        total = math.ceil(epochs * node.epoch_steps)
+        epoch = 0
         while node.steps < total:
             with self.lock:
                 node.step()
@@ -328,11 +329,12 @@ class PeerNode:
             if node.round_done:
                 for peer in node.partners():
                     self.exchange(peer)
-            if test is not None and node.steps % steps_per_epoch == 0:
+            if test is not None and node.steps >= math.ceil((epoch + 1) * node.epoch_steps):
+                epoch += 1
                 with self.lock:
                     metrics = node.evaluate(test)
                 record = {
-                    "epoch": node.steps // steps_per_epoch,
+                    "epoch": epoch,
                     "steps": node.steps,
                     "time": time.time(),
                     **metrics,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -33,9 +34,11 @@ from fedfuse.data import (
     partition_indices,
     partition_params,
 )
-from fedfuse.models import TorchAdapter, TrainConfig, train_centralized
+from fedfuse.models import TorchAdapter
+from fedfuse.weights import CODECS
 
 __all__ = [
+    "BUDGETS",
     "CONSENSUS_PARTITIONS",
     "FLAT_ALIASES",
     "ConsensusConfig",
@@ -44,6 +47,8 @@ __all__ = [
     "node_datasets",
     "prepare_run",
     "run_consensus",
+    "train_reference",
+    "validation_data",
 ]
 
 #: Partition schemes a config can name (``group`` needs a key per example: bring the data).
@@ -52,12 +57,27 @@ CONSENSUS_PARTITIONS = tuple(p for p in PARTITIONS if p != "group")
 #: The one flat alias: the consensus papers speak of classes per node.
 FLAT_ALIASES = {"classes_per_node": "classes_per_party"}
 # Settings that choose or split the dataset: meaningless when the caller brings the data.
-_DATA_SETTINGS = ("dataset", "data_dir", "partition", "partition_params", "train_size")
+_DATA_SETTINGS = (
+    "dataset",
+    "data_dir",
+    "partition",
+    "partition_params",
+    "train_size",
+    "validation_size",
+)
+#: ``budget``: what one epoch of a run is (see ``ConsensusConfig``).
+BUDGETS = ("equal", "reference")
 _GRAPH_SETTINGS = ("topology", "degree")
 
 
 def _positive_real(closed: str = "neither") -> Interval:
     return Interval(Real, 0, None, closed=closed)
+
+
+def _is_epoch_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(
+        isinstance(e, Real) and not isinstance(e, bool) and 0 < e < float("inf") for e in value
+    )
 
 
 def _is_topology(value: Any) -> bool:
@@ -80,14 +100,29 @@ class ConsensusConfig(Settings):
     ``run_consensus(data=...)``.
     Algorithm: ``algorithm`` is ``ecl`` (``exchange`` ``pdmm``/``admm``, ``eta``, ``rho``,
     ``eta_scaling``), ``ecl-isvr``, ``gossip`` or ``dpsgd``; SGD step ``learning_rate``.
+    Compression (``ecl``/``ecl-isvr``: C-ECL; ``gossip``: CHOCO-style): ``compression`` is
+    ``none``, ``fp16``, ``int8`` or ``topk`` (keeping ``topk_fraction`` of each tensor), with
+    step ``compression_step`` (None: the algorithm's default).
     Schedule: a node exchanges after every ``local_steps`` minibatch steps, on each edge with
     probability ``exchange_prob``; node rates spread by ``speed_spread`` (see
-    ``AsyncSimulator``); an edge is dropped after ``max_failures`` failed exchanges.
+    ``AsyncSimulator``); an edge is dropped after ``max_failures`` failed exchanges. Step decay:
+    the step size is multiplied by ``lr_decay`` at each epoch of ``lr_decay_epochs`` (every node
+    counting its own steps, and the centralized reference its own epochs).
     Trust: a node refuses a neighbour's message whose norm exceeds ``max_message_ratio`` times
     its own model's (see ``ConsensusNode``; 0 turns the bound off).
-    ``epochs`` is measured on the simulated clock: one epoch is the time an average-speed node
-    takes for one pass over its data, so all nodes together compute as many gradients as the
-    centralized baseline does in the same number of epochs.
+    Budget: ``epochs`` is measured on the simulated clock, and ``budget`` says how long an epoch
+    is. ``"equal"``: the time an average-speed node takes for one pass over its own data, so all
+    nodes together compute as many gradients as the centralized reference does in the same
+    number of epochs (equal total compute). ``"reference"``: the time an average-speed node takes
+    for as many steps as the reference takes for one pass over the pooled data, so every node
+    computes as many gradients as the reference (the budget of NTT's experiments; 8 nodes
+    compute 8x the reference's gradients). The reference is always ``epochs`` passes over the
+    pooled training data with the same batch size and step-decay schedule, taken by a node
+    with no neighbours (the same step code as the nodes').
+    Validation: ``validation_size`` holds a seeded subset of the training set out before it is
+    split (no node trains on it); every epoch's record and the final one then report the nodes'
+    and the reference's accuracy on it (``"validation"``), for choosing a step size without
+    looking at the test set.
 
     Flat names: ``from_dict`` and ``replace`` (and so ``run_consensus(**overrides)``, a TOML
     file, the command line) also take the chosen partition's parameters by their own names
@@ -106,6 +141,7 @@ class ConsensusConfig(Settings):
         "dataset": [Options(DATASETS)],
         "data_dir": [None, str],
         "train_size": [None, Interval(Integral, 1)],
+        "validation_size": [None, Interval(Integral, 1)],
         "test_size": [None, Interval(Integral, 1)],
         "model": [Options(CONSENSUS_MODELS)],
         "partition": [Options(CONSENSUS_PARTITIONS)],
@@ -115,9 +151,15 @@ class ConsensusConfig(Settings):
         "eta": [None, _positive_real()],
         "rho": [_positive_real("left")],
         "eta_scaling": [Options(("none", "sqrt_fan_in"))],
+        "compression": [Options(CODECS)],
+        "topk_fraction": [Interval(Real, 0, 1, closed="right")],
+        "compression_step": [None, Interval(Real, 0, 1, closed="right")],
+        "budget": [Options(BUDGETS)],
         "epochs": [Interval(Integral, 1)],
         "batch_size": [Interval(Integral, 1)],
         "learning_rate": [_positive_real()],
+        "lr_decay_epochs": [Rule(_is_epoch_list, "a list of epochs > 0")],
+        "lr_decay": [Interval(Real, 0, 1, closed="right")],
         "local_steps": [Interval(Integral, 1)],
         "exchange_prob": [Interval(Real, 0, 1)],
         "speed_spread": [Interval(Real, 0, 1, closed="left")],
@@ -133,6 +175,7 @@ class ConsensusConfig(Settings):
     dataset: str = "digits"
     data_dir: str | None = None
     train_size: int | None = None
+    validation_size: int | None = None
     test_size: int | None = None
     model: str = "mlp"
     partition: str = "classes"
@@ -142,9 +185,15 @@ class ConsensusConfig(Settings):
     eta: float | None = None
     rho: float = 0.0
     eta_scaling: str = "none"
+    compression: str = "none"
+    topk_fraction: float = 0.01
+    compression_step: float | None = None
+    budget: str = "equal"
     epochs: int = 20
     batch_size: int = 16
     learning_rate: float = 0.1
+    lr_decay_epochs: list[float] = field(default_factory=list)
+    lr_decay: float = 0.1
     local_steps: int = 4
     exchange_prob: float = 1.0
     speed_spread: float = 0.5
@@ -216,10 +265,58 @@ class ConsensusConfig(Settings):
             eta=self.eta,
             rho=self.rho,
             eta_scaling=self.eta_scaling,
+            **(
+                {
+                    "compression": self.compression,
+                    "topk_fraction": self.topk_fraction,
+                    "compression_step": self.compression_step,
+                }
+                if self.compression != "none"
+                else {}
+            ),
         )
         if isinstance(algorithm, ECL):
             algorithm.validate(self.local_steps)
         return algorithm
+
+    def make_node(
+        self,
+        node_id: int,
+        peers: Sequence[int],
+        module: torch.nn.Module,
+        data: ArrayDataset,
+        *,
+        epoch_steps: float | None = None,
+        algorithm: ECL | Gossip | DPSGD | None = None,
+    ) -> ConsensusNode:
+        """A node trained by these settings (step size, schedule, batches, exchanges, trust).
+
+        ``epoch_steps``: the node's steps per epoch of the run (see ``epoch_steps``).
+        """
+        return ConsensusNode(
+            node_id,
+            peers,
+            module,
+            data,
+            algorithm or self.make_algorithm(),
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            local_steps=self.local_steps,
+            exchange_prob=self.exchange_prob,
+            max_failures=self.max_failures,
+            seed=self.seed,
+            max_message_ratio=self.max_message_ratio,
+            epoch_steps=epoch_steps,
+            lr_decay_epochs=tuple(self.lr_decay_epochs),
+            lr_decay=self.lr_decay,
+        )
+
+    def epoch_steps(self, sizes: Sequence[int]) -> float:
+        """Steps an average-speed node takes per epoch, given every node's number of examples
+        (see ``budget``): the mean of the nodes' full batches per pass, or the pooled data's."""
+        if self.budget == "reference":
+            return float(max(sum(sizes) // self.batch_size, 1))
+        return float(np.mean([max(n // self.batch_size, 1) for n in sizes]))
 
     @property
     def label(self) -> str:
@@ -306,22 +403,46 @@ class ConsensusResult:
         }
 
 
+def _split_dataset(
+    config: ConsensusConfig,
+) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset]:
+    """``config``'s dataset as ``(train, validation or None, test)``, seeded."""
+    train, test = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    if config.train_size is not None and config.train_size < len(train):
+        keep = np.random.default_rng([config.seed, 3]).permutation(len(train))[: config.train_size]
+        train = train.subset(np.sort(keep))
+    validation = None
+    if config.validation_size is not None:
+        if config.validation_size >= len(train):
+            raise ValueError(
+                f"validation_size={config.validation_size} leaves no training data "
+                f"(the training set has {len(train)} examples)"
+            )
+        order = np.random.default_rng([config.seed, 13]).permutation(len(train))
+        validation = train.subset(np.sort(order[: config.validation_size]))
+        train = train.subset(np.sort(order[config.validation_size :]))
+    return train, validation, test
+
+
 def node_datasets(
     config: ConsensusConfig,
 ) -> tuple[list[ArrayDataset], ArrayDataset, int]:
     """Load the dataset and split it among the nodes: ``(per-node train, test, num_classes)``.
 
-    Deterministic in ``config.seed``, so a node process can compute its own share alone.
+    Deterministic in ``config.seed``, so a node process can compute its own share alone. The
+    ``validation_size`` examples held out (``validation_data``) are in no node's share.
     """
-    train, test = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    train, _, test = _split_dataset(config)
     num_classes = int(max(train.y.max(), test.y.max())) + 1
-    if config.train_size is not None and config.train_size < len(train):
-        keep = np.random.default_rng([config.seed, 3]).permutation(len(train))[: config.train_size]
-        train = train.subset(np.sort(keep))
     parts = partition_indices(
         train.y, config.num_nodes, config.partition, seed=config.seed, **config.partition_params
     )
     return [train.subset(idx) for idx in parts], test, num_classes
+
+
+def validation_data(config: ConsensusConfig) -> ArrayDataset | None:
+    """The examples ``validation_size`` holds out of the training set (None without it)."""
+    return _split_dataset(config)[1] if config.validation_size is not None else None
 
 
 def _seeded_model(config: ConsensusConfig, input_shape: tuple[int, ...], num_classes: int):
@@ -395,6 +516,42 @@ def prepare_run(
     return config, topology, nodes
 
 
+def _accuracies(
+    models: Mapping[Any, Mapping[str, np.ndarray]], data: ArrayDataset, adapter: TorchAdapter
+) -> dict[str, float]:
+    """The nodes' mean and worst accuracy on ``data`` (the validation split)."""
+    accuracies = []
+    for weights in models.values():
+        adapter.set_weights(weights)
+        accuracies.append(adapter.evaluate(data)["accuracy"])
+    return {"mean_accuracy": float(np.mean(accuracies)), "min_accuracy": float(np.min(accuracies))}
+
+
+def train_reference(
+    config: ConsensusConfig,
+    pooled: ArrayDataset,
+    module: torch.nn.Module,
+    test: ArrayDataset,
+    validation: ArrayDataset | None = None,
+) -> tuple[list[dict[str, float]], ConsensusNode]:
+    """The centralized reference: ``module`` trained ``config.epochs`` passes over ``pooled``
+    by a node with no neighbours (the nodes' own step code: same batches, step size and decay
+    schedule); returns its curve on ``test`` (and ``validation``) after each epoch, and the node.
+    """
+    node = config.make_node(0, (), module, pooled, algorithm=Gossip())
+    curve: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        while node.steps < math.ceil(epoch * node.epoch_steps):
+            node.step()
+        record = {"epoch": epoch, "steps": node.steps, **node.evaluate(test)}
+        if validation is not None:
+            record["validation_accuracy"] = node.evaluate(validation)["accuracy"]
+        record["wall_s"] = time.perf_counter() - started
+        curve.append(record)
+    return curve, node
+
+
 def _index_of(topology: Topology, times: Mapping[Any, float] | None, what: str) -> dict[int, float]:
     index = {str(topology.node_id(i)): i for i in range(topology.num_nodes)}
     out = {}
@@ -456,26 +613,21 @@ def run_consensus(
     starts = _index_of(graph_, join_at, "join_at")
     deaths = _index_of(graph_, fail_at, "fail_at")
 
+    validation = validation_data(config) if own is None else None
     template = _seeded_model(config, input_shape, num_classes)
+    # One epoch of the clock: what an average-speed node computes in one epoch (``budget``).
+    epoch_time = config.epoch_steps([len(d) for d in datasets])
     nodes = {
-        i: ConsensusNode(
+        i: config.make_node(
             i,
             graph_.neighbours(i),
             copy.deepcopy(template),
             datasets[i],
-            algorithm,
-            learning_rate=config.learning_rate,
-            batch_size=config.batch_size,
-            local_steps=config.local_steps,
-            exchange_prob=config.exchange_prob,
-            max_failures=config.max_failures,
-            seed=config.seed,
-            max_message_ratio=config.max_message_ratio,
+            epoch_steps=epoch_time,
+            algorithm=algorithm,
         )
         for i in range(graph_.num_nodes)
     }
-    # One epoch of the clock: an average-speed node's pass over its local data.
-    epoch_time = float(np.mean([n.steps_per_epoch for n in nodes.values()]))
     simulator = AsyncSimulator(
         nodes,
         seed=config.seed,
@@ -494,11 +646,15 @@ def run_consensus(
         record = {
             "epoch": len(history) + 1,
             "time": now,
+            "wall_s": time.perf_counter() - sim_started,
             **evaluate_nodes(models(running), eval_set, scratch),
             "steps": {str(name(i)): nodes[i].steps for i in running},
             "exchanges": sum(e.ok for e in simulator.log),
             "failed_exchanges": sum(not e.ok for e in simulator.log),
+            "bytes_sent": sum(n.bytes_sent for n in nodes.values()),
         }
+        if validation is not None:
+            record["validation"] = _accuracies(models(running), validation, scratch)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -513,6 +669,11 @@ def run_consensus(
     running = sorted(simulator.running)
     final = {
         **evaluate_nodes(models(running), test_set, scratch),
+        **(
+            {"validation": _accuracies(models(running), validation, scratch)}
+            if validation is not None
+            else {}
+        ),
         "running": [name(i) for i in running],
         "dropped_edges": {
             str(name(i)): [name(j) for j in sorted(n.dropped)]
@@ -535,16 +696,12 @@ def run_consensus(
         pooled = ArrayDataset(
             np.concatenate([d.x for d in datasets]), np.concatenate([d.y for d in datasets])
         )
-        baseline = copy.deepcopy(template)
-        centralized = train_centralized(
-            lambda: baseline,
-            pooled,
-            eval_set,
-            TrainConfig(batch_size=config.batch_size, learning_rate=config.learning_rate),
-            config.epochs,
-            seed=config.seed,
+        centralized, reference = train_reference(
+            config, pooled, copy.deepcopy(template), eval_set, validation
         )
-        centralized_final = TorchAdapter(baseline).evaluate(test_set)
+        centralized_final = reference.evaluate(test_set)
+        if validation is not None:
+            centralized_final["validation_accuracy"] = reference.evaluate(validation)["accuracy"]
         centralized_final["wall_time_s"] = time.perf_counter() - baseline_started
     result = ConsensusResult(
         config=config,
