@@ -185,6 +185,10 @@ def test_a_lost_message_moves_neither_end():
     nodes.send(0, 1)
     assert not all(torch.equal(m, z) for m, z in zip(sender.mirror[1], nodes_start_z, strict=True))
     assert all(torch.equal(m, z) for m, z in zip(sender.mirror[1], receiver.z[0], strict=True))
+    late = sender.message(1)
+    sender.remove_peer(1)
+    sender.delivered(1, late)  # news of an edge already dropped changes nothing
+    assert 1 not in sender.mirror and sender.peers == []
 
 
 # --- compressed gossip -------------------------------------------------------------------------

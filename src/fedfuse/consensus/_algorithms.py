@@ -329,7 +329,10 @@ class ECL:
             the compressed change of the receiver's dual (``_compressed``); needs ``rho = 0``.
         topk_fraction: the share of each tensor's entries a ``"topk"`` message keeps.
         compression_step: C-ECL's theta in ``z_ji <- z_ji + theta comp(y_ij - z_ji)``, in
-            (0, 1]; ``None`` takes the exchange's own: 1/2 for ADMM, 1 for PDMM.
+            (0, 1] (unused without compression); ``None`` takes the exchange's own: 1/2 for
+            ADMM, 1 for PDMM. On the tests' least-squares ring, 1/2 converged fastest of 1/4,
+            1/2 and 1 with int8; with top-k 10%, 1 was faster (1/4 slowest), but 1 is PDMM's
+            reflection, which diverges under some message orders (module docstring).
     """
 
     exchange: str = "admm"
@@ -393,16 +396,19 @@ class ECL:
 class Gossip:
     """Gossip SGD: SGD steps; after a local round, average with one random neighbour.
 
+    Without compression the two ends of an edge swap models and each moves halfway.
+
     Args:
         compression: ``"none"`` (messages are the models) or a codec of
             ``fedfuse.weights.CODECS``: CHOCO-style gossip over per-edge public copies
             (``_compressed``).
         topk_fraction: the share of each tensor's entries a ``"topk"`` message keeps.
-        compression_step: CHOCO's consensus step gamma in (0, 1]; ``None`` picks 1 for
-            ``fp16``/``int8`` (nearly exact copies) and ``min(1, 2 topk_fraction)`` for
-            ``topk``: CHOCO's theory takes gamma proportional to the compressor's quality
-            ``k/n``, and twice it was the fastest stable step on a 6-node ring at 10% and 1%
-            (1/2 diverged at 1%, 1 at 10%).
+        compression_step: CHOCO's consensus step gamma in (0, 1] (unused without
+            compression); ``None`` picks 1 for ``fp16``/``int8`` (nearly exact copies) and
+            ``min(1, 2 topk_fraction)`` for ``topk``: CHOCO's theory takes gamma proportional to
+            the compressor's quality ``k/n``, and twice it was the fastest stable step of those
+            tried in pure averaging on a 6-node ring, keeping 10% and 1% (gamma = 1/2 diverged
+            at 1%, gamma = 1 at 10%).
     """
 
     name = "gossip"
@@ -412,6 +418,7 @@ class Gossip:
 
     @property
     def gamma(self) -> float:
+        """The consensus step: ``compression_step``, else the default for the codec."""
         if self.compression_step is not None:
             return self.compression_step
         return min(1.0, 2.0 * self.topk_fraction) if self.compression == "topk" else 1.0
@@ -431,6 +438,7 @@ class Gossip:
 def _validate_compression(
     compression: str, topk_fraction: float, compression_step: float | None
 ) -> None:
+    """Raise ``ValueError`` naming the compression setting that is out of range."""
     if compression not in CODECS:
         raise ValueError(f"compression must be one of {', '.join(CODECS)}, got {compression!r}")
     if not (isinstance(topk_fraction, int | float) and 0 < topk_fraction <= 1):

