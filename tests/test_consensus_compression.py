@@ -439,3 +439,38 @@ def test_compression_settings_are_checked_and_passed_on():
     )
     assert make_algorithm("gossip") == Gossip()
     assert type(Gossip().learner(0, param, [1])).__name__ == "_AveragingLearner"
+
+
+# --- whole runs: the simulator carries compressed messages; node processes refuse them ---------
+
+_RUN = {
+    "num_nodes": 4,
+    "model": "logreg",
+    "epochs": 3,
+    "batch_size": 16,
+    "learning_rate": 0.2,
+    "local_steps": 2,
+    "test_size": 100,
+    "centralized": False,
+}
+
+
+@pytest.mark.parametrize("algorithm", ["ecl-isvr", "gossip"])
+def test_a_compressed_run_learns_with_fewer_bytes_and_nothing_refused(algorithm):
+    from fedfuse.consensus import run_consensus
+
+    dense = run_consensus(algorithm=algorithm, **_RUN)
+    small = run_consensus(algorithm=algorithm, compression="int8", **_RUN)
+    # int8: a quarter of the bytes per message, plus a scale per tensor.
+    assert small.final["bytes_sent"] < 0.3 * dense.final["bytes_sent"]
+    assert small.final["exchanges"] == dense.final["exchanges"]
+    assert small.final["mean_accuracy"] > 0.6  # 10 digit classes: chance is 0.1
+    assert abs(small.final["mean_accuracy"] - dense.final["mean_accuracy"]) < 0.1
+
+
+def test_node_processes_refuse_compression(tmp_path):
+    from fedfuse.consensus import ConsensusConfig, LocalGraph
+
+    config = ConsensusConfig().replace(compression="topk", **_RUN)
+    with pytest.raises(ValueError, match="runs in the simulator only"):
+        LocalGraph(config, tmp_path / "run")

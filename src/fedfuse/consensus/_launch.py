@@ -109,10 +109,20 @@ def _node_data(options: NodeOptions) -> tuple[ArrayDataset, ArrayDataset, int, f
     return datasets[options.node_id], test, num_classes, epoch_steps
 
 
+def _refuse_compression(config: ConsensusConfig) -> None:
+    if config.compression != "none":
+        raise ValueError(
+            f"compression={config.compression!r} runs in the simulator only: both ends of an "
+            "edge keep a copy of what the other holds, and over HTTP a lost reply would leave "
+            "the two copies apart for good"
+        )
+
+
 def node_main(options: NodeOptions) -> dict[str, Any]:
     """Run one node process to the end; returns (and writes) its report."""
     config = options.config
     config.check()
+    _refuse_compression(config)
     started = time.time()
     train, test, num_classes, epoch_steps = _node_data(options)
     module = _seeded_model(config, train.x.shape[1:], num_classes)
@@ -220,6 +230,7 @@ class LocalGraph:
         self.config, self.topology, self.nodes = prepare_run(
             self.config, {}, data=data, graph=self.graph
         )
+        _refuse_compression(self.config)
         self.data_files = [files[i] for i in self.nodes.ids] if self.nodes else None
         self.addresses = {
             i: f"http://{self.host}:{_free_port(self.host)}" for i in range(self.topology.num_nodes)

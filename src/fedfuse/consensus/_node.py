@@ -237,6 +237,11 @@ class ConsensusNode:
         self.bytes_sent += num_bytes(message)
         return message
 
+    def delivered(self, peer: int, message: Mapping[str, np.ndarray]) -> None:
+        """Tell the node that ``message`` (from ``message(peer)``) reached ``peer`` and was taken:
+        a compressed exchange updates its copy of what the neighbour holds."""
+        self.learner.delivered(peer, message)
+
     def check(self, peer: int, message: Mapping[str, np.ndarray]) -> None:
         """Raise ``WeightsMismatchError`` (a ``ValueError``) unless ``peer``'s ``message`` holds
         finite arrays shaped like this node's variables within the magnitude bound; counts what
@@ -245,7 +250,7 @@ class ConsensusNode:
             self.learner.check(message)
             if self.max_message_ratio:
                 bound = self.max_message_ratio * self._edge_norm(peer)
-                norm = _norm(message)
+                norm = self.learner.magnitude(message)
                 if not norm <= bound:
                     raise WeightsMismatchError(
                         f"message norm {norm:.3g} exceeds max_message_ratio "
@@ -259,7 +264,8 @@ class ConsensusNode:
     def _edge_norm(self, peer: int) -> float:
         """``max(||m_ij||, ||w_i||, MESSAGE_NORM_FLOOR)``: the scale an honest message has."""
         weights = _norm([p.detach().numpy() for p in self.learner.params])
-        own = _norm(self.learner.message(peer)) if peer in self.learner.peers else 0.0
+        learner = self.learner
+        own = learner.magnitude(learner.message(peer)) if peer in learner.peers else 0.0
         return max(own, weights, MESSAGE_NORM_FLOOR)
 
     def receive(self, peer: int, message: Mapping[str, np.ndarray], peer_degree: int) -> None:

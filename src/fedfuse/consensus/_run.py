@@ -265,15 +265,9 @@ class ConsensusConfig(Settings):
             eta=self.eta,
             rho=self.rho,
             eta_scaling=self.eta_scaling,
-            **(
-                {
-                    "compression": self.compression,
-                    "topk_fraction": self.topk_fraction,
-                    "compression_step": self.compression_step,
-                }
-                if self.compression != "none"
-                else {}
-            ),
+            compression=self.compression,
+            topk_fraction=self.topk_fraction,
+            compression_step=self.compression_step,
         )
         if isinstance(algorithm, ECL):
             algorithm.validate(self.local_steps)

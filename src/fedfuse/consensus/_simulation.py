@@ -110,9 +110,12 @@ class AsyncSimulator:
             dropped = node.exchange_failed(j)
             self.log.append(ExchangeEvent(self.time, i, j, ok=False, dropped=dropped))
             return
-        reply, degree_j = self.nodes[j].answer(i, node.message(j), node.degree)
+        message = node.message(j)
+        reply, degree_j = self.nodes[j].answer(i, message, node.degree)
+        node.delivered(j, message)
         if reply is not None:
             node.receive(j, reply, degree_j)
+            self.nodes[j].delivered(i, reply)
         self.log.append(ExchangeEvent(self.time, i, j, ok=True))
 
     def _step(self, i: int) -> None:
