@@ -175,9 +175,9 @@ def _reference_section(rep: Report, base: dict[str, Any]) -> list[str]:
         f"The reference trains {base['epochs']} epochs at most, the step size x{base['lr_decay']}"
         f" at epochs {', '.join(str(e) for e in base['lr_decay_epochs'])}. 'Converged at epoch' "
         "is the first epoch at which its validation accuracy moved less than 0.1 point over the "
-        "last 10% of its epochs (at least three evaluations); every decentralized run of that seed trains "
-        "that many epochs. The plain loop is torch.optim.SGD over the same pooled data (its own "
-        "batch order), the check that the reference is ordinary SGD.",
+        "last 10% of its epochs (at least three evaluations); every decentralized run of that "
+        "seed trains that many epochs. The plain loop is torch.optim.SGD over the same pooled "
+        "data (its own batch order), the check that the reference is ordinary SGD.",
         "",
     ]
     return lines

@@ -40,7 +40,8 @@ the PNG curves from whatever is recorded)::
     .venv/bin/python benchmarks/bench_consensus.py --suite seeds         # seeds 1, 2 of (a)
     .venv/bin/python benchmarks/bench_consensus.py --suite compression   # C-ECL, compressed gossip
     .venv/bin/python benchmarks/bench_consensus.py --suite processes     # P1 (a) as processes
-    .venv/bin/python benchmarks/bench_consensus.py --report
+    .venv/bin/python benchmarks/bench_consensus.py --report              # only the report
+    .venv/bin/python benchmarks/bench_consensus.py                       # every suite (hours)
     .venv/bin/python benchmarks/bench_consensus.py --quick               # a smoke test
 
 The whole matrix (2 budgets x 3 partitions x 3 topologies x 4 methods x 3 steps x 3 seeds) is
@@ -446,7 +447,8 @@ def main() -> None:
     out_dir = RESULTS_DIR / "quick" if args.quick else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RUNS_FILE.name
-    suites = args.suite or (["ten-minutes"] if args.quick else [])
+    # No suite named: the smoke test's, or the lot; --report alone only rebuilds the report.
+    suites = args.suite or (["ten-minutes"] if args.quick else [] if args.report else ["all"])
     if "all" in suites:
         suites = ["ten-minutes", "budgets", "partitions", "topologies", "seeds", "compression",
                   "processes"]  # fmt: skip
@@ -481,8 +483,7 @@ def main() -> None:
         done = load_runs(path)
     if suites:
         print(f"suites took {time.perf_counter() - started:.0f} s", flush=True)
-    if args.report or args.quick:
-        write_report(done, out_dir, base)
+    write_report(done, out_dir, base)
 
 
 def _chosen(
