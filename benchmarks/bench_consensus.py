@@ -116,6 +116,14 @@ COMPRESSED = {
     "gossip int8": ("gossip", {"compression": "int8"}),
     "gossip top-10%": ("gossip", {"compression": "topk", "topk_fraction": 0.1}),
 }
+# Why ECL lands where it does: one setting changed at a time (P1, (a), ring, ECL's chosen step).
+ABLATIONS = {
+    "K=2": {"local_steps": 2},
+    "K=8": {"local_steps": 8},
+    "per-layer eta (sqrt fan-in)": {"eta_scaling": "sqrt_fan_in"},
+    "PDMM": {"exchange": "pdmm"},
+    "no asynchrony spread": {"speed_spread": 0.0},
+}
 # Convergence of the reference: its validation accuracy moved less than this (fraction) over
 # the last 10% of its steps.
 CONVERGED_MOVE = 0.001
@@ -143,6 +151,7 @@ class Run:
         extra: dict[str, Any] = {}
         if self.variant in COMPRESSED:
             method, extra = COMPRESSED[self.variant]
+        extra = {**extra, **ABLATIONS.get(self.variant, {})}
         return {
             **base,
             **PARTITIONS[self.partition][1],
@@ -436,7 +445,7 @@ def main() -> None:
         default=[],
         choices=(
             "ten-minutes", "budgets", "partitions", "topologies", "seeds", "compression",
-            "processes", "all",
+            "processes", "ablations", "all",
         ),
     )  # fmt: skip
     parser.add_argument("--report", action="store_true", help="write consensus.md/json/png")
@@ -451,7 +460,7 @@ def main() -> None:
     suites = args.suite or (["ten-minutes"] if args.quick else [] if args.report else ["all"])
     if "all" in suites:
         suites = ["ten-minutes", "budgets", "partitions", "topologies", "seeds", "compression",
-                  "processes"]  # fmt: skip
+                  "ablations", "processes"]  # fmt: skip
     seeds = sorted({0, *((1, 2) if "seeds" in suites else ())})
     started = time.perf_counter()
     if suites:
@@ -465,7 +474,12 @@ def main() -> None:
         for seed in seeds if suite == "seeds" else (0,):
             ref = best_reference(done, seed, GRID)
             epochs = converged_epoch(ref["curve"])
-            if suite in ("compression", "processes"):
+            if suite == "ablations":
+                lr = _chosen(done, "P1", "a", "ring", "ECL (ADMM)", seed)["run"]["lr"]
+                runs += [
+                    Run("P1", "a", "ring", "ECL (ADMM)", lr, seed, v, epochs) for v in ABLATIONS
+                ]
+            elif suite in ("compression", "processes"):
                 chosen = _chosen(done, "P1", "a", "ring", "ECL (ADMM)", seed)
                 lr = chosen["run"]["lr"]
                 if suite == "processes":
