@@ -105,12 +105,18 @@ def _fan_in_scales(named: NamedParams) -> list[float]:
     return [math.sqrt(fan_in.get(name.rsplit(".", 1)[0], 1)) for name, _ in named]
 
 
-def _l2_norm(arrays: Mapping[str, np.ndarray]) -> float:
-    """The L2 norm of all arrays together, in float64 (a float32 sum of 1e30**2 overflows)."""
+def _l2_norm(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> float:
+    """The L2 norm of all arrays together, accumulated in float64 (a float32 sum of 1e30**2
+    overflows). torch computes it in the process's own threads: numpy's ``dot`` would call
+    BLAS, whose threads spin against the training on a busy machine (15 ms for 200k values
+    under load, against 0.1 ms)."""
+    values = arrays.values() if isinstance(arrays, Mapping) else arrays
     total = 0.0
-    for arr in arrays.values():
-        flat = np.asarray(arr, dtype=np.float64).ravel()
-        total += float(np.dot(flat, flat))
+    for arr in values:
+        tensor = torch.from_numpy(np.ascontiguousarray(arr))
+        if not tensor.dtype.is_floating_point:
+            tensor = tensor.double()
+        total += float(torch.linalg.vector_norm(tensor, dtype=torch.float64)) ** 2
     return math.sqrt(total)
 
 
