@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from numbers import Integral, Real
 
@@ -187,18 +187,40 @@ def classes_per_party(
     for party in range(num_parties):
         for j in range(classes_per_party):
             holders[class_order[(party * classes_per_party + j) % num_classes]].append(party)
+
+    def too_few(c: int, examples: int, held_by: int) -> str:
+        return (
+            f"class {c} has {examples} examples but classes_per_party={classes_per_party} "
+            f"assigns it to {held_by} parties; use fewer parties or a smaller classes_per_party"
+        )
+
+    return _deal(codes, holders, num_parties, rng, too_few)
+
+
+def _deal(
+    codes: np.ndarray,
+    holders: Sequence[Sequence[int]],
+    num_parties: int,
+    rng: np.random.Generator,
+    too_few: Callable[[int, int, int], str],
+    imbalance: float = 0.0,
+) -> list[np.ndarray]:
+    """Split each class's examples (shuffled) among the parties ``holders[class]`` names:
+    evenly, or in shares drawn from ``U[1 - imbalance, 1 + imbalance]``; ``too_few(class,
+    examples, holders)`` words the error for a class with fewer examples than holders."""
     parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
     for c, held_by in enumerate(holders):
         if not held_by:
             continue
         members = rng.permutation(np.flatnonzero(codes == c))
         if len(members) < len(held_by):
-            raise ValueError(
-                f"class {c} has {len(members)} examples but "
-                f"classes_per_party={classes_per_party} assigns it to {len(held_by)} parties; "
-                "use fewer parties or a smaller classes_per_party"
-            )
-        for party, piece in zip(held_by, np.array_split(members, len(held_by)), strict=True):
+            raise ValueError(too_few(c, len(members), len(held_by)))
+        if imbalance == 0:
+            pieces = np.array_split(members, len(held_by))
+        else:
+            weights = rng.uniform(1 - imbalance, 1 + imbalance, size=len(held_by))
+            pieces = np.split(members, np.cumsum(_shares(weights, len(members)))[:-1])
+        for party, piece in zip(held_by, pieces, strict=True):
             parts[party].append(piece)
     return _finish([np.concatenate(p) for p in parts])
 
@@ -269,26 +291,15 @@ def class_window(
         start = math.floor(party * step)
         for j in range(classes_per_party):
             holders[(start + j) % num_classes].append(party)
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in range(num_parties)]
-    for c, held_by in enumerate(holders):
-        if not held_by:
-            continue
-        members = rng.permutation(np.flatnonzero(codes == c))
-        if len(members) < len(held_by):
-            label = classes[c].item() if hasattr(classes[c], "item") else classes[c]
-            raise ValueError(
-                f"class {label!r} has {len(members)} examples but its windows give "
-                f"it to {len(held_by)} parties; use fewer parties or a smaller classes_per_party"
-            )
-        if imbalance == 0:
-            pieces = np.array_split(members, len(held_by))
-        else:
-            weights = rng.uniform(1 - imbalance, 1 + imbalance, size=len(held_by))
-            pieces = np.split(members, np.cumsum(_shares(weights, len(members)))[:-1])
-        for party, piece in zip(held_by, pieces, strict=True):
-            parts[party].append(piece)
-    return _finish([np.concatenate(p) for p in parts])
+
+    def too_few(c: int, examples: int, held_by: int) -> str:
+        label = classes[c].item() if hasattr(classes[c], "item") else classes[c]
+        return (
+            f"class {label!r} has {examples} examples but its windows give it to {held_by} "
+            "parties; use fewer parties or a smaller classes_per_party"
+        )
+
+    return _deal(codes, holders, num_parties, np.random.default_rng(seed), too_few, imbalance)
 
 
 def _is_int(value: object) -> bool:
