@@ -74,6 +74,22 @@ from fedfuse.weights import Codec, Weights, WeightsMismatchError, check_compatib
 __all__ = ["CompressedECLLearner", "CompressedGossipLearner", "WireFormat"]
 
 
+class _Compressed:
+    """What a compressed learner's messages are: the arrays of its ``wire`` format."""
+
+    wire: WireFormat
+
+    def message_template(self) -> Weights:
+        """The codec's arrays at full size (zero memory); see the module docstring."""
+        return dict(self.wire.template)
+
+    def check(self, message: Mapping[str, np.ndarray]) -> None:
+        self.wire.decode(message)
+
+    def magnitude(self, message: Mapping[str, np.ndarray]) -> float:
+        return _l2_norm(self.wire.decode(message))
+
+
 class WireFormat:
     """A codec bound to one learner's variables: ``encode``, and a ``decode`` that trusts nothing.
 
@@ -118,7 +134,7 @@ class WireFormat:
         return decoded
 
 
-class CompressedECLLearner(_ECLLearner):
+class CompressedECLLearner(_Compressed, _ECLLearner):
     """C-ECL (module docstring): ECL's primal step; duals moved by compressed differences."""
 
     def __init__(
@@ -148,16 +164,6 @@ class CompressedECLLearner(_ECLLearner):
         self.mirror.pop(peer, None)
         super().remove_peer(peer)
 
-    def message_template(self) -> Weights:
-        """The codec's arrays at full size (zero memory); see the module docstring."""
-        return dict(self.wire.template)
-
-    def check(self, message: Mapping[str, np.ndarray]) -> None:
-        self.wire.decode(message)
-
-    def magnitude(self, message: Mapping[str, np.ndarray]) -> float:
-        return _l2_norm(self.wire.decode(message))
-
     @torch.no_grad()
     def message(self, peer: int) -> Weights:
         sign = self._sign(peer)
@@ -186,7 +192,7 @@ class CompressedECLLearner(_ECLLearner):
             self.sum_az[k].add_(sign * step)
 
 
-class CompressedGossipLearner(_AveragingLearner):
+class CompressedGossipLearner(_Compressed, _AveragingLearner):
     """CHOCO-style pairwise gossip over per-edge public copies (module docstring)."""
 
     def __init__(
@@ -213,16 +219,6 @@ class CompressedGossipLearner(_AveragingLearner):
         for copies in (self.public_own, self.public_peer, self._halves):
             copies.pop(peer, None)
         super().remove_peer(peer)
-
-    def message_template(self) -> Weights:
-        """The codec's arrays at full size (zero memory); see the module docstring."""
-        return dict(self.wire.template)
-
-    def check(self, message: Mapping[str, np.ndarray]) -> None:
-        self.wire.decode(message)
-
-    def magnitude(self, message: Mapping[str, np.ndarray]) -> float:
-        return _l2_norm(self.wire.decode(message))
 
     @torch.no_grad()
     def message(self, peer: int) -> Weights:
