@@ -229,9 +229,48 @@ def _reached(curve: Sequence[dict[str, Any]], target: float) -> dict[str, Any] |
     return next((c for c in curve if c["mean_accuracy"] >= target), None)
 
 
-def _compression(rep: Report) -> list[str]:
+def _ablations(rep: Report, names: Sequence[str]) -> list[str]:
+    rows = []
+    for method in ("ECL (ADMM)", "gossip"):
+        base = rep.chosen("P1", "a", "ring", method, 0)
+        if base is None:
+            continue
+        found = [(n, rep.chosen("P1", "a", "ring", method, 0, n)) for n in names]
+        for name, run in [("as chosen", base), *((n, r) for n, r in found if r is not None)]:
+            rows.append(
+                [
+                    method,
+                    name,
+                    f"{run['run']['lr']:g}",
+                    f"**{_pct(run['mean_accuracy'])}**",
+                    _pct(run["min_accuracy"]),
+                    f"{run['test_loss']:.3f}",
+                    _pct(run["average_model_accuracy"]),
+                    f"{run['consensus_distance']:.3f}",
+                    f"{100 * (run['mean_accuracy'] - base['mean_accuracy']):+.2f}",
+                ]
+            )
+    if len(rows) <= 2:
+        return []
+    header = [
+        "method", "changed", "step", "mean node acc %", "worst node %", "test loss",
+        "average model %", "consensus dist", "vs as chosen (pts)",
+    ]  # fmt: skip
+    return [
+        "## One setting changed at a time (P1, partition (a), ring, seed 0)",
+        "",
+        "Each method at its chosen step with one setting changed: K (steps between exchanges, "
+        "4 as chosen), ECL's per-layer eta (sqrt of the fan-in, as NTT's code scales it), PDMM "
+        "instead of ADMM exchanges, all nodes at the same rate, and no step decay.",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+def _compression(rep: Report, names: Sequence[str]) -> list[str]:
     ecl = rep.chosen("P1", "a", "ring", "ECL (ADMM)", 0)
-    variants = sorted({r["run"]["variant"] for r in rep.runs} - {"", "processes"})
+    variants = [n for n in names if any(r["run"]["variant"] == n for r in rep.runs)]
     if ecl is None or not variants:
         return []
     target = ecl["curve"][-1]["mean_accuracy"] - 0.005
@@ -281,7 +320,11 @@ def _processes(rep: Report) -> list[str]:
         if run["run"]["variant"] != "processes":
             continue
         twin = next(
-            (r for r in rep.runs if {**r["run"], "variant": "processes"} == run["run"]),
+            (
+                r
+                for r in rep.runs
+                if r["run"]["variant"] == "" and {**r["run"], "variant": "processes"} == run["run"]
+            ),
             None,
         )
         rows.append(
@@ -318,7 +361,7 @@ def _processes(rep: Report) -> list[str]:
     ]
 
 
-def _plot(rep: Report, out_dir: Path) -> list[str]:
+def _plot(rep: Report, out_dir: Path, compressed: Sequence[str]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,7 +402,7 @@ def _plot(rep: Report, out_dir: Path) -> list[str]:
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
         files.append(name)
-    variants = sorted({r["run"]["variant"] for r in rep.runs} - {"", "processes"})
+    variants = [n for n in compressed if any(r["run"]["variant"] == n for r in rep.runs)]
     ecl = rep.chosen("P1", "a", "ring", "ECL (ADMM)", 0)
     if variants and ecl is not None:
         fig, ax = plt.subplots(figsize=(7.5, 4.4))
@@ -395,6 +438,8 @@ def write(
     *,
     chosen: Callable,
     converged_epoch: Callable,
+    compressed: Sequence[str] = (),
+    ablations: Sequence[str] = (),
 ) -> None:
     rep = Report(done, chosen, converged_epoch)
     now = datetime.datetime.now().isoformat(timespec="seconds")
@@ -419,10 +464,11 @@ def write(
         *_reference_section(rep, base),
         *_ten_minutes(rep),
         *_budget_sections(rep),
-        *_compression(rep),
+        *_ablations(rep, ablations),
+        *_compression(rep, compressed),
         *_processes(rep),
     ]
-    files = _plot(rep, out_dir)
+    files = _plot(rep, out_dir, compressed)
     if files:
         lines += ["## Curves", ""] + [f"![{f}]({f})" for f in files] + [""]
     (out_dir / "consensus.md").write_text("\n".join(lines))

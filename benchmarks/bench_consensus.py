@@ -88,7 +88,7 @@ BASE = {
 }
 QUICK = {**BASE, "train_size": 1400, "validation_size": 200, "test_size": 200, "epochs": 3,
          "lr_decay_epochs": [2]}  # fmt: skip
-GRID = (0.05, 0.1)
+GRID = (0.05, 0.1, 0.2)
 BUDGETS = {"P1": "reference", "P2": "equal"}
 PARTITIONS = {
     "a": ("5 of 10 classes, ring neighbours share 3-4", {"partition": "class_window",
@@ -123,7 +123,10 @@ ABLATIONS = {
     "per-layer eta (sqrt fan-in)": {"eta_scaling": "sqrt_fan_in"},
     "PDMM": {"exchange": "pdmm"},
     "no asynchrony spread": {"speed_spread": 0.0},
+    "constant step (no decay)": {"lr_decay_epochs": []},
 }
+# The ablations that gossip runs too (at its own chosen step).
+GOSSIP_ABLATIONS = ("constant step (no decay)", "K=2", "K=8")
 # Convergence of the reference: its validation accuracy moved less than this (fraction) over
 # the last 10% of its steps.
 CONVERGED_MOVE = 0.001
@@ -408,7 +411,7 @@ def best_reference(done: dict[str, dict[str, Any]], seed: int, grid: Sequence[fl
 
 def suite_runs(name: str, grid: Sequence[float], epochs: int) -> list[Run]:
     """The decentralized runs of a suite (after the references have fixed ``epochs``)."""
-    main = ("ECL (ADMM)", "gossip", "D-PSGD")
+    main = ("ECL (ADMM)", "gossip")
     runs: list[Run] = []
     if name == "ten-minutes":
         runs = [Run("P1", "a", "ring", m, lr, 0) for m in ("ECL (ADMM)", "gossip") for lr in grid]
@@ -424,14 +427,6 @@ def suite_runs(name: str, grid: Sequence[float], epochs: int) -> list[Run]:
             Run("P1", "a", t, m, lr, 0)
             for t in ("multiplex ring", "random 3-regular")
             for m in main
-            for lr in grid
-        ]
-    elif name == "seeds":
-        runs = [
-            Run(b, "a", "ring", m, lr, s)
-            for s in (1, 2)
-            for b in BUDGETS
-            for m in ("ECL (ADMM)", "gossip")
             for lr in grid
         ]
     return [replace(r, epochs=epochs) for r in runs]
@@ -474,11 +469,17 @@ def main() -> None:
         for seed in seeds if suite == "seeds" else (0,):
             ref = best_reference(done, seed, GRID)
             epochs = converged_epoch(ref["curve"])
-            if suite == "ablations":
-                lr = _chosen(done, "P1", "a", "ring", "ECL (ADMM)", seed)["run"]["lr"]
-                runs += [
-                    Run("P1", "a", "ring", "ECL (ADMM)", lr, seed, v, epochs) for v in ABLATIONS
-                ]
+            if suite == "seeds" and seed:
+                # Seeds 1 and 2 at the steps seed 0's validation chose (a grid per seed is
+                # three times the runs).
+                for budget in BUDGETS:
+                    for method in ("ECL (ADMM)", "gossip"):
+                        lr = _chosen(done, budget, "a", "ring", method, 0)["run"]["lr"]
+                        runs.append(Run(budget, "a", "ring", method, lr, seed, "", epochs))
+            elif suite == "ablations":
+                for method, variants in (("ECL (ADMM)", ABLATIONS), ("gossip", GOSSIP_ABLATIONS)):
+                    lr = _chosen(done, "P1", "a", "ring", method, seed)["run"]["lr"]
+                    runs += [Run("P1", "a", "ring", method, lr, seed, v, epochs) for v in variants]
             elif suite in ("compression", "processes"):
                 chosen = _chosen(done, "P1", "a", "ring", "ECL (ADMM)", seed)
                 lr = chosen["run"]["lr"]
@@ -529,7 +530,10 @@ def _what(run: dict[str, Any]) -> tuple:
 def write_report(done: dict[str, dict[str, Any]], out_dir: Path, base: dict[str, Any]) -> None:
     from _consensus_report import write  # a sibling module (benchmarks/ is on sys.path)
 
-    write(done, out_dir, base, machine(), chosen=_chosen, converged_epoch=converged_epoch)
+    write(
+        done, out_dir, base, machine(), chosen=_chosen, converged_epoch=converged_epoch,
+        compressed=tuple(COMPRESSED), ablations=tuple(ABLATIONS),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
