@@ -181,6 +181,7 @@ def test_cli_takes_the_budget_and_schedule(tmp_path, capsys):
             "consensus", "--model", "logreg", "--epochs", "2", "--num-nodes", "4",
             "--budget", "reference", "--lr-decay-epochs", "1,1.5", "--lr-decay", "0.5",
             "--validation-size", "100", "--test-size", "100", "--no-centralized",
+            "--partition", "class_window", "--classes-per-party", "5", "--shift", "1.25",
             "--out", str(tmp_path),
         ]
     )  # fmt: skip
@@ -189,6 +190,7 @@ def test_cli_takes_the_budget_and_schedule(tmp_path, capsys):
     assert doc["config"]["budget"] == "reference"
     assert doc["config"]["lr_decay_epochs"] == [1.0, 1.5]
     assert "validation" in doc["final"]
+    assert doc["config"]["partition_params"] == {"classes_per_party": 5, "shift": 1.25}
     with pytest.raises(SystemExit):
         main(["consensus", "--lr-decay-epochs", "ten"])
     assert "expected epochs separated by commas" in capsys.readouterr().err
