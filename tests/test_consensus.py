@@ -112,8 +112,9 @@ def _least_squares_nodes(algorithm, local_steps, num_nodes=6, dim=4, n=20):
         (ECL(exchange="admm", eta=1.0), 1),
         (ECL(), 4),
         (ECL(exchange="pdmm", eta=0.5, rho=0.5), 2),
+        (ECL(dual_init="zero"), 4),
     ],
-    ids=["pdmm", "admm", "isvr-K4", "rho"],
+    ids=["pdmm", "admm", "isvr-K4", "rho", "isvr-K4-zero-duals"],
 )
 def test_ecl_reaches_the_centralized_least_squares_optimum(algorithm, local_steps):
     """Full-batch gradients, heterogeneous nodes, asynchronous exchanges: every node ends at the
@@ -381,3 +382,8 @@ def test_node_token_comes_from_a_file_or_the_environment_not_only_argv(
     with pytest.raises(SystemExit):
         main(["node", "--help"])
     assert "visible to every user in `ps`" in " ".join(capsys.readouterr().out.split())
+
+
+def test_dual_init_is_checked():
+    with pytest.raises(ValueError, match="dual_init must be one of agreement, zero"):
+        ECL(dual_init="random").validate(4)

@@ -157,9 +157,12 @@ def test_cecl_isvr_converges_with_top_k():
     assert np.abs(nodes.weights() - optimum).max() < 1e-3
 
 
-def test_cecl_mirrors_stay_bit_identical_to_the_receivers_duals():
+@pytest.mark.parametrize("dual_init", ["agreement", "zero"])
+def test_cecl_mirrors_stay_bit_identical_to_the_receivers_duals(dual_init):
+    """Also from zero duals (NTT's code starts there): the sender's copy starts there too."""
     data, _ = _least_squares(6, 20)
-    nodes = _Ring(_algorithm(ECL(eta=1.0, compression="topk", topk_fraction=0.1)))
+    config = ECL(eta=1.0, compression="topk", topk_fraction=0.1, dual_init=dual_init)
+    nodes = _Ring(_algorithm(config))
     nodes.run(data, 40, lr=0.1)
     for learner in nodes.learners:
         for j in learner.peers:

@@ -42,6 +42,7 @@ _HELP = {
     "speed_spread": "node rates are U[1-x, 1+x] (simulated asynchrony)",
     "train_size": "keep a seeded random subset of the training set (None: all)",
     "test_size": "test subset for the per-epoch curves, final numbers use all of it (None: all)",
+    "dual_init": "ECL's duals start at agreement (z = A w) or at zero (NTT's code)",
     "budget": "equal: all nodes together compute the reference's gradients per epoch; "
     "reference: every node does (NTT's budget)",
     "lr_decay_epochs": "step decay at these epochs, e.g. 10,15",

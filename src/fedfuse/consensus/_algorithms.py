@@ -78,6 +78,7 @@ __all__ = [
 ALGORITHMS = ("ecl", "ecl-isvr", "gossip", "dpsgd")
 _EXCHANGES = ("pdmm", "admm")
 _ETA_SCALINGS = ("none", "sqrt_fan_in")
+_DUAL_INITS = ("agreement", "zero")
 # The neighbour's state travels under this prefix when rho > 0.
 _STATE_PREFIX = "state/"
 
@@ -207,9 +208,12 @@ class _ECLLearner(Learner):
             return
         sign = self._sign(peer)
         with torch.no_grad():
-            self.z[peer] = [sign * p.detach().clone() for p in self.params]
-            for acc, p in zip(self.sum_az, self.params, strict=True):
-                acc.add_(p.detach())  # A_ij z_ij = A_ij A_ij w_i = w_i
+            if self.config.dual_init == "zero":
+                self.z[peer] = [torch.zeros_like(p, requires_grad=False) for p in self.params]
+            else:
+                self.z[peer] = [sign * p.detach().clone() for p in self.params]
+                for acc, p in zip(self.sum_az, self.params, strict=True):
+                    acc.add_(p.detach())  # A_ij z_ij = A_ij A_ij w_i = w_i
             if self.config.rho > 0:
                 self.neighbour_state[peer] = [p.detach().clone() for p in self.params]
                 for acc, p in zip(self.sum_state, self.params, strict=True):
@@ -339,6 +343,10 @@ class ECL:
             ADMM, 1 for PDMM. On the tests' least-squares ring, 1/2 converged fastest of 1/4,
             1/2 and 1 with int8; with top-k 10%, 1 was faster (1/4 slowest), but 1 is PDMM's
             reflection, which diverges under some message orders (module docstring).
+        dual_init: ``"agreement"`` (``z_ij = A_ij w_i``: the first step is a shortened SGD
+            step) or ``"zero"`` (``z_ij = 0``, as NTT's published code starts them: the first
+            rounds pull every model towards 0 until the duals fill in). The fixed point is
+            the same; the path is not.
     """
 
     exchange: str = "admm"
@@ -348,6 +356,7 @@ class ECL:
     compression: str = "none"
     topk_fraction: float = 0.01
     compression_step: float | None = None
+    dual_init: str = "agreement"
 
     @property
     def name(self) -> str:
@@ -361,6 +370,10 @@ class ECL:
         if self.eta_scaling not in _ETA_SCALINGS:
             raise ValueError(
                 f"eta_scaling must be one of {', '.join(_ETA_SCALINGS)}, got {self.eta_scaling!r}"
+            )
+        if self.dual_init not in _DUAL_INITS:
+            raise ValueError(
+                f"dual_init must be one of {', '.join(_DUAL_INITS)}, got {self.dual_init!r}"
             )
         if self.eta is not None and not self.eta > 0:
             raise ValueError(f"eta must be > 0 (or None for ECL-ISVR), got eta={self.eta}")
@@ -482,6 +495,7 @@ def make_algorithm(
     compression: str = "none",
     topk_fraction: float = 0.01,
     compression_step: float | None = None,
+    dual_init: str = "agreement",
 ) -> ECL | Gossip | DPSGD:
     """An algorithm by name (``ALGORITHMS``); the ECL settings apply to ``ecl``/``ecl-isvr``,
     the compression settings to those and ``gossip`` (``dpsgd`` refuses compression).
@@ -495,13 +509,19 @@ def make_algorithm(
         "compression_step": compression_step,
     }
     if name == "ecl":
-        return ECL(exchange=exchange, eta=eta, rho=rho, eta_scaling=eta_scaling, **compressed)
+        return ECL(
+            exchange=exchange, eta=eta, rho=rho, eta_scaling=eta_scaling, dual_init=dual_init,
+            **compressed,
+        )  # fmt: skip
     if name == "ecl-isvr":
         if eta is not None or rho:
             raise ValueError(
                 "ecl-isvr fixes eta = 1/(s |E_i| (K-1)) and rho = 0; use 'ecl' to set them"
             )
-        return ECL(exchange=exchange, eta=None, rho=0.0, eta_scaling=eta_scaling, **compressed)
+        return ECL(
+            exchange=exchange, eta=None, rho=0.0, eta_scaling=eta_scaling, dual_init=dual_init,
+            **compressed,
+        )  # fmt: skip
     if name == "gossip":
         return Gossip(**compressed)
     if name == "dpsgd":

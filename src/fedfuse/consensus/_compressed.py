@@ -157,8 +157,11 @@ class CompressedECLLearner(_Compressed, _ECLLearner):
             return
         super().add_peer(peer)
         sign = self._sign(peer)
-        with torch.no_grad():  # j starts z_ji = A_ji w_j, and A_ji = -A_ij
-            self.mirror[peer] = [-sign * p.detach().clone() for p in self.params]
+        with torch.no_grad():  # j starts z_ji = A_ji w_j (A_ji = -A_ij), or at zero
+            zero = self.config.dual_init == "zero"
+            self.mirror[peer] = [
+                torch.zeros_like(p) if zero else -sign * p.detach().clone() for p in self.params
+            ]
 
     def remove_peer(self, peer: int) -> None:
         self.mirror.pop(peer, None)

@@ -99,7 +99,8 @@ class ConsensusConfig(Settings):
     (the final numbers always use the whole test set). Or bring your own node data:
     ``run_consensus(data=...)``.
     Algorithm: ``algorithm`` is ``ecl`` (``exchange`` ``pdmm``/``admm``, ``eta``, ``rho``,
-    ``eta_scaling``), ``ecl-isvr``, ``gossip`` or ``dpsgd``; SGD step ``learning_rate``.
+    ``eta_scaling``, ``dual_init``), ``ecl-isvr``, ``gossip`` or ``dpsgd``; SGD step
+    ``learning_rate``.
     Compression (``ecl``/``ecl-isvr``: C-ECL; ``gossip``: CHOCO-style): ``compression`` is
     ``none``, ``fp16``, ``int8`` or ``topk`` (keeping ``topk_fraction`` of each tensor), with
     step ``compression_step`` (None: the algorithm's default).
@@ -151,6 +152,7 @@ class ConsensusConfig(Settings):
         "eta": [None, _positive_real()],
         "rho": [_positive_real("left")],
         "eta_scaling": [Options(("none", "sqrt_fan_in"))],
+        "dual_init": [Options(("agreement", "zero"))],
         "compression": [Options(CODECS)],
         "topk_fraction": [Interval(Real, 0, 1, closed="right")],
         "compression_step": [None, Interval(Real, 0, 1, closed="right")],
@@ -185,6 +187,7 @@ class ConsensusConfig(Settings):
     eta: float | None = None
     rho: float = 0.0
     eta_scaling: str = "none"
+    dual_init: str = "agreement"
     compression: str = "none"
     topk_fraction: float = 0.01
     compression_step: float | None = None
@@ -265,6 +268,7 @@ class ConsensusConfig(Settings):
             eta=self.eta,
             rho=self.rho,
             eta_scaling=self.eta_scaling,
+            dual_init=self.dual_init,
             compression=self.compression,
             topk_fraction=self.topk_fraction,
             compression_step=self.compression_step,
