@@ -261,7 +261,8 @@ def _ablations(rep: Report, names: Sequence[str]) -> list[str]:
         "",
         "Each method at its chosen step with one setting changed: K (steps between exchanges, "
         "4 as chosen), ECL's per-layer eta (sqrt of the fan-in, as NTT's code scales it), PDMM "
-        "instead of ADMM exchanges, all nodes at the same rate, and no step decay.",
+        "instead of ADMM exchanges, all nodes at the same rate, no step decay, and ECL's duals "
+        "starting at zero (NTT's code) instead of at agreement.",
         "",
         *_table(header, rows),
         "",

@@ -124,6 +124,7 @@ ABLATIONS = {
     "PDMM": {"exchange": "pdmm"},
     "no asynchrony spread": {"speed_spread": 0.0},
     "constant step (no decay)": {"lr_decay_epochs": []},
+    "duals start at zero": {"dual_init": "zero"},
 }
 # The ablations that gossip runs too (at its own chosen step).
 GOSSIP_ABLATIONS = ("constant step (no decay)", "K=2", "K=8")
