@@ -441,6 +441,8 @@ def write(
     converged_epoch: Callable,
     compressed: Sequence[str] = (),
     ablations: Sequence[str] = (),
+    grid: Sequence[float] = (),
+    wider: float | None = None,
 ) -> None:
     rep = Report(done, chosen, converged_epoch)
     now = datetime.datetime.now().isoformat(timespec="seconds")
@@ -456,7 +458,10 @@ def write(
         f"Model `{base['model']}`; SGD, batch {base['batch_size']}; an exchange after every "
         f"{base['local_steps']} of a node's own steps; node rates U[{1 - base['speed_spread']:g}, "
         f"{1 + base['speed_spread']:g}]. Every row is its method at the step size of the grid "
-        "with the best validation accuracy.",
+        "with the best validation accuracy: the grid is "
+        + ", ".join(f"{g:g}" for g in grid)
+        + (f" (P2 on partition (a), ring, and the reference also {wider:g})" if wider else "")
+        + ". Seeds 1 and 2 run at the steps seed 0 chose.",
         "",
         "## Targets",
         "",
