@@ -24,6 +24,7 @@ nothing and is counted (``refused``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -166,7 +167,7 @@ class ConsensusNode:
     @property
     def current_lr(self) -> float:
         """The step size of the next step: ``learning_rate`` after the decays passed so far."""
-        passed = sum(self.steps >= at for at in self._decay_at)
+        passed = bisect.bisect_right(self._decay_at, self.steps)
         return self.learning_rate * self.lr_decay**passed
 
     def _next_batch(self) -> torch.Tensor:
