@@ -77,8 +77,22 @@ class Report:
             return None
 
     def group(self, budget, partition, topology, method, variant="") -> list[dict[str, Any]]:
-        """The chosen run (validation) of every seed that has one."""
-        found = (self.chosen(budget, partition, topology, method, s, variant) for s in self.seeds)
+        """Seed 0's chosen run (validation), and the other seeds' runs at its step (their best
+        on validation where they have none at that step)."""
+        first = self.chosen(budget, partition, topology, method, 0, variant)
+        found = [first]
+        for seed in self.seeds:
+            if seed == 0:
+                continue
+            same = [
+                r
+                for r in self.runs
+                if first is not None
+                and r["run"] == {**first["run"], "seed": seed, "epochs": r["run"]["epochs"]}
+            ]
+            found.append(
+                same[0] if same else self.chosen(budget, partition, topology, method, seed, variant)
+            )
         return [r for r in found if r is not None]
 
 

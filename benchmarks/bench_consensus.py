@@ -480,7 +480,7 @@ def main() -> None:
                 # Seeds 1 and 2 at the steps seed 0's validation chose (a grid per seed is
                 # three times the runs).
                 for budget in BUDGETS:
-                    for method in ("ECL (ADMM)", "gossip"):
+                    for method in METHODS:
                         lr = _chosen(done, budget, "a", "ring", method, 0)["run"]["lr"]
                         runs.append(Run(budget, "a", "ring", method, lr, seed, "", epochs))
             elif suite == "ablations":
