@@ -212,3 +212,14 @@ def test_node_processes_count_epochs_in_the_runs_budget(tmp_path):
         report = json.loads((tmp_path / "run" / f"node_{i}.json").read_text())
         assert report["steps"] == sum(sizes) // 16
         assert [r["epoch"] for r in report["history"]] == [1]
+
+
+def test_refused_messages_cost_the_exchange_not_the_run():
+    """A neighbour's message the receiver refuses (here: every one, by a bound far below any
+    honest message) changes nothing and is counted; the simulation runs to the end."""
+    result = run_consensus(max_message_ratio=0.01, centralized=False, **TINY)
+    assert result.final["exchanges"] == 0
+    assert result.final["refused_messages"] > 0
+    assert len(result.history) == TINY["epochs"]
+    honest = run_consensus(centralized=False, **TINY)
+    assert honest.final["refused_messages"] == 0 and honest.final["exchanges"] > 0

@@ -467,6 +467,7 @@ def test_a_compressed_run_learns_with_fewer_bytes_and_nothing_refused(algorithm)
     # int8: a quarter of the bytes per message, plus a scale per tensor.
     assert small.final["bytes_sent"] < 0.3 * dense.final["bytes_sent"]
     assert small.final["exchanges"] == dense.final["exchanges"]
+    assert small.final["refused_messages"] == 0
     assert small.final["mean_accuracy"] > 0.6  # 10 digit classes: chance is 0.1
     assert abs(small.final["mean_accuracy"] - dense.final["mean_accuracy"]) < 0.1
 

@@ -681,6 +681,7 @@ def run_consensus(
         "joined_from": {str(name(i)): name(j) for i, j in simulator.joined_from.items()},
         "epochs_done": {str(name(i)): n.epochs_done for i, n in nodes.items()},
         "bytes_sent": sum(n.bytes_sent for n in nodes.values()),
+        "refused_messages": sum(n.refused for n in nodes.values()),
         "exchanges": sum(e.ok for e in simulator.log),
         "exchange_order": [
             [e.time, name(e.initiator), name(e.peer), e.ok] for e in simulator.log[:200]

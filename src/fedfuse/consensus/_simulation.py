@@ -8,8 +8,10 @@ sends each of them its message right then; a two-way algorithm's neighbour answe
 holds at that moment (its state after its own last step). That is the only synchronisation
 there is. A neighbour that is
 not running (dead, or not yet joined) fails the exchange; the node drops the edge after
-``max_failures`` failures in a row. A node that joins late starts from the model of its
-lowest-numbered running neighbour.
+``max_failures`` failures in a row. A message the receiver refuses (``ConsensusNode.check``: not
+finite, or far larger than what it holds, as a diverging neighbour's is) changes nothing, is
+counted by the receiver and logged, and the run goes on. A node that joins late starts from
+the model of its lowest-numbered running neighbour.
 
 Events at the same instant run in a fixed order (failures, joins, steps by node id, then
 checkpoints), and all randomness comes from the seed, so a run is exactly reproducible.
@@ -40,6 +42,7 @@ class ExchangeEvent:
     peer: int
     ok: bool
     dropped: bool = False
+    refused: bool = False
 
 
 @dataclass
@@ -111,10 +114,18 @@ class AsyncSimulator:
             self.log.append(ExchangeEvent(self.time, i, j, ok=False, dropped=dropped))
             return
         message = node.message(j)
-        reply, degree_j = self.nodes[j].answer(i, message, node.degree)
+        try:
+            reply, degree_j = self.nodes[j].answer(i, message, node.degree)
+        except ValueError:  # j refused it (and counted it); nothing changed at either end
+            self.log.append(ExchangeEvent(self.time, i, j, ok=False, refused=True))
+            return
         node.delivered(j, message)
         if reply is not None:
-            node.receive(j, reply, degree_j)
+            try:
+                node.receive(j, reply, degree_j)
+            except ValueError:  # i refused j's reply: j's half stands, i's does not
+                self.log.append(ExchangeEvent(self.time, i, j, ok=False, refused=True))
+                return
             self.nodes[j].delivered(i, reply)
         self.log.append(ExchangeEvent(self.time, i, j, ok=True))
 
