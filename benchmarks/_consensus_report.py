@@ -110,7 +110,12 @@ def _method_rows(rep: Report, budget: str, partition: str, topology: str) -> lis
             [
                 method,
                 "/".join(f"{r['run']['lr']:g}" for r in runs),
-                f"**{_stat([r['mean_accuracy'] for r in runs])}**",
+                f"**{_stat([r['mean_accuracy'] for r in runs])}**"
+                + (
+                    f" ({sum(r.get('refused', 0) for r in runs)} messages refused)"
+                    if any(r.get("refused") for r in runs)
+                    else ""
+                ),
                 _stat([r["min_accuracy"] for r in runs]),
                 f"{np.mean([r['test_loss'] for r in runs]):.3f}",
                 _stat([r["average_model_accuracy"] for r in runs]),

@@ -269,6 +269,7 @@ def _summary(run: Run, result: Any, seconds: float) -> dict[str, Any]:
         "consensus_distance": final["consensus_distance"],
         "validation_accuracy": final["validation"]["mean_accuracy"],
         "bytes_sent": final["bytes_sent"],
+        "refused": final["refused_messages"],
         "wall_s": seconds,
         "steps_per_node": float(np.mean(list(result.history[-1]["steps"].values()))),
         "curve": [
