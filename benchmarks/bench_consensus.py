@@ -4,7 +4,7 @@ two compute budgets that decide what "ECL reaches the reference" means.
 What is compared
     8 nodes, each holding part of Fashion-MNIST's training set (9600 images, a seeded subset;
     another 1000 held out as the validation split that chooses step sizes; the 10k test set
-    is only ever reported). Every node trains the same MLP (784-256-10... the ``mlp`` model)
+    is only ever reported). Every node trains the same MLP (``mlp``: 784-200-200-10, 199k weights)
     from the same initialisation with minibatch SGD (batch 32), at its own seeded pace (rates
     U[0.75, 1.25]), and sends its variables to its neighbours after every K = 4 of its own
     steps: asynchronous exchanges on an event-driven clock, no barrier, no aggregator.
