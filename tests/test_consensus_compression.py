@@ -17,15 +17,7 @@ from torch import nn
 from fedfuse.consensus import ECL, Gossip, make_algorithm, ring
 from fedfuse.consensus._compressed import CompressedECLLearner, CompressedGossipLearner
 from fedfuse.weights import get_codec, num_bytes
-
-
-class _Linear(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w
+from test_consensus import _Linear
 
 
 def _least_squares(num_nodes: int, dim: int):
