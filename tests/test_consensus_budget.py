@@ -58,6 +58,12 @@ def test_step_decay_multiplies_the_step_at_each_listed_epoch():
     assert node.epochs_done == 3.0
 
 
+def test_a_decay_too_far_to_reach_never_happens():
+    node = _lone_node(lr_decay_epochs=(1e300,), epoch_steps=4)
+    node.step()
+    assert node.current_lr == 0.4
+
+
 def test_the_decayed_step_is_the_step_taken():
     """Two nodes from the same start and batches: one decays after its first step; its second
     step moves the weights half as far as the other's would from the same point."""

@@ -45,6 +45,9 @@ DEFAULT_MAX_MESSAGE_RATIO = 10.0
 MESSAGE_NORM_FLOOR = 1.0
 """The model norm used in the magnitude bound when the node's own norm is smaller."""
 
+# More steps than any run takes.
+_FAR_STEP = float(2**62)
+
 
 class ConsensusNode:
     """One peer of a decentralized training run.
@@ -140,8 +143,11 @@ class ConsensusNode:
         self.refused = 0
         self.epoch_steps = float(epoch_steps) if epoch_steps is not None else self.steps_per_epoch
         self.lr_decay = float(lr_decay)
-        # The step counts at which the step size decays (one entry per decay).
-        self._decay_at = sorted(math.ceil(e * self.epoch_steps) for e in lr_decay_epochs)
+        # The step counts at which the step size decays (one entry per decay); an epoch too far
+        # to reach (1e300) stays a finite count.
+        self._decay_at = sorted(
+            math.ceil(min(e * self.epoch_steps, _FAR_STEP)) for e in lr_decay_epochs
+        )
         self.learner = self._new_learner(self.configured_peers)
 
     def _new_learner(self, peers: Sequence[int]):
