@@ -229,3 +229,15 @@ def test_refused_messages_cost_the_exchange_not_the_run():
     assert len(result.history) == TINY["epochs"]
     honest = run_consensus(centralized=False, **TINY)
     assert honest.final["refused_messages"] == 0 and honest.final["exchanges"] > 0
+
+
+@pytest.mark.parametrize("bad", ["300", -1, 0, True, 1e400])
+def test_a_graph_file_with_a_bad_epoch_length_is_refused(tmp_path, bad):
+    from fedfuse.consensus import read_graph
+
+    graph = LocalGraph(ConsensusConfig().replace(**{**TINY, "num_nodes": 2}), tmp_path / "run")
+    doc = json.loads(graph.graph_file.read_text())
+    doc["epoch_steps"] = bad
+    graph.graph_file.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="epoch_steps must be a number > 0"):
+        read_graph(graph.graph_file)

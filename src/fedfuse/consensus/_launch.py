@@ -442,9 +442,16 @@ def read_graph(
 ) -> tuple[ConsensusConfig, dict[int, str], Any, float | None]:
     """Read a ``LocalGraph``'s ``graph.json``: ``(config, addresses, topology, epoch_steps)``."""
     doc = json.loads(Path(path).read_text())
+    epoch_steps = doc.get("epoch_steps")
+    if epoch_steps is not None and not (
+        isinstance(epoch_steps, int | float)
+        and not isinstance(epoch_steps, bool)
+        and 0 < epoch_steps < float("inf")
+    ):
+        raise ValueError(f"{path}: epoch_steps must be a number > 0, got {epoch_steps!r}")
     return (
         ConsensusConfig.from_dict(doc["config"]),
         {int(k): v for k, v in doc["addresses"].items()},
         doc["topology"],
-        doc.get("epoch_steps"),
+        epoch_steps,
     )
