@@ -18,6 +18,7 @@ import torch
 
 from fedfuse._events import logging_events
 from fedfuse._settings import Interval, Options, Rule, Settings, SettingsError
+from fedfuse.consensus._algorithms import _DUAL_INITS as DUAL_INITS
 from fedfuse.consensus._algorithms import ALGORITHMS, DPSGD, ECL, Gossip, make_algorithm
 from fedfuse.consensus._data import MAX_NODES, GraphLike, NodeData, NodeSet, as_topology, node_set
 from fedfuse.consensus._models import CONSENSUS_MODELS, make_model
@@ -152,7 +153,7 @@ class ConsensusConfig(Settings):
         "eta": [None, _positive_real()],
         "rho": [_positive_real("left")],
         "eta_scaling": [Options(("none", "sqrt_fan_in"))],
-        "dual_init": [Options(("agreement", "zero"))],
+        "dual_init": [Options(DUAL_INITS)],
         "compression": [Options(CODECS)],
         "topk_fraction": [Interval(Real, 0, 1, closed="right")],
         "compression_step": [None, Interval(Real, 0, 1, closed="right")],
@@ -430,12 +431,20 @@ def node_datasets(
     Deterministic in ``config.seed``, so a node process can compute its own share alone. The
     ``validation_size`` examples held out (``validation_data``) are in no node's share.
     """
-    train, _, test = _split_dataset(config)
+    datasets, _, test, num_classes = _node_split(config)
+    return datasets, test, num_classes
+
+
+def _node_split(
+    config: ConsensusConfig,
+) -> tuple[list[ArrayDataset], ArrayDataset | None, ArrayDataset, int]:
+    """``(per-node train, validation or None, test, num_classes)`` from one read of the data."""
+    train, validation, test = _split_dataset(config)
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     parts = partition_indices(
         train.y, config.num_nodes, config.partition, seed=config.seed, **config.partition_params
     )
-    return [train.subset(idx) for idx in parts], test, num_classes
+    return [train.subset(idx) for idx in parts], validation, test, num_classes
 
 
 def validation_data(config: ConsensusConfig) -> ArrayDataset | None:
@@ -603,15 +612,15 @@ def run_consensus(
     algorithm = config.make_algorithm()
     if own is not None:
         datasets, test_set, num_classes = own.train, own.test, own.num_classes
+        validation = None
     else:
-        datasets, test_set, num_classes = node_datasets(config)
+        datasets, validation, test_set, num_classes = _node_split(config)
     name = graph_.node_id
     eval_set = _test_subset(test_set, config.test_size, config.seed)
     input_shape = datasets[0].x.shape[1:]
     starts = _index_of(graph_, join_at, "join_at")
     deaths = _index_of(graph_, fail_at, "fail_at")
 
-    validation = validation_data(config) if own is None else None
     template = _seeded_model(config, input_shape, num_classes)
     # One epoch of the clock: what an average-speed node computes in one epoch (``budget``).
     epoch_time = config.epoch_steps([len(d) for d in datasets])
